@@ -1,0 +1,4 @@
+from cnnkit.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Import TensorFlow without the C++ start-up chatter that precedes absl's log initialisation.
+
+TensorFlow's native libraries write "All log messages before absl::InitializeLog()..." and
+CUDA-probe lines straight to file descriptor 2 while loading, before any Python setting applies.
+The CLI owns the terminal, so it silences fd 2 for exactly that import and device discovery; real
+errors raised afterwards are printed as usual.
+"""
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    if os.environ.get("CNNKIT_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _stderr_silenced():
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+        tf.config.list_physical_devices()
+        import keras_cnns  # noqa: F401
+    return tf

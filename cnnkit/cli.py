@@ -1,0 +1,230 @@
+"""The ``cnnkit`` command line. Thin: parse, call one library function, print.
+
+User errors (unknown model, bad option, bad input size) print one line on stderr and exit with
+status 2 — never a traceback.
+"""
+import ast
+import json
+import sys
+
+import click
+
+from cnnkit import __version__
+from cnnkit._quiet import import_tensorflow
+from keras_cnns.errors import CnnkitError
+
+DEFAULT_COMPARISON = ("alexnet", "vgg16", "vgg19", "googlenet", "resnet18", "resnet34", "resnet50", "resnet101",
+                      "resnet152", "squeezenet1_0", "densenet121", "mobilenet_v2", "efficientnet_b0")
+
+
+class CnnkitGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CnnkitError as err:
+            click.echo(f"cnnkit: error: {err}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=CnnkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="cnnkit")
+def cli():
+    """cnnkit: classic CNN architectures from definition to deployment.
+
+    \b
+    Explore the model zoo:
+      cnnkit models                      every model with params, MACs, input size, paper
+      cnnkit summary resnet18            layer-by-layer output shapes and parameters
+      cnnkit profile mobilenet_v2        params, MACs and activation memory per layer
+    """
+
+
+def _table(headers, rows, right=()):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _parse_options(pairs):
+    """``("alpha=0.5", "batch_norm=true")`` -> ``{"alpha": 0.5, "batch_norm": True}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CnnkitError(f"option {pair!r} must look like KEY=VALUE (e.g. alpha=0.5)")
+        words = {"true": "True", "false": "False", "none": "None", "null": "None"}
+        text = words.get(raw.strip().lower(), raw)
+        try:
+            options[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = raw
+    return options
+
+
+def _build(name, input_size, channels, num_classes, options):
+    import keras_cnns
+
+    info = keras_cnns.get_model_info(name)
+    shape = None
+    if input_size or channels:
+        h, w, c = info.input_shape
+        shape = (input_size or h, input_size or w, channels or c)
+    model = keras_cnns.create_model(info.name, num_classes=num_classes, input_shape=shape, **_parse_options(options))
+    return info, keras_cnns.inference_model(model)
+
+
+def _fmt(n):
+    from keras_cnns.analysis import format_count
+
+    return format_count(n)
+
+
+model_argument = click.argument("model", metavar="MODEL")
+build_options = [
+    click.option("--input-size", type=click.IntRange(min=1), help="Square input side (default: the model's own)."),
+    click.option("--channels", type=click.IntRange(min=1), help="Input channels (default: the model's own)."),
+    click.option("--num-classes", type=click.IntRange(min=1), help="Classifier outputs (default: the model's own)."),
+    click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+                 help="Family option, e.g. -o alpha=0.5 -o batch_norm=true (repeatable)."),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object."),
+]
+
+
+def with_build_options(f):
+    for option in reversed(build_options):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.option("--family", help="Only this family (e.g. resnet, vgg, mobilenet).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def models(family, as_json):
+    """List every model: family, parameters, MACs at its default input, input size, year, paper."""
+    import_tensorflow()
+    import keras_cnns
+    from keras_cnns.stats import load_zoo_stats, model_stats
+
+    if family and family not in keras_cnns.list_families():
+        raise CnnkitError(f"unknown family {family!r}; families: {', '.join(keras_cnns.list_families())}")
+    table = load_zoo_stats()
+    out = []
+    for name in keras_cnns.list_models(family):
+        info = keras_cnns.get_model_info(name)
+        stats = table.get(name)
+        if stats is None:
+            stats = model_stats(name)
+        out.append({"name": name, "family": info.family, "params": stats["params"], "macs": stats["macs"],
+                    "activations": stats["activations"], "input_shape": list(info.input_shape),
+                    "num_classes": info.num_classes, "year": info.year, "paper": info.paper,
+                    "reference_params": info.reference_params, "reference": info.reference})
+    if as_json:
+        click.echo(json.dumps({"models": out}))
+        return
+    rows = [(r["name"], r["family"], _fmt(r["params"]), _fmt(r["macs"]), "x".join(map(str, r["input_shape"])),
+             r["year"], r["paper"]) for r in out]
+    click.echo(_table(("model", "family", "params", "MACs", "input", "year", "paper"), rows, right=(2, 3)))
+
+
+@cli.command()
+@model_argument
+@with_build_options
+def summary(model, input_size, channels, num_classes, options, as_json):
+    """Layer-by-layer output shapes and parameter counts of MODEL."""
+    import_tensorflow()
+    from keras_cnns.analysis import profile_model
+
+    info, built = _build(model, input_size, channels, num_classes, options)
+    profile = profile_model(built)
+    if as_json:
+        click.echo(json.dumps({"model": info.name, "input_shape": list(profile.input_shape),
+                               "params": profile.params, "trainable_params": profile.trainable_params,
+                               "layers": [{"name": l.name, "type": l.type, "output_shape": list(l.output_shape),
+                                           "params": l.params} for l in profile.layers]}))
+        return
+    rows = [(l.name, l.type, str(tuple(l.output_shape[1:])), f"{l.params:,}") for l in profile.layers]
+    click.echo(f"{info.name} ({info.paper}, {info.year}), input {'x'.join(map(str, profile.input_shape))}")
+    click.echo(_table(("layer", "type", "output shape", "params"), rows, right=(3,)))
+    click.echo(f"\ntotal params: {profile.params:,}   trainable: {profile.trainable_params:,}   "
+               f"non-trainable: {profile.params - profile.trainable_params:,}")
+
+
+@cli.command()
+@model_argument
+@with_build_options
+@click.option("--layers/--no-layers", "show_layers", default=True, help="Show the per-layer table.")
+@click.option("--tf-check", is_flag=True,
+              help="Cross-check the MACs against TensorFlow's profiler on the frozen graph.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also draw the comparison chart (ops vs params, bubble = memory) to this PNG.")
+@click.option("--compare", help="Comma-separated models for --plot (default: the notes' set plus MODEL).")
+def profile(model, input_size, channels, num_classes, options, as_json, show_layers, tf_check, plot_path,
+            compare):
+    """Parameters, multiply-accumulates and activation memory of MODEL, per layer and in total.
+
+    MACs count convolutions and fully connected layers; activation memory counts the elements one
+    image's forward pass holds (layers that can run in place excluded), at 4 bytes each.
+    """
+    import_tensorflow()
+    from keras_cnns.analysis import profile_model, tf_profiler_flops
+
+    info, built = _build(model, input_size, channels, num_classes, options)
+    prof = profile_model(built)
+    result = prof.to_dict()
+    result["model"] = info.name
+    if tf_check:
+        flops = tf_profiler_flops(built)
+        matched = sum(flops.get(op, 0) for op in ("Conv2D", "DepthwiseConv2dNative", "MatMul"))
+        result["tf_profiler"] = {"flops_by_op": flops, "conv_matmul_flops": matched,
+                                 "ratio_to_2x_macs": matched / (2 * prof.macs) if prof.macs else None}
+    if plot_path:
+        result["plot"] = _comparison_plot(plot_path, compare, info.name)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    if show_layers:
+        rows = [(l.name, l.type, str(tuple(l.output_shape[1:])), f"{l.params:,}", f"{l.macs:,}",
+                 f"{l.activations:,}") for l in prof.layers]
+        click.echo(_table(("layer", "type", "output", "params", "MACs", "activations"), rows, right=(3, 4, 5)))
+        click.echo()
+    click.echo(f"{info.name} at {'x'.join(map(str, prof.input_shape))}:")
+    click.echo(f"  params       {prof.params:>16,}  ({prof.param_bytes / 2**20:.1f} MiB as float32)")
+    click.echo(f"  MACs         {prof.macs:>16,}  ({_fmt(prof.macs)} multiply-accumulates per image)")
+    click.echo(f"  activations  {prof.activations:>16,}  ({prof.activation_bytes / 2**20:.1f} MiB per image, forward)")
+    if tf_check:
+        tfp = result["tf_profiler"]
+        click.echo(f"  TF profiler: conv + matmul FLOPs {tfp['conv_matmul_flops']:,} = "
+                   f"{tfp['ratio_to_2x_macs']:.6f} x (2 x MACs); all counted ops {sum(tfp['flops_by_op'].values()):,}")
+    if plot_path:
+        click.echo(f"  chart written to {plot_path}")
+
+
+def _comparison_plot(path, compare, extra):
+    import keras_cnns
+    from keras_cnns.plots import plot_model_comparison
+    from keras_cnns.stats import load_zoo_stats, model_stats
+
+    names = [n.strip() for n in compare.split(",") if n.strip()] if compare else list(DEFAULT_COMPARISON)
+    if extra not in names:
+        names.append(extra)
+    table = load_zoo_stats()
+    rows = []
+    for name in names:
+        canonical = keras_cnns.get_model_info(name).name
+        stats = table.get(canonical) or model_stats(canonical)
+        rows.append({"name": canonical, **stats})
+    plot_model_comparison(rows, path)
+    return {"path": path, "models": [r["name"] for r in rows]}
+
+
+def main(argv=None):
+    return cli.main(args=argv, prog_name="cnnkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Building blocks shared by the families: input handling, conv -> BN -> activation, classifier heads.
+
+Convolution, batch normalisation and activation are always separate layers, in that order, so that
+tensorflow-model-optimization can fold and quantize every family.
+"""
+import tf_keras as keras
+
+from keras_cnns.errors import CnnkitError
+
+layers = keras.layers
+
+#: Inputs whose smaller side is below this use a family's small-input stem (CIFAR/MNIST practice).
+SMALL_INPUT = 64
+
+
+def image_input(input_shape, min_size=1, name="input"):
+    """A ``keras.Input`` for an (H, W, C) image, with a clear error for a bad shape."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or any(not isinstance(d, int) or d < 1 for d in shape):
+        raise CnnkitError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}")
+    if min(shape[:2]) < min_size:
+        raise CnnkitError(f"input {shape[0]}x{shape[1]} is too small for this model: it needs at least {min_size}x{min_size}")
+    return keras.Input(shape=shape, name=name)
+
+
+def use_small_stem(small_input, input_shape):
+    """Resolve a family's ``small_input`` option: None means "decide from the input size"."""
+    if small_input is None:
+        return min(input_shape[:2]) < SMALL_INPUT
+    return bool(small_input)
+
+
+def conv_bn_act(
+    x,
+    filters,
+    kernel_size,
+    name,
+    strides=1,
+    padding="same",
+    groups=1,
+    batch_norm=True,
+    activation="relu",
+    use_bias=None,
+    bn_epsilon=1e-5,
+):
+    """Conv2D -> BatchNormalization -> Activation (each optional part a separate, named layer).
+
+    ``use_bias`` defaults to ``not batch_norm`` (a bias in front of BN is redundant).
+    """
+    if use_bias is None:
+        use_bias = not batch_norm
+    x = layers.Conv2D(
+        filters, kernel_size, strides=strides, padding=padding, groups=groups, use_bias=use_bias, name=f"{name}_conv"
+    )(x)
+    if batch_norm:
+        x = layers.BatchNormalization(epsilon=bn_epsilon, name=f"{name}_bn")(x)
+    if activation:
+        x = layers.Activation(activation, name=f"{name}_{activation}")(x)
+    return x
+
+
+def bn_act(x, name, activation="relu", bn_epsilon=1e-5):
+    """BatchNormalization -> Activation: the pre-activation of ResNet v2, Wide ResNet and DenseNet."""
+    x = layers.BatchNormalization(epsilon=bn_epsilon, name=f"{name}_bn")(x)
+    return layers.Activation(activation, name=f"{name}_{activation}")(x)
+
+
+def dense_head(x, num_classes, classifier_activation="softmax", name="fc"):
+    """The final linear classifier followed by its activation as a separate layer ``predictions``."""
+    x = layers.Dense(num_classes, name=name)(x)
+    if classifier_activation:
+        x = layers.Activation(classifier_activation, name="predictions")(x)
+    return x
+
+
+def pooled_head(x, num_classes, include_top, pooling=None, dropout=0.0, classifier_activation="softmax"):
+    """Global-average-pooling head used by every modern family.
+
+    With ``include_top=False`` returns the feature map, or its ``pooling`` ("avg" / "max") vector.
+    """
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name="dropout")(x)
+        return dense_head(x, num_classes, classifier_activation)
+    return feature_pooling(x, pooling)
+
+
+def feature_pooling(x, pooling):
+    if pooling in (None, "none"):
+        return x
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+    raise CnnkitError(f"pooling must be 'avg', 'max' or None, got {pooling!r}")
+
+
+def check_positive(name, value):
+    if not isinstance(value, int) or value < 1:
+        raise CnnkitError(f"{name} must be a positive integer, got {value!r}")
+    return value

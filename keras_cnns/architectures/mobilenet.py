@@ -1,0 +1,124 @@
+"""MobileNet v1 (Howard et al., 2017) and MobileNet v2 (Sandler et al., 2018).
+
+v1: a depthwise 3x3 convolution per channel then a pointwise 1x1 convolution — about 1/9 of the
+multiply-adds of a full 3x3 convolution at these widths. ``alpha`` is the width multiplier; the
+resolution multiplier is the input size (224 x rho), which ``resolution_multiplier`` sets directly.
+
+v2: inverted residual blocks — 1x1 expansion (factor 6), 3x3 depthwise, 1x1 *linear* projection
+to a narrow bottleneck, a residual between bottlenecks when the shape allows. The first block has
+no expansion. Both follow Keras Applications layer for layer (parameter counts equal).
+"""
+import tf_keras as keras
+
+from keras_cnns.architectures._blocks import (
+    conv_bn_act,
+    dense_head,
+    feature_pooling,
+    image_input,
+    use_small_stem,
+)
+from keras_cnns.errors import CnnkitError
+from keras_cnns.registry import ALL, register
+
+layers = keras.layers
+
+V1_LAYERS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+# (filters, stride, expansion, repeats)
+V2_LAYERS = [(16, 1, 1, 1), (24, 2, 6, 2), (32, 2, 6, 3), (64, 2, 6, 4), (96, 1, 6, 3), (160, 2, 6, 3),
+             (320, 1, 6, 1)]
+
+
+def make_divisible(value, divisor=8, min_value=None):
+    """Round a channel count to a multiple of ``divisor``, never more than 10% below ``value``."""
+    min_value = min_value or divisor
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+def _scaled_input(input_shape, resolution_multiplier):
+    if resolution_multiplier is None:
+        return input_shape
+    if not 0.0 < resolution_multiplier <= 1.0:
+        raise CnnkitError(f"resolution_multiplier must be in (0, 1], got {resolution_multiplier!r}")
+    h, w, c = input_shape
+    return (int(round(h * resolution_multiplier)), int(round(w * resolution_multiplier)), c)
+
+
+def depthwise_separable(x, filters, strides, name, depth_multiplier=1, activation="relu6"):
+    x = layers.DepthwiseConv2D(3, strides=strides, padding="same", depth_multiplier=depth_multiplier,
+                               use_bias=False, name=f"{name}_dw_conv")(x)
+    x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_dw_bn")(x)
+    x = layers.Activation(activation, name=f"{name}_dw_{activation}")(x)
+    return conv_bn_act(x, filters, 1, name=f"{name}_pw", activation=activation, bn_epsilon=1e-3)
+
+
+def mobilenet_v1(num_classes=1000, input_shape=(224, 224, 3), include_top=True, alpha=1.0, depth_multiplier=1,
+                 resolution_multiplier=None, dropout=1e-3, small_input=None, pooling=None,
+                 classifier_activation="softmax"):
+    if alpha <= 0:
+        raise CnnkitError(f"alpha (width multiplier) must be > 0, got {alpha!r}")
+    input_shape = _scaled_input(input_shape, resolution_multiplier)
+    small = use_small_stem(small_input, input_shape)
+    inputs = image_input(input_shape, min_size=16 if small else 32)
+    x = conv_bn_act(inputs, int(32 * alpha), 3, name="conv1", strides=1 if small else 2, activation="relu6",
+                    bn_epsilon=1e-3)
+    for i, (filters, strides) in enumerate(V1_LAYERS, start=1):
+        x = depthwise_separable(x, int(filters * alpha), strides, f"block{i}", depth_multiplier)
+    if not include_top:
+        return keras.Model(inputs, feature_pooling(x, pooling))
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, dense_head(x, num_classes, classifier_activation))
+
+
+def inverted_residual(x, filters, strides, expansion, name):
+    in_channels = x.shape[-1]
+    y = x
+    if expansion != 1:
+        y = conv_bn_act(y, expansion * in_channels, 1, name=f"{name}_expand", activation="relu6", bn_epsilon=1e-3)
+    y = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw_conv")(y)
+    y = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_dw_bn")(y)
+    y = layers.Activation("relu6", name=f"{name}_dw_relu6")(y)
+    y = conv_bn_act(y, filters, 1, name=f"{name}_project", activation=None, bn_epsilon=1e-3)  # linear bottleneck
+    if strides == 1 and in_channels == filters:
+        y = layers.Add(name=f"{name}_add")([x, y])
+    return y
+
+
+def mobilenet_v2(num_classes=1000, input_shape=(224, 224, 3), include_top=True, alpha=1.0, expansion=6,
+                 resolution_multiplier=None, dropout=0.0, small_input=None, pooling=None,
+                 classifier_activation="softmax"):
+    if alpha <= 0:
+        raise CnnkitError(f"alpha (width multiplier) must be > 0, got {alpha!r}")
+    input_shape = _scaled_input(input_shape, resolution_multiplier)
+    small = use_small_stem(small_input, input_shape)
+    inputs = image_input(input_shape, min_size=16 if small else 32)
+    x = conv_bn_act(inputs, make_divisible(32 * alpha), 3, name="conv1", strides=1 if small else 2,
+                    activation="relu6", bn_epsilon=1e-3)
+    block = 0
+    for filters, strides, t, repeats in V2_LAYERS:
+        for r in range(repeats):
+            block += 1
+            x = inverted_residual(x, make_divisible(int(filters * alpha)), strides if r == 0 else 1,
+                                  t if t == 1 else expansion, f"block{block}")
+    last = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
+    x = conv_bn_act(x, last, 1, name="conv_last", activation="relu6", bn_epsilon=1e-3)
+    if not include_top:
+        return keras.Model(inputs, feature_pooling(x, pooling))
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, dense_head(x, num_classes, classifier_activation))
+
+
+register("mobilenet", mobilenet_v1, family="mobilenet", year=2017,
+         paper="Howard et al., MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications",
+         reference_params=4_253_864, params_counted=ALL, reference="Keras Applications MobileNet (alpha=1.0)",
+         description="MobileNet v1, depthwise separable convolutions")
+register("mobilenet_v2", mobilenet_v2, family="mobilenet", year=2018,
+         paper="Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks",
+         reference_params=3_538_984, params_counted=ALL, reference="Keras Applications MobileNetV2 (alpha=1.0)",
+         description="inverted residuals, linear bottlenecks, expansion 6")

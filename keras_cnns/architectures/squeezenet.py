@@ -1,0 +1,68 @@
+"""SqueezeNet (Iandola et al.: SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB model size, 2016).
+
+Fire modules: a *squeeze* layer of 1x1 convolutions feeds an *expand* layer of parallel 1x1 and
+3x3 convolutions whose outputs are concatenated. No FC layer: a 1x1 convolution to the classes and
+global average pooling. Version 1.1 (the authors' later release) starts with a 3x3 stem and pools
+earlier, for 2.4x less computation at the same accuracy.
+"""
+import tf_keras as keras
+
+from keras_cnns.architectures._blocks import conv_bn_act, feature_pooling, image_input, use_small_stem
+from keras_cnns.registry import register
+
+layers = keras.layers
+
+# per version: stem (filters, kernel), then a sequence of fire (squeeze, expand) / "pool" entries
+LAYOUT = {
+    "1.0": ((96, 7), [(16, 64), (16, 64), (32, 128), "pool", (32, 128), (48, 192), (48, 192), (64, 256), "pool",
+                      (64, 256)]),
+    "1.1": ((64, 3), [(16, 64), (16, 64), "pool", (32, 128), (32, 128), "pool", (48, 192), (48, 192), (64, 256),
+                      (64, 256)]),
+}
+
+
+def fire(x, squeeze, expand, name, batch_norm=False):
+    s = conv_bn_act(x, squeeze, 1, name=f"{name}_squeeze", batch_norm=batch_norm)
+    e1 = conv_bn_act(s, expand, 1, name=f"{name}_expand1x1", batch_norm=batch_norm)
+    e3 = conv_bn_act(s, expand, 3, name=f"{name}_expand3x3", batch_norm=batch_norm)
+    return layers.Concatenate(name=f"{name}_concat")([e1, e3])
+
+
+def squeezenet(num_classes=1000, input_shape=(224, 224, 3), include_top=True, version="1.0", dropout=0.5,
+               batch_norm=False, small_input=None, pooling=None, classifier_activation="softmax"):
+    if version not in LAYOUT:
+        raise ValueError(f"SqueezeNet version must be one of {', '.join(LAYOUT)}, got {version!r}")
+    (stem_filters, stem_kernel), body = LAYOUT[version]
+    small = use_small_stem(small_input, input_shape)
+    inputs = image_input(input_shape, min_size=16 if small else 48)
+    if small:
+        x = conv_bn_act(inputs, stem_filters, 3, name="conv1", batch_norm=batch_norm)
+    else:
+        x = conv_bn_act(inputs, stem_filters, stem_kernel, name="conv1", strides=2, padding="valid",
+                        batch_norm=batch_norm)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    fires = pools = 0
+    for entry in body:
+        if entry == "pool":
+            pools += 1
+            x = layers.MaxPooling2D(3, strides=2, name=f"pool{pools + 1}")(x)
+        else:
+            fires += 1
+            x = fire(x, *entry, name=f"fire{fires + 1}", batch_norm=batch_norm)
+    if not include_top:
+        return keras.Model(inputs, feature_pooling(x, pooling))
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Conv2D(num_classes, 1, name="conv10_conv")(x)
+    x = layers.Activation("relu", name="conv10_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if classifier_activation:
+        x = layers.Activation(classifier_activation, name="predictions")(x)
+    return keras.Model(inputs, x)
+
+
+_PAPER = "Iandola et al., SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB model size"
+register("squeezenet1_0", squeezenet, family="squeezenet", year=2016, paper=_PAPER, options={"version": "1.0"},
+         reference_params=1_248_424, reference="torchvision squeezenet1_0", description="fire modules, version 1.0")
+register("squeezenet1_1", squeezenet, family="squeezenet", year=2016, paper=_PAPER, options={"version": "1.1"},
+         reference_params=1_235_496, reference="torchvision squeezenet1_1", description="fire modules, version 1.1")

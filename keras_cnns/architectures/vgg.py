@@ -1,0 +1,70 @@
+"""VGGNet (Simonyan, Zisserman: Very Deep Convolutional Networks for Large-Scale Image Recognition, 2014).
+
+Configurations A, A-LRN, B, C, D, E of the paper's Table 1 (11, 11, 13, 16, 16, 19 weight layers):
+stacks of 3x3 stride-1 convolutions (C puts a 1x1 convolution third in blocks 3-5), 2x2 max-pooling,
+then FC 4096 - FC 4096 - FC classes. Three 3x3 convolutions see a 7x7 field with 27C^2 weights
+instead of 49C^2. ``batch_norm=True`` adds BN after every convolution (the torchvision ``_bn``
+variants, which keep the convolution biases).
+"""
+import tf_keras as keras
+
+from keras_cnns.architectures._blocks import conv_bn_act, dense_head, feature_pooling, image_input
+from keras_cnns.layers import LocalResponseNormalization
+from keras_cnns.registry import TRAINABLE, register
+
+layers = keras.layers
+
+# Each block: list of (filters, kernel_size); a max-pool follows every block.
+CONFIGS = {
+    "A": [[(64, 3)], [(128, 3)], [(256, 3)] * 2, [(512, 3)] * 2, [(512, 3)] * 2],
+    "B": [[(64, 3)] * 2, [(128, 3)] * 2, [(256, 3)] * 2, [(512, 3)] * 2, [(512, 3)] * 2],
+    "C": [[(64, 3)] * 2, [(128, 3)] * 2, [(256, 3)] * 2 + [(256, 1)], [(512, 3)] * 2 + [(512, 1)],
+          [(512, 3)] * 2 + [(512, 1)]],
+    "D": [[(64, 3)] * 2, [(128, 3)] * 2, [(256, 3)] * 3, [(512, 3)] * 3, [(512, 3)] * 3],
+    "E": [[(64, 3)] * 2, [(128, 3)] * 2, [(256, 3)] * 4, [(512, 3)] * 4, [(512, 3)] * 4],
+}
+
+
+def vgg(num_classes=1000, input_shape=(224, 224, 3), include_top=True, config="D", lrn=False, batch_norm=False,
+        dropout=0.5, fc_units=4096, pooling=None, classifier_activation="softmax"):
+    if config not in CONFIGS:
+        raise ValueError(f"VGG config must be one of {', '.join(CONFIGS)}, got {config!r}")
+    inputs = image_input(input_shape, min_size=32)
+    x = inputs
+    for b, block in enumerate(CONFIGS[config], start=1):
+        for i, (filters, kernel) in enumerate(block, start=1):
+            x = conv_bn_act(x, filters, kernel, name=f"block{b}_conv{i}", batch_norm=batch_norm, use_bias=True)
+            if lrn and b == 1 and i == 1:  # configuration A-LRN
+                x = LocalResponseNormalization(name="block1_lrn")(x)
+        x = layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
+    if not include_top:
+        return keras.Model(inputs, feature_pooling(x, pooling))
+    x = layers.Flatten(name="flatten")(x)
+    for i in (1, 2):
+        x = layers.Dense(fc_units, name=f"fc{i}")(x)
+        x = layers.Activation("relu", name=f"fc{i}_relu")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
+    return keras.Model(inputs, dense_head(x, num_classes, classifier_activation, name="fc3"))
+
+
+_PAPER = "Simonyan, Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition"
+# name, config, lrn, reference params (torchvision; vgg16c computed: the paper's Table 2 says 134M)
+_VARIANTS = [
+    ("vgg11", "A", False, 132_863_336, "torchvision vgg11"),
+    ("vgg11_lrn", "A", True, 132_863_336, "torchvision vgg11 (LRN has no weights)"),
+    ("vgg13", "B", False, 133_047_848, "torchvision vgg13"),
+    ("vgg16c", "C", False, 133_638_952, "paper Table 1 config C (Table 2: 134M)"),
+    ("vgg16", "D", False, 138_357_544, "torchvision vgg16 / Keras Applications VGG16"),
+    ("vgg19", "E", False, 143_667_240, "torchvision vgg19 / Keras Applications VGG19"),
+]
+for _name, _config, _lrn, _params, _ref in _VARIANTS:
+    register(_name, vgg, family="vgg", year=2014, paper=_PAPER, options={"config": _config, "lrn": _lrn},
+             reference_params=_params, params_counted=TRAINABLE, reference=_ref,
+             description=f"configuration {_config}{'-LRN' if _lrn else ''}")
+_BN = {"vgg11": 132_868_840, "vgg13": 133_053_736, "vgg16": 138_365_992, "vgg19": 143_678_248}
+for _name, _params in _BN.items():
+    _config = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}[_name]
+    register(f"{_name}_bn", vgg, family="vgg", year=2014, paper=_PAPER, options={"config": _config, "batch_norm": True},
+             reference_params=_params, params_counted=TRAINABLE, reference=f"torchvision {_name}_bn",
+             description=f"configuration {_config} with batch normalization")

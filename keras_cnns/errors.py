@@ -1,0 +1,15 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero, never a traceback."""
+
+
+class CnnkitError(ValueError):
+    """A bad value given by the user: names the value and what is allowed instead."""
+
+
+class UnknownModelError(CnnkitError):
+    """A model name that is not in the registry."""
+
+    def __init__(self, name, suggestions):
+        self.name = name
+        self.suggestions = list(suggestions)
+        hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"unknown model {name!r}{hint} (`cnnkit models` lists all)")

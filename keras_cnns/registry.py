@@ -1,0 +1,114 @@
+"""One table of every model: name -> builder + metadata.
+
+Architecture modules call :func:`register` for each variant; listing (``cnnkit models``), creating
+(:func:`create_model`) and documenting all read this table.
+"""
+import dataclasses
+import difflib
+import inspect
+from typing import Callable, Optional
+
+from keras_cnns.errors import CnnkitError, UnknownModelError
+
+#: How a reference parameter count was counted.
+TRAINABLE = "trainable"  # torchvision: trainable weights (no batch-norm moving statistics)
+ALL = "all"  # Keras Applications: model.count_params(), moving statistics included
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    builder: Callable
+    paper: str
+    year: int
+    input_shape: tuple
+    options: dict
+    #: the number of classes of the canonical configuration (1000 for ImageNet models)
+    num_classes: int = 1000
+    #: exact parameter count at (input_shape, num_classes) of the reference named below, or None
+    reference_params: Optional[int] = None
+    #: TRAINABLE or ALL (see above)
+    params_counted: str = TRAINABLE
+    #: the published implementation (or paper table) the count comes from
+    reference: str = ""
+    #: a small input the model is built and trained at in tests (CIFAR/MNIST scale)
+    small_input_shape: tuple = (32, 32, 3)
+    description: str = ""
+
+
+_REGISTRY = {}
+
+
+def register(name, builder, *, family, paper, year, input_shape=(224, 224, 3), options=None, num_classes=1000,
+             reference_params=None,
+             params_counted=TRAINABLE, reference="", small_input_shape=(32, 32, 3), description=""):
+    """Add a model variant: ``builder(num_classes, input_shape, include_top, **options)``."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    if params_counted not in (TRAINABLE, ALL):
+        raise ValueError(f"params_counted must be {TRAINABLE!r} or {ALL!r}")
+    _REGISTRY[name] = ModelInfo(
+        name=name, family=family, builder=builder, paper=paper, year=year, input_shape=tuple(input_shape),
+        options=dict(options or {}), num_classes=num_classes, reference_params=reference_params, params_counted=params_counted,
+        reference=reference, small_input_shape=tuple(small_input_shape), description=description,
+    )
+
+
+def _load_architectures():
+    import keras_cnns.architectures  # noqa: F401  (registers every family on import)
+
+
+def list_models(family=None):
+    """Names of all registered models (optionally of one family), in registration order."""
+    _load_architectures()
+    return [n for n, info in _REGISTRY.items() if family is None or info.family == family]
+
+
+def list_families():
+    _load_architectures()
+    return list(dict.fromkeys(info.family for info in _REGISTRY.values()))
+
+
+def get_model_info(name):
+    """Metadata for ``name``; unknown names raise :class:`UnknownModelError` with close matches."""
+    _load_architectures()
+    key = str(name).strip().lower().replace("-", "_")
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    raise UnknownModelError(name, difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.6))
+
+
+def _normalise_input_shape(input_shape, default):
+    if input_shape is None:
+        return default
+    if isinstance(input_shape, int):
+        return (input_shape, input_shape, default[2])
+    shape = tuple(input_shape)
+    if len(shape) == 2:
+        return shape + (default[2],)
+    return shape
+
+
+def create_model(name, num_classes=None, input_shape=None, include_top=True, **options):
+    """Build a registered model as a tf_keras functional ``Model``.
+
+    ``input_shape`` is (H, W, C), (H, W) or one int (square, default channels); it defaults to the
+    model's canonical input, ``num_classes`` to its canonical class count. Family options (e.g. ``batch_norm=True`` for VGG, ``alpha=0.5`` for
+    MobileNet) are passed through; an option the family does not have is a clear error.
+    """
+    info = get_model_info(name)
+    if num_classes is None:
+        num_classes = info.num_classes
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise CnnkitError(f"num_classes must be a positive integer, got {num_classes!r}")
+    merged = {**info.options, **options}
+    accepted = inspect.signature(info.builder).parameters
+    unknown = sorted(k for k in merged if k not in accepted)
+    if unknown:
+        allowed = sorted(k for k in accepted if k not in ("num_classes", "input_shape", "include_top"))
+        raise CnnkitError(f"{info.name} has no option {', '.join(unknown)}; its options are: {', '.join(allowed)}")
+    shape = _normalise_input_shape(input_shape, info.input_shape)
+    model = info.builder(num_classes=num_classes, input_shape=shape, include_top=include_top, **merged)
+    model._name = info.name
+    return model

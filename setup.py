@@ -1,0 +1,36 @@
+"""cnnkit: classic CNN architectures from definition to deployment (TensorFlow / tf_keras)."""
+from setuptools import find_packages, setup
+
+VERSION = "0.1.0"
+
+setup(
+    name="cnnkit",
+    version=VERSION,
+    description="Classic CNN architectures from definition to deployment: model zoo, "
+    "training, export (SavedModel/TFLite/ONNX) and serving on TensorFlow.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_cnns*", "export*", "serving*", "cnnkit*"]),
+    package_data={"keras_cnns": ["zoo_stats.json"]},
+    install_requires=[
+        # tf_keras (Keras 2) is the Keras API: tensorflow-model-optimization rejects Keras 3 models.
+        "tensorflow==2.21.*",
+        "tf-keras==2.21.*",
+        "tensorflow-model-optimization>=0.8.1,<0.9",
+        "tf2onnx==1.17.*",
+        "onnx>=1.16",
+        "onnxruntime>=1.20",
+        "ai-edge-litert>=2.0",
+        "tensorflow-serving-api==2.21.*",
+        "click>=8.1",
+        "numpy>=1.26",
+        "scikit-learn>=1.4",  # only for its bundled 8x8 digits data set (no download)
+        "matplotlib>=3.8",
+        "pillow>=10",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
+    },
+    entry_points={"console_scripts": ["cnnkit=cnnkit.cli:main"]},
+)
