@@ -161,7 +161,7 @@ def summary(model, input_size, channels, num_classes, options, as_json):
 @click.option("--tf-check", is_flag=True,
               help="Cross-check the MACs against TensorFlow's profiler on the frozen graph.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
-              help="Also draw the comparison chart (ops vs params, bubble = memory) to this PNG.")
+              help="Also draw the comparison chart (ops vs params, bubble = weights + activations memory) to this PNG.")
 @click.option("--compare", help="Comma-separated models for --plot (default: the notes' set plus MODEL).")
 def profile(model, input_size, channels, num_classes, options, as_json, show_layers, tf_check, plot_path,
             compare):

@@ -8,7 +8,7 @@ same convolutions and matrix products.
 
 Activation memory counts the elements a forward pass must hold for one image: the input and every
 layer's output, except layers that can run in place on their input (activations, inference-time
-batch norm, dropout and the other identity-shaped regularisers).
+batch norm, dropout and the other identity-shaped regularisers) or are views of it (flatten, reshape).
 """
 import dataclasses
 import numpy as np
@@ -17,9 +17,9 @@ import tf_keras as keras
 
 layers = keras.layers
 
-#: layers that can overwrite their input in place, so they need no activation memory of their own
+#: layers that overwrite their input in place or are views of it: no activation memory of their own
 IN_PLACE = (layers.Activation, layers.ReLU, layers.BatchNormalization, layers.Dropout, layers.SpatialDropout2D,
-            layers.GaussianNoise, layers.GaussianDropout)
+            layers.GaussianNoise, layers.GaussianDropout, layers.Flatten, layers.Reshape)
 
 
 @dataclasses.dataclass

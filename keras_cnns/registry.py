@@ -76,6 +76,9 @@ def get_model_info(name):
     key = str(name).strip().lower().replace("-", "_")
     if key in _REGISTRY:
         return _REGISTRY[key]
+    squashed = {n.replace("_", ""): n for n in _REGISTRY}  # "ResNet-18", "mobilenetv2"
+    if key.replace("_", "") in squashed:
+        return _REGISTRY[squashed[key.replace("_", "")]]
     raise UnknownModelError(name, difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.6))
 
 

@@ -53,7 +53,10 @@ def inception_naive(x, f1, f3, f5, name, batch_norm=False):
 
 
 def auxiliary_classifier(x, num_classes, name, batch_norm=False, classifier_activation="softmax"):
-    x = layers.AveragePooling2D(5, strides=3, name=f"{name}_pool")(x)
+    """5x5/3 average pool (14x14 -> 4x4 in the paper; smaller maps pool what they have), 1x1 conv 128,
+    FC 1024, dropout 0.7, FC classes."""
+    pool = min(5, x.shape[1], x.shape[2])
+    x = layers.AveragePooling2D(pool, strides=min(3, pool), name=f"{name}_pool")(x)
     x = conv_bn_act(x, 128, 1, name=f"{name}_reduce", batch_norm=batch_norm)
     x = layers.Flatten(name=f"{name}_flatten")(x)
     x = layers.Dense(1024, name=f"{name}_fc1")(x)
