@@ -20,10 +20,13 @@ def plot_model_comparison(rows, path, title="CNN architectures: operations vs pa
         size = 60 + 2400 * memory[r["name"]] / biggest
         ax.scatter(x, y, s=size, alpha=0.45, edgecolors="black", linewidths=0.6)
         ax.annotate(f"{r['name']} ({memory[r['name']] / 2**20:.0f} MiB)", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.set_xlabel("operations per image (G multiply-accumulates)")
-    ax.set_ylabel("parameters (millions)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("operations per image (G multiply-accumulates, log scale)")
+    ax.set_ylabel("parameters (millions, log scale)")
+    ax.margins(0.15)
     ax.set_title(title + "\n(bubble area: memory = weights + activations of one image)", fontsize=10)
-    ax.grid(True, alpha=0.3)
+    ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp)
