@@ -69,9 +69,7 @@ def test_mlp_families_end_in_global_average_pooling():
 
 
 def test_conv_bn_activation_are_separate_layers_in_that_order():
-    model = create_model("resnet18")
-    layers = model.layers
-    for i, layer in enumerate(layers):
+    for layer in create_model("resnet18").layers:
         if isinstance(layer, keras.layers.Conv2D):
             assert layer.activation is keras.activations.linear
             nxt = layer.outbound_nodes[0].outbound_layer

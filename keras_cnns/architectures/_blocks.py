@@ -95,8 +95,3 @@ def feature_pooling(x, pooling):
         return layers.GlobalMaxPooling2D(name="max_pool")(x)
     raise CnnkitError(f"pooling must be 'avg', 'max' or None, got {pooling!r}")
 
-
-def check_positive(name, value):
-    if not isinstance(value, int) or value < 1:
-        raise CnnkitError(f"{name} must be a positive integer, got {value!r}")
-    return value
