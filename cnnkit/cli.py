@@ -108,21 +108,19 @@ def models(family, as_json):
     """List every model: family, parameters, MACs at its default input, input size, year, paper."""
     import_tensorflow()
     import keras_cnns
-    from keras_cnns.stats import load_zoo_stats, model_stats
+    from keras_cnns.stats import zoo_stats
 
     if family and family not in keras_cnns.list_families():
         raise CnnkitError(f"unknown family {family!r}; families: {', '.join(keras_cnns.list_families())}")
-    table = load_zoo_stats()
     out = []
     for name in keras_cnns.list_models(family):
         info = keras_cnns.get_model_info(name)
-        stats = table.get(name)
-        if stats is None:
-            stats = model_stats(name)
+        stats = zoo_stats(name)
         out.append({"name": name, "family": info.family, "params": stats["params"], "macs": stats["macs"],
                     "activations": stats["activations"], "input_shape": list(info.input_shape),
                     "num_classes": info.num_classes, "year": info.year, "paper": info.paper,
-                    "reference_params": info.reference_params, "reference": info.reference})
+                    "description": info.description, "reference_params": info.reference_params,
+                    "reference": info.reference})
     if as_json:
         click.echo(json.dumps({"models": out}))
         return
@@ -207,17 +205,13 @@ def profile(model, input_size, channels, num_classes, options, as_json, show_lay
 def _comparison_plot(path, compare, extra):
     import keras_cnns
     from keras_cnns.plots import plot_model_comparison
-    from keras_cnns.stats import load_zoo_stats, model_stats
+    from keras_cnns.stats import zoo_stats
 
     names = [n.strip() for n in compare.split(",") if n.strip()] if compare else list(DEFAULT_COMPARISON)
     if extra not in names:
         names.append(extra)
-    table = load_zoo_stats()
-    rows = []
-    for name in names:
-        canonical = keras_cnns.get_model_info(name).name
-        stats = table.get(canonical) or model_stats(canonical)
-        rows.append({"name": canonical, **stats})
+    canonical = [keras_cnns.get_model_info(name).name for name in names]
+    rows = [{"name": name, **zoo_stats(name)} for name in canonical]
     plot_model_comparison(rows, path)
     return {"path": path, "models": [r["name"] for r in rows]}
 

@@ -11,15 +11,23 @@ layer's output, except layers that can run in place on their input (activations,
 batch norm, dropout and the other identity-shaped regularisers) or are views of it (flatten, reshape).
 """
 import dataclasses
+
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+from keras_cnns.layers import DropPath
 
 layers = keras.layers
 
 #: layers that overwrite their input in place or are views of it: no activation memory of their own
 IN_PLACE = (layers.Activation, layers.ReLU, layers.BatchNormalization, layers.Dropout, layers.SpatialDropout2D,
-            layers.GaussianNoise, layers.GaussianDropout, layers.Flatten, layers.Reshape)
+            layers.GaussianNoise, layers.GaussianDropout, layers.Flatten, layers.Reshape, DropPath)
+
+
+def count_trainable(model):
+    """Trainable weights (what torchvision counts: no batch-norm moving statistics)."""
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
 @dataclasses.dataclass
@@ -51,11 +59,14 @@ class ModelProfile:
     def param_bytes(self):
         return self.params * self.bytes_per_element
 
+    def totals(self):
+        """The model-level numbers (what the shipped zoo table stores per model)."""
+        return {"params": self.params, "trainable_params": self.trainable_params, "macs": self.macs,
+                "activations": self.activations, "input_shape": list(self.input_shape)}
+
     def to_dict(self):
         return {
-            "name": self.name, "input_shape": list(self.input_shape), "params": self.params,
-            "trainable_params": self.trainable_params, "macs": self.macs, "activations": self.activations,
-            "activation_bytes": self.activation_bytes,
+            "name": self.name, **self.totals(), "activation_bytes": self.activation_bytes,
             "layers": [dataclasses.asdict(l) | {"output_shape": list(l.output_shape)} for l in self.layers],
         }
 
@@ -96,7 +107,7 @@ def profile_model(model, bytes_per_element=4):
                 visit(layer, f"{prefix}{layer.name}/")
                 continue
             out = _shape(layer.output_shape)
-            in_place = isinstance(layer, IN_PLACE) or type(layer).__name__ in ("DropPath",)
+            in_place = isinstance(layer, IN_PLACE)
             rows.append(LayerProfile(
                 name=prefix + layer.name, type=type(layer).__name__, output_shape=tuple(out),
                 params=int(layer.count_params()), macs=int(layer_macs(layer)),
@@ -104,10 +115,9 @@ def profile_model(model, bytes_per_element=4):
             ))
 
     visit(model, "")
-    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     return ModelProfile(
         name=model.name, input_shape=tuple(model.input_shape[1:]), layers=rows, params=int(model.count_params()),
-        trainable_params=trainable, macs=sum(r.macs for r in rows), activations=sum(r.activations for r in rows),
+        trainable_params=count_trainable(model), macs=sum(r.macs for r in rows), activations=sum(r.activations for r in rows),
         bytes_per_element=bytes_per_element,
     )
 

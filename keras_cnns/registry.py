@@ -32,17 +32,19 @@ class ModelInfo:
     params_counted: str = TRAINABLE
     #: the published implementation (or paper table) the count comes from
     reference: str = ""
-    #: a small input the model is built and trained at in tests (CIFAR/MNIST scale)
-    small_input_shape: tuple = (32, 32, 3)
     description: str = ""
+
+    @property
+    def small_input_shape(self):
+        """The CIFAR/MNIST-scale input every model also builds and trains at: 32x32."""
+        return (32, 32, self.input_shape[2])
 
 
 _REGISTRY = {}
 
 
 def register(name, builder, *, family, paper, year, input_shape=(224, 224, 3), options=None, num_classes=1000,
-             reference_params=None,
-             params_counted=TRAINABLE, reference="", small_input_shape=(32, 32, 3), description=""):
+             reference_params=None, params_counted=TRAINABLE, reference="", description=""):
     """Add a model variant: ``builder(num_classes, input_shape, include_top, **options)``."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
@@ -50,8 +52,8 @@ def register(name, builder, *, family, paper, year, input_shape=(224, 224, 3), o
         raise ValueError(f"params_counted must be {TRAINABLE!r} or {ALL!r}")
     _REGISTRY[name] = ModelInfo(
         name=name, family=family, builder=builder, paper=paper, year=year, input_shape=tuple(input_shape),
-        options=dict(options or {}), num_classes=num_classes, reference_params=reference_params, params_counted=params_counted,
-        reference=reference, small_input_shape=tuple(small_input_shape), description=description,
+        options=dict(options or {}), num_classes=num_classes, reference_params=reference_params,
+        params_counted=params_counted, reference=reference, description=description,
     )
 
 
@@ -97,8 +99,9 @@ def create_model(name, num_classes=None, input_shape=None, include_top=True, **o
     """Build a registered model as a tf_keras functional ``Model``.
 
     ``input_shape`` is (H, W, C), (H, W) or one int (square, default channels); it defaults to the
-    model's canonical input, ``num_classes`` to its canonical class count. Family options (e.g. ``batch_norm=True`` for VGG, ``alpha=0.5`` for
-    MobileNet) are passed through; an option the family does not have is a clear error.
+    model's canonical input, ``num_classes`` to its canonical class count. Family options (e.g.
+    ``batch_norm=True`` for VGG, ``alpha=0.5`` for MobileNet) are passed through; an option the
+    family does not have is a clear error.
     """
     info = get_model_info(name)
     if num_classes is None:

@@ -4,14 +4,15 @@ Building all ~60 models takes minutes, so the table ships with the package (``zo
 and ``cnnkit models`` reads it instantly. The test suite rebuilds every model and fails if the
 table is stale; regenerate it with ``python -m keras_cnns.stats``.
 """
+import functools
 import json
 import os
 
 STATS_FILE = os.path.join(os.path.dirname(__file__), "zoo_stats.json")
 
 
-def model_stats(name, input_shape=None):
-    """Build ``name`` (inference form) and measure it: a small JSON-able dict."""
+def model_stats(name):
+    """Build ``name`` (inference form, canonical input) and measure it: a small JSON-able dict."""
     import tf_keras as keras
 
     from keras_cnns.analysis import profile_model
@@ -19,17 +20,21 @@ def model_stats(name, input_shape=None):
     from keras_cnns.utils import inference_model
 
     keras.backend.clear_session()
-    profile = profile_model(inference_model(create_model(name, input_shape=input_shape)))
-    return {"params": profile.params, "trainable_params": profile.trainable_params, "macs": profile.macs,
-            "activations": profile.activations, "input_shape": list(profile.input_shape)}
+    return profile_model(inference_model(create_model(name))).totals()
 
 
+@functools.lru_cache(maxsize=1)
 def load_zoo_stats():
     """{model name: stats} as shipped; models missing from the file are simply absent."""
     if not os.path.exists(STATS_FILE):
         return {}
     with open(STATS_FILE, encoding="utf-8") as f:
         return json.load(f)
+
+
+def zoo_stats(name):
+    """The shipped stats of ``name``, measured afresh if the table does not have it."""
+    return load_zoo_stats().get(name) or model_stats(name)
 
 
 def write_zoo_stats(path=STATS_FILE, log=None):
@@ -42,9 +47,10 @@ def write_zoo_stats(path=STATS_FILE, log=None):
             log(f"{name}: {table[name]['params']:,} params, {table[name]['macs']:,} MACs")
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(table, f, indent=1, sort_keys=False)
+        json.dump(table, f, indent=1)
         f.write("\n")
     os.replace(tmp, path)
+    load_zoo_stats.cache_clear()
     return table
 
 

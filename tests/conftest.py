@@ -16,7 +16,3 @@ def _fresh_keras_session():
     np.random.seed(0)
     yield
     keras.backend.clear_session()
-
-
-def trainable_count(model):
-    return int(sum(np.prod(w.shape) for w in model.trainable_weights))

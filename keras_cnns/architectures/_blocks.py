@@ -59,6 +59,15 @@ def conv_bn_act(
     return x
 
 
+def depthwise_bn_act(x, kernel_size, name, strides=1, depth_multiplier=1, activation="relu6", bn_epsilon=1e-3):
+    """DepthwiseConv2D -> BatchNormalization -> Activation: the per-channel half of MobileNet's
+    depthwise separable convolution (also in MobileNet v2 and EfficientNet blocks)."""
+    x = layers.DepthwiseConv2D(kernel_size, strides=strides, padding="same", depth_multiplier=depth_multiplier,
+                               use_bias=False, name=f"{name}_dw_conv")(x)
+    x = layers.BatchNormalization(epsilon=bn_epsilon, name=f"{name}_dw_bn")(x)
+    return layers.Activation(activation, name=f"{name}_dw_{activation}")(x)
+
+
 def bn_act(x, name, activation="relu", bn_epsilon=1e-5):
     """BatchNormalization -> Activation: the pre-activation of ResNet v2, Wide ResNet and DenseNet."""
     x = layers.BatchNormalization(epsilon=bn_epsilon, name=f"{name}_bn")(x)
@@ -68,6 +77,14 @@ def bn_act(x, name, activation="relu", bn_epsilon=1e-5):
 def dense_head(x, num_classes, classifier_activation="softmax", name="fc"):
     """The final linear classifier followed by its activation as a separate layer ``predictions``."""
     x = layers.Dense(num_classes, name=name)(x)
+    if classifier_activation:
+        x = layers.Activation(classifier_activation, name="predictions")(x)
+    return x
+
+
+def gap_predictions(x, classifier_activation="softmax"):
+    """Global average pooling of per-class maps (NiN, SqueezeNet): no FC layer at all."""
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if classifier_activation:
         x = layers.Activation(classifier_activation, name="predictions")(x)
     return x

@@ -12,7 +12,7 @@ import math
 
 import tf_keras as keras
 
-from keras_cnns.architectures._blocks import conv_bn_act, image_input, pooled_head, use_small_stem
+from keras_cnns.architectures._blocks import conv_bn_act, depthwise_bn_act, image_input, pooled_head, use_small_stem
 from keras_cnns.architectures.mobilenet import make_divisible
 from keras_cnns.layers import DropPath
 from keras_cnns.registry import register
@@ -51,9 +51,7 @@ def mbconv(x, filters_in, filters_out, kernel, strides, expand_ratio, name, se_r
     y = x
     if expand_ratio != 1:
         y = conv_bn_act(y, filters, 1, name=f"{name}_expand", activation="swish", bn_epsilon=1e-3)
-    y = layers.DepthwiseConv2D(kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_dw_conv")(y)
-    y = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_dw_bn")(y)
-    y = layers.Activation("swish", name=f"{name}_dw_swish")(y)
+    y = depthwise_bn_act(y, kernel, name, strides, activation="swish")
     if se_ratio:  # squeeze-and-excitation
         se = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_squeeze")(y)
         se = layers.Conv2D(max(1, int(filters_in * se_ratio)), 1, activation="swish", name=f"{name}_se_reduce")(se)

@@ -39,7 +39,7 @@ def lenet5(num_classes=10, input_shape=(32, 32, 1), include_top=True, activation
 register(
     "lenet5", lenet5, family="lenet", year=1998,
     paper="LeCun et al., Gradient-Based Learning Applied to Document Recognition",
-    input_shape=(32, 32, 1), num_classes=10, small_input_shape=(32, 32, 1), reference_params=61_706,
+    input_shape=(32, 32, 1), num_classes=10, reference_params=61_706,
     reference="LeNet-5 with a fully connected C3 (the paper's sparse C3 table gives ~60k)",
     description="conv-pool-conv-pool-FC-FC digit recogniser",
 )

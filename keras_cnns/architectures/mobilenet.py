@@ -10,13 +10,7 @@ no expansion. Both follow Keras Applications layer for layer (parameter counts e
 """
 import tf_keras as keras
 
-from keras_cnns.architectures._blocks import (
-    conv_bn_act,
-    dense_head,
-    feature_pooling,
-    image_input,
-    use_small_stem,
-)
+from keras_cnns.architectures._blocks import conv_bn_act, depthwise_bn_act, image_input, pooled_head, use_small_stem
 from keras_cnns.errors import CnnkitError
 from keras_cnns.registry import ALL, register
 
@@ -37,41 +31,33 @@ def make_divisible(value, divisor=8, min_value=None):
     return new
 
 
-def _scaled_input(input_shape, resolution_multiplier):
-    if resolution_multiplier is None:
-        return input_shape
-    if not 0.0 < resolution_multiplier <= 1.0:
-        raise CnnkitError(f"resolution_multiplier must be in (0, 1], got {resolution_multiplier!r}")
-    h, w, c = input_shape
-    return (int(round(h * resolution_multiplier)), int(round(w * resolution_multiplier)), c)
+def _mobilenet_input(input_shape, alpha, resolution_multiplier, small_input):
+    """Validate the width multiplier, apply the resolution multiplier, pick the stem: (inputs, small)."""
+    if alpha <= 0:
+        raise CnnkitError(f"alpha (width multiplier) must be > 0, got {alpha!r}")
+    if resolution_multiplier is not None:
+        if not 0.0 < resolution_multiplier <= 1.0:
+            raise CnnkitError(f"resolution_multiplier must be in (0, 1], got {resolution_multiplier!r}")
+        h, w, c = input_shape
+        input_shape = (int(round(h * resolution_multiplier)), int(round(w * resolution_multiplier)), c)
+    small = use_small_stem(small_input, input_shape)
+    return image_input(input_shape, min_size=16 if small else 32), small
 
 
 def depthwise_separable(x, filters, strides, name, depth_multiplier=1, activation="relu6"):
-    x = layers.DepthwiseConv2D(3, strides=strides, padding="same", depth_multiplier=depth_multiplier,
-                               use_bias=False, name=f"{name}_dw_conv")(x)
-    x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_dw_bn")(x)
-    x = layers.Activation(activation, name=f"{name}_dw_{activation}")(x)
+    x = depthwise_bn_act(x, 3, name, strides, depth_multiplier, activation)
     return conv_bn_act(x, filters, 1, name=f"{name}_pw", activation=activation, bn_epsilon=1e-3)
 
 
 def mobilenet_v1(num_classes=1000, input_shape=(224, 224, 3), include_top=True, alpha=1.0, depth_multiplier=1,
                  resolution_multiplier=None, dropout=1e-3, small_input=None, pooling=None,
                  classifier_activation="softmax"):
-    if alpha <= 0:
-        raise CnnkitError(f"alpha (width multiplier) must be > 0, got {alpha!r}")
-    input_shape = _scaled_input(input_shape, resolution_multiplier)
-    small = use_small_stem(small_input, input_shape)
-    inputs = image_input(input_shape, min_size=16 if small else 32)
+    inputs, small = _mobilenet_input(input_shape, alpha, resolution_multiplier, small_input)
     x = conv_bn_act(inputs, int(32 * alpha), 3, name="conv1", strides=1 if small else 2, activation="relu6",
                     bn_epsilon=1e-3)
     for i, (filters, strides) in enumerate(V1_LAYERS, start=1):
         x = depthwise_separable(x, int(filters * alpha), strides, f"block{i}", depth_multiplier)
-    if not include_top:
-        return keras.Model(inputs, feature_pooling(x, pooling))
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="dropout")(x)
-    return keras.Model(inputs, dense_head(x, num_classes, classifier_activation))
+    return keras.Model(inputs, pooled_head(x, num_classes, include_top, pooling, dropout, classifier_activation))
 
 
 def inverted_residual(x, filters, strides, expansion, name):
@@ -79,9 +65,7 @@ def inverted_residual(x, filters, strides, expansion, name):
     y = x
     if expansion != 1:
         y = conv_bn_act(y, expansion * in_channels, 1, name=f"{name}_expand", activation="relu6", bn_epsilon=1e-3)
-    y = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw_conv")(y)
-    y = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_dw_bn")(y)
-    y = layers.Activation("relu6", name=f"{name}_dw_relu6")(y)
+    y = depthwise_bn_act(y, 3, name, strides)
     y = conv_bn_act(y, filters, 1, name=f"{name}_project", activation=None, bn_epsilon=1e-3)  # linear bottleneck
     if strides == 1 and in_channels == filters:
         y = layers.Add(name=f"{name}_add")([x, y])
@@ -91,11 +75,7 @@ def inverted_residual(x, filters, strides, expansion, name):
 def mobilenet_v2(num_classes=1000, input_shape=(224, 224, 3), include_top=True, alpha=1.0, expansion=6,
                  resolution_multiplier=None, dropout=0.0, small_input=None, pooling=None,
                  classifier_activation="softmax"):
-    if alpha <= 0:
-        raise CnnkitError(f"alpha (width multiplier) must be > 0, got {alpha!r}")
-    input_shape = _scaled_input(input_shape, resolution_multiplier)
-    small = use_small_stem(small_input, input_shape)
-    inputs = image_input(input_shape, min_size=16 if small else 32)
+    inputs, small = _mobilenet_input(input_shape, alpha, resolution_multiplier, small_input)
     x = conv_bn_act(inputs, make_divisible(32 * alpha), 3, name="conv1", strides=1 if small else 2,
                     activation="relu6", bn_epsilon=1e-3)
     block = 0
@@ -106,12 +86,7 @@ def mobilenet_v2(num_classes=1000, input_shape=(224, 224, 3), include_top=True, 
                                   t if t == 1 else expansion, f"block{block}")
     last = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
     x = conv_bn_act(x, last, 1, name="conv_last", activation="relu6", bn_epsilon=1e-3)
-    if not include_top:
-        return keras.Model(inputs, feature_pooling(x, pooling))
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="dropout")(x)
-    return keras.Model(inputs, dense_head(x, num_classes, classifier_activation))
+    return keras.Model(inputs, pooled_head(x, num_classes, include_top, pooling, dropout, classifier_activation))
 
 
 register("mobilenet", mobilenet_v1, family="mobilenet", year=2017,

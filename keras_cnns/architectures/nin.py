@@ -9,32 +9,30 @@ global average pooling replaces the fully connected classifier.
 """
 import tf_keras as keras
 
-from keras_cnns.architectures._blocks import conv_bn_act, feature_pooling, image_input, use_small_stem
+from keras_cnns.architectures._blocks import conv_bn_act, feature_pooling, gap_predictions, image_input, use_small_stem
 from keras_cnns.registry import register
 
 layers = keras.layers
 
 
-def mlpconv(x, filters, kernel_size, name, strides=1, padding="same", mlp=(None, None), batch_norm=False,
-            last_activation=True):
-    """conv(kernel_size) -> ReLU -> 1x1 conv -> ReLU -> 1x1 conv -> ReLU."""
-    widths = [filters] + [m or filters for m in mlp]
-    kernels = [kernel_size, 1, 1]
-    for i, (w, k) in enumerate(zip(widths, kernels)):
-        last = i == len(widths) - 1
-        x = conv_bn_act(x, w, k, name=f"{name}_{['conv', 'mlp1', 'mlp2'][i]}", strides=strides if i == 0 else 1,
-                        padding=padding if i == 0 else "same", batch_norm=batch_norm,
-                        activation="relu" if (last_activation or not last) else None, use_bias=True)
+def mlpconv(x, filters, kernel_size, name, strides=1, padding="same", mlp=(None, None), batch_norm=False):
+    """conv(kernel_size) -> ReLU -> 1x1 conv -> ReLU -> 1x1 conv -> ReLU (``mlp`` widths default to ``filters``)."""
+    layers_spec = [("conv", filters, kernel_size, strides, padding)]
+    layers_spec += [(f"mlp{i}", width or filters, 1, 1, "same") for i, width in enumerate(mlp, start=1)]
+    for suffix, width, kernel, stride, pad in layers_spec:
+        x = conv_bn_act(x, width, kernel, name=f"{name}_{suffix}", strides=stride, padding=pad, batch_norm=batch_norm,
+                        use_bias=True)
     return x
 
 
-def _gap_head(x, inputs, num_classes, include_top, pooling, classifier_activation):
+def _last_block_and_head(x, inputs, filters, kernel_size, name, num_classes, include_top, pooling, batch_norm,
+                         classifier_activation):
+    """The last mlpconv: with the top, its second 1x1 conv outputs one map per class, then GAP."""
     if not include_top:
-        return keras.Model(inputs, feature_pooling(x, pooling))
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if classifier_activation:
-        x = layers.Activation(classifier_activation, name="predictions")(x)
-    return keras.Model(inputs, x)
+        return keras.Model(inputs, feature_pooling(mlpconv(x, filters, kernel_size, name, batch_norm=batch_norm),
+                                                   pooling))
+    x = mlpconv(x, filters, kernel_size, name, mlp=(None, num_classes), batch_norm=batch_norm)
+    return keras.Model(inputs, gap_predictions(x, classifier_activation))
 
 
 def nin(num_classes=1000, input_shape=(224, 224, 3), include_top=True, dropout=0.5, batch_norm=False,
@@ -52,10 +50,8 @@ def nin(num_classes=1000, input_shape=(224, 224, 3), include_top=True, dropout=0
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool3")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    if not include_top:
-        return keras.Model(inputs, feature_pooling(mlpconv(x, 1024, 3, "block4", batch_norm=batch_norm), pooling))
-    x = mlpconv(x, 1024, 3, "block4", mlp=(None, num_classes), batch_norm=batch_norm)
-    return _gap_head(x, inputs, num_classes, include_top, pooling, classifier_activation)
+    return _last_block_and_head(x, inputs, 1024, 3, "block4", num_classes, include_top, pooling, batch_norm,
+                                classifier_activation)
 
 
 def nin_cifar(num_classes=10, input_shape=(32, 32, 3), include_top=True, dropout=0.5, batch_norm=False,
@@ -69,10 +65,8 @@ def nin_cifar(num_classes=10, input_shape=(32, 32, 3), include_top=True, dropout
     x = layers.AveragePooling2D(3, strides=2, padding="same", name="pool2")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout2")(x)
-    if not include_top:
-        return keras.Model(inputs, feature_pooling(mlpconv(x, 192, 3, "block3", batch_norm=batch_norm), pooling))
-    x = mlpconv(x, 192, 3, "block3", mlp=(None, num_classes), batch_norm=batch_norm)
-    return _gap_head(x, inputs, num_classes, include_top, pooling, classifier_activation)
+    return _last_block_and_head(x, inputs, 192, 3, "block3", num_classes, include_top, pooling, batch_norm,
+                                classifier_activation)
 
 
 _PAPER = "Lin, Chen, Yan, Network In Network"
@@ -80,4 +74,5 @@ register("nin", nin, family="nin", year=2014, paper=_PAPER, reference_params=7_5
          reference="computed: authors' Caffe ImageNet model (96-256-384-1024, mlpconv x4)",
          description="ImageNet NiN: 4 mlpconv blocks, global average pooling")
 register("nin_cifar", nin_cifar, family="nin", year=2014, paper=_PAPER, input_shape=(32, 32, 3),
-         num_classes=10, reference_params=966_986, reference="computed: the paper's CIFAR-10 model", description="CIFAR-10 NiN of the paper (3 mlpconv blocks, 192 channels)")
+         num_classes=10, reference_params=966_986, reference="computed: the paper's CIFAR-10 model",
+         description="CIFAR-10 NiN of the paper (3 mlpconv blocks, 192 channels)")

@@ -7,7 +7,7 @@ earlier, for 2.4x less computation at the same accuracy.
 """
 import tf_keras as keras
 
-from keras_cnns.architectures._blocks import conv_bn_act, feature_pooling, image_input, use_small_stem
+from keras_cnns.architectures._blocks import conv_bn_act, feature_pooling, gap_predictions, image_input, use_small_stem
 from keras_cnns.registry import register
 
 layers = keras.layers
@@ -55,10 +55,7 @@ def squeezenet(num_classes=1000, input_shape=(224, 224, 3), include_top=True, ve
         x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.Conv2D(num_classes, 1, name="conv10_conv")(x)
     x = layers.Activation("relu", name="conv10_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if classifier_activation:
-        x = layers.Activation(classifier_activation, name="predictions")(x)
-    return keras.Model(inputs, x)
+    return keras.Model(inputs, gap_predictions(x, classifier_activation))
 
 
 _PAPER = "Iandola et al., SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB model size"

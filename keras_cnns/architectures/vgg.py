@@ -10,7 +10,7 @@ import tf_keras as keras
 
 from keras_cnns.architectures._blocks import conv_bn_act, dense_head, feature_pooling, image_input
 from keras_cnns.layers import LocalResponseNormalization
-from keras_cnns.registry import TRAINABLE, register
+from keras_cnns.registry import register
 
 layers = keras.layers
 
@@ -49,22 +49,21 @@ def vgg(num_classes=1000, input_shape=(224, 224, 3), include_top=True, config="D
 
 
 _PAPER = "Simonyan, Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition"
-# name, config, lrn, reference params (torchvision; vgg16c computed: the paper's Table 2 says 134M)
+# name, config, LRN, reference params of the plain and the batch-norm variant (torchvision; vgg16c is
+# computed from the paper's Table 1, whose Table 2 gives it as 134M)
 _VARIANTS = [
-    ("vgg11", "A", False, 132_863_336, "torchvision vgg11"),
-    ("vgg11_lrn", "A", True, 132_863_336, "torchvision vgg11 (LRN has no weights)"),
-    ("vgg13", "B", False, 133_047_848, "torchvision vgg13"),
-    ("vgg16c", "C", False, 133_638_952, "paper Table 1 config C (Table 2: 134M)"),
-    ("vgg16", "D", False, 138_357_544, "torchvision vgg16 / Keras Applications VGG16"),
-    ("vgg19", "E", False, 143_667_240, "torchvision vgg19 / Keras Applications VGG19"),
+    ("vgg11", "A", False, 132_863_336, 132_868_840),
+    ("vgg11_lrn", "A", True, 132_863_336, None),  # LRN has no weights
+    ("vgg13", "B", False, 133_047_848, 133_053_736),
+    ("vgg16c", "C", False, 133_638_952, None),
+    ("vgg16", "D", False, 138_357_544, 138_365_992),
+    ("vgg19", "E", False, 143_667_240, 143_678_248),
 ]
-for _name, _config, _lrn, _params, _ref in _VARIANTS:
+for _name, _config, _lrn, _params, _bn_params in _VARIANTS:
+    _ref = "paper Table 1 config C, computed" if _name == "vgg16c" else f"torchvision {_name.replace('_lrn', '')}"
     register(_name, vgg, family="vgg", year=2014, paper=_PAPER, options={"config": _config, "lrn": _lrn},
-             reference_params=_params, params_counted=TRAINABLE, reference=_ref,
-             description=f"configuration {_config}{'-LRN' if _lrn else ''}")
-_BN = {"vgg11": 132_868_840, "vgg13": 133_053_736, "vgg16": 138_365_992, "vgg19": 143_678_248}
-for _name, _params in _BN.items():
-    _config = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}[_name]
-    register(f"{_name}_bn", vgg, family="vgg", year=2014, paper=_PAPER, options={"config": _config, "batch_norm": True},
-             reference_params=_params, params_counted=TRAINABLE, reference=f"torchvision {_name}_bn",
-             description=f"configuration {_config} with batch normalization")
+             reference_params=_params, reference=_ref, description=f"configuration {_config}{'-LRN' if _lrn else ''}")
+    if _bn_params:
+        register(f"{_name}_bn", vgg, family="vgg", year=2014, paper=_PAPER,
+                 options={"config": _config, "batch_norm": True}, reference_params=_bn_params,
+                 reference=f"torchvision {_name}_bn", description=f"configuration {_config} with batch normalization")

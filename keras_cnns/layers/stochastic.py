@@ -76,54 +76,53 @@ class DropPath(keras.layers.Layer):
         return {**super().get_config(), "rate": self.rate}
 
 
-def _drop_weights(kernel, rate):
-    keep = 1.0 - rate
-    mask = tf.cast(tf.random.uniform(tf.shape(kernel), dtype=tf.float32) < keep, kernel.dtype)
-    return kernel * mask / tf.cast(keep, kernel.dtype)
+class _DropConnect:
+    """What DropConnect adds to a Keras layer with a ``kernel``: in training each weight is zeroed
+    with probability ``rate`` (a fresh mask per step) and the kept weights are scaled by
+    1 / (1 - rate); at inference the kernel is used unchanged."""
+
+    def _set_rate(self, rate):
+        _check_rate("rate", rate)
+        self.rate = float(rate)
+
+    def _kernel(self, training):
+        if not (training and self.rate > 0.0):
+            return self.kernel
+        keep = 1.0 - self.rate
+        mask = tf.cast(tf.random.uniform(tf.shape(self.kernel), dtype=tf.float32) < keep, self.kernel.dtype)
+        return self.kernel * mask / tf.cast(keep, self.kernel.dtype)
+
+    def _bias_and_activation(self, outputs):
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
 
 
 @keras.utils.register_keras_serializable(package="keras_cnns")
-class DropConnectDense(keras.layers.Dense):
-    """Dense layer with DropConnect (Wan et al., 2013): in training each *weight* (not unit) is
-    zeroed with probability ``rate`` — a fresh mask per step — and the kept weights are scaled by
-    1 / (1 - rate); at inference the full weight matrix is used unchanged."""
+class DropConnectDense(_DropConnect, keras.layers.Dense):
+    """Dense layer with DropConnect (Wan et al., 2013): drops *weights*, not units, in training."""
 
     def __init__(self, units, rate=0.5, **kwargs):
         super().__init__(units, **kwargs)
-        _check_rate("rate", rate)
-        self.rate = float(rate)
+        self._set_rate(rate)
 
     def call(self, inputs, training=None):
-        kernel = self.kernel
-        if training and self.rate > 0.0:
-            kernel = _drop_weights(kernel, self.rate)
-        outputs = tf.tensordot(inputs, kernel, axes=[[-1], [0]]) if inputs.shape.rank > 2 else tf.matmul(inputs, kernel)
-        if self.use_bias:
-            outputs = tf.nn.bias_add(outputs, self.bias)
-        return self.activation(outputs) if self.activation is not None else outputs
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate}
+        kernel = self._kernel(training)
+        if inputs.shape.rank > 2:
+            return self._bias_and_activation(tf.tensordot(inputs, kernel, axes=[[-1], [0]]))
+        return self._bias_and_activation(tf.matmul(inputs, kernel))
 
 
 @keras.utils.register_keras_serializable(package="keras_cnns")
-class DropConnectConv2D(keras.layers.Conv2D):
-    """Conv2D with DropConnect on its kernel (per-step Bernoulli mask over the weights in training,
-    inverted scaling; the plain convolution at inference)."""
+class DropConnectConv2D(_DropConnect, keras.layers.Conv2D):
+    """Conv2D with DropConnect on its kernel (the plain convolution at inference)."""
 
     def __init__(self, filters, kernel_size, rate=0.5, **kwargs):
         super().__init__(filters, kernel_size, **kwargs)
-        _check_rate("rate", rate)
-        self.rate = float(rate)
+        self._set_rate(rate)
 
     def call(self, inputs, training=None):
-        kernel = self.kernel
-        if training and self.rate > 0.0:
-            kernel = _drop_weights(kernel, self.rate)
-        outputs = self.convolution_op(inputs, kernel)
-        if self.use_bias:
-            outputs = tf.nn.bias_add(outputs, self.bias)
-        return self.activation(outputs) if self.activation is not None else outputs
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate}
+        return self._bias_and_activation(self.convolution_op(inputs, self._kernel(training)))
