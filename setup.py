@@ -17,6 +17,7 @@ setup(
         # tf_keras (Keras 2) is the Keras API: tensorflow-model-optimization rejects Keras 3 models.
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
+        "tensorboard==2.21.*",  # the TensorBoard callback (TF 2.21 no longer pulls it in)
         "tensorflow-model-optimization>=0.8.1,<0.9",
         "tf2onnx==1.17.*",
         "onnx>=1.16",

@@ -28,11 +28,18 @@ def _stderr_silenced():
 
 
 def import_tensorflow():
+    """Import TensorFlow quietly. ``CNNKIT_CPU_DEVICES=N`` splits the CPU into N logical devices (to
+    try ``--strategy mirrored`` on a machine without GPUs); it must happen before devices start."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _stderr_silenced():
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")
-        tf.config.list_physical_devices()
+        cpus = tf.config.list_physical_devices("CPU")
+        count = os.environ.get("CNNKIT_CPU_DEVICES", "")
+        if count.isdigit() and int(count) > 1 and cpus:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(int(count))])
+        tf.config.list_logical_devices()
         import keras_cnns  # noqa: F401
     return tf

@@ -3,13 +3,14 @@
 User errors (unknown model, bad option, bad input size) print one line on stderr and exit with
 status 2 — never a traceback.
 """
-import ast
 import json
+import logging
 import sys
 
 import click
 
 from cnnkit import __version__
+from cnnkit._common import parse_options, table
 from cnnkit._quiet import import_tensorflow
 from keras_cnns.errors import CnnkitError
 
@@ -36,34 +37,18 @@ def cli():
       cnnkit models                      every model with params, MACs, input size, paper
       cnnkit summary resnet18            layer-by-layer output shapes and parameters
       cnnkit profile mobilenet_v2        params, MACs and activation memory per layer
+    Train and compare:
+      cnnkit train lenet5                LeNet-5 on the bundled digits -> runs/latest
+      cnnkit evaluate runs/latest        test metrics and a confusion matrix
+      cnnkit finetune runs/latest --data ./photos --strategy auto
+      cnnkit ensemble RUN_DIR RUN_DIR    average several runs into one model
     """
-
-
-def _table(headers, rows, right=()):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
-              for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def _parse_options(pairs):
-    """``("alpha=0.5", "batch_norm=true")`` -> ``{"alpha": 0.5, "batch_norm": True}``."""
-    options = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise CnnkitError(f"option {pair!r} must look like KEY=VALUE (e.g. alpha=0.5)")
-        words = {"true": "True", "false": "False", "none": "None", "null": "None"}
-        text = words.get(raw.strip().lower(), raw)
-        try:
-            options[key.strip()] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            options[key.strip()] = raw
-    return options
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cnnkit: %(message)s"))
+    library = logging.getLogger("keras_cnns")
+    library.handlers[:] = [handler]
+    library.setLevel(logging.INFO)
+    library.propagate = False
 
 
 def _build(name, input_size, channels, num_classes, options):
@@ -74,7 +59,7 @@ def _build(name, input_size, channels, num_classes, options):
     if input_size or channels:
         h, w, c = info.input_shape
         shape = (input_size or h, input_size or w, channels or c)
-    model = keras_cnns.create_model(info.name, num_classes=num_classes, input_shape=shape, **_parse_options(options))
+    model = keras_cnns.create_model(info.name, num_classes=num_classes, input_shape=shape, **parse_options(options))
     return info, keras_cnns.inference_model(model)
 
 
@@ -126,7 +111,7 @@ def models(family, as_json):
         return
     rows = [(r["name"], r["family"], _fmt(r["params"]), _fmt(r["macs"]), "x".join(map(str, r["input_shape"])),
              r["year"], r["paper"]) for r in out]
-    click.echo(_table(("model", "family", "params", "MACs", "input", "year", "paper"), rows, right=(2, 3)))
+    click.echo(table(("model", "family", "params", "MACs", "input", "year", "paper"), rows, right=(2, 3)))
 
 
 @cli.command()
@@ -147,7 +132,7 @@ def summary(model, input_size, channels, num_classes, options, as_json):
         return
     rows = [(l.name, l.type, str(tuple(l.output_shape[1:])), f"{l.params:,}") for l in profile.layers]
     click.echo(f"{info.name} ({info.paper}, {info.year}), input {'x'.join(map(str, profile.input_shape))}")
-    click.echo(_table(("layer", "type", "output shape", "params"), rows, right=(3,)))
+    click.echo(table(("layer", "type", "output shape", "params"), rows, right=(3,)))
     click.echo(f"\ntotal params: {profile.params:,}   trainable: {profile.trainable_params:,}   "
                f"non-trainable: {profile.params - profile.trainable_params:,}")
 
@@ -188,7 +173,7 @@ def profile(model, input_size, channels, num_classes, options, as_json, show_lay
     if show_layers:
         rows = [(l.name, l.type, str(tuple(l.output_shape[1:])), f"{l.params:,}", f"{l.macs:,}",
                  f"{l.activations:,}") for l in prof.layers]
-        click.echo(_table(("layer", "type", "output", "params", "MACs", "activations"), rows, right=(3, 4, 5)))
+        click.echo(table(("layer", "type", "output", "params", "MACs", "activations"), rows, right=(3, 4, 5)))
         click.echo()
     click.echo(f"{info.name} at {'x'.join(map(str, prof.input_shape))}:")
     click.echo(f"  params       {prof.params:>16,}  ({prof.param_bytes / 2**20:.1f} MiB as float32)")
@@ -214,6 +199,12 @@ def _comparison_plot(path, compare, extra):
     rows = [{"name": name, **zoo_stats(name)} for name in canonical]
     plot_model_comparison(rows, path)
     return {"path": path, "models": [r["name"] for r in rows]}
+
+
+from cnnkit.cli_train import COMMANDS as _TRAINING_COMMANDS  # noqa: E402
+
+for _command in _TRAINING_COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv=None):

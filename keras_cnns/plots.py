@@ -1,15 +1,30 @@
-"""The notes' model comparison chart: operations on x, parameters on y, bubble area = memory
-(weights + one image's activations, as float32)."""
+"""Charts: the notes' model comparison (operations on x, parameters on y, bubble area = memory of
+weights + one image's activations, as float32), training history and confusion matrices."""
 import os
 
 
-def plot_model_comparison(rows, path, title="CNN architectures: operations vs parameters vs memory"):
-    """``rows``: dicts with name, macs, params, activations. Writes a PNG to ``path`` atomically."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path):
+    """Write the figure to ``path`` through a temporary sibling (atomic) and close it."""
+    plt = _pyplot()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_model_comparison(rows, path, title="CNN architectures: operations vs parameters vs memory"):
+    """``rows``: dicts with name, macs, params, activations. Writes a PNG to ``path`` atomically."""
+    plt = _pyplot()
     if not rows:
         raise ValueError("nothing to plot: no models given")
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
@@ -28,8 +43,51 @@ def plot_model_comparison(rows, path, title="CNN architectures: operations vs pa
     ax.set_title(title + "\n(bubble area: memory = weights + activations of one image)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
+
+
+def plot_history(rows, path, title="training history"):
+    """Loss, accuracy and learning rate per epoch from ``history.csv`` rows."""
+    plt = _pyplot()
+    epochs = [r["epoch"] + 1 for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [r.get(prefix + key) for r in rows]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, marker=".", label=("validation " if prefix else "training ") + label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[2].plot(epochs, [r.get("lr") for r in rows], marker=".")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("learning rate (end of epoch)")
+    axes[2].grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix, class_names, path, title="confusion matrix"):
+    """Rows: true class, columns: predicted class, counts written in the cells."""
+    plt = _pyplot()
+    k = len(class_names)
+    side = min(12, 2.5 + 0.45 * k)
+    fig, ax = plt.subplots(figsize=(side + 1, side), dpi=100)
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_xticks(range(k), class_names, rotation=90 if k > 10 else 0, fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        high = matrix.max() / 2 if matrix.size else 0
+        for i in range(k):
+            for j in range(k):
+                if matrix[i, j]:
+                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if matrix[i, j] > high else "black")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

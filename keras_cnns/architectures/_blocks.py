@@ -75,10 +75,12 @@ def bn_act(x, name, activation="relu", bn_epsilon=1e-5):
 
 
 def dense_head(x, num_classes, classifier_activation="softmax", name="fc"):
-    """The final linear classifier followed by its activation as a separate layer ``predictions``."""
+    """The final linear classifier followed by its activation as a separate layer ``predictions``.
+
+    The activation always computes in float32, so mixed-precision training keeps a stable softmax."""
     x = layers.Dense(num_classes, name=name)(x)
     if classifier_activation:
-        x = layers.Activation(classifier_activation, name="predictions")(x)
+        x = layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
     return x
 
 
@@ -86,7 +88,7 @@ def gap_predictions(x, classifier_activation="softmax"):
     """Global average pooling of per-class maps (NiN, SqueezeNet): no FC layer at all."""
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if classifier_activation:
-        x = layers.Activation(classifier_activation, name="predictions")(x)
+        x = layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
     return x
 
 

@@ -64,7 +64,7 @@ def auxiliary_classifier(x, num_classes, name, batch_norm=False, classifier_acti
     x = layers.Dropout(0.7, name=f"{name}_dropout")(x)
     x = layers.Dense(num_classes, name=f"{name}_fc2")(x)
     if classifier_activation:
-        x = layers.Activation(classifier_activation, name=f"{name}_predictions")(x)
+        x = layers.Activation(classifier_activation, dtype="float32", name=f"{name}_predictions")(x)
     return x
 
 

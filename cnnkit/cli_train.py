@@ -1,0 +1,217 @@
+"""``cnnkit train / evaluate / finetune / ensemble``: thin wrappers over :mod:`keras_cnns.training`."""
+import json
+import sys
+
+import click
+
+from cnnkit._common import parse_options, table
+from cnnkit._quiet import import_tensorflow
+from keras_cnns.errors import CnnkitError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "step", "exponential", "inverse-time", "cosine", "sgdr", "plateau")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
+
+# options train and finetune share: (click option, TrainConfig field)
+_fit_options = [
+    click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train (train: 30, finetune: 10)."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                 help="Global batch size (split across replicas)."),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
+                 help="momentum/nesterov use rho 0.9; adam/adamw beta1 0.9, beta2 0.999."),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+                 help="Initial learning rate (default: 0.01 for sgd/momentum/nesterov/adagrad, 0.001 otherwise)."),
+    click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+                 help="rho of momentum / nesterov."),
+    click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
+                 help="Learning-rate schedule: step (x gamma every --step-epochs), exponential (a0 e^-kt), "
+                      "inverse-time (a0/(1+kt)), cosine, sgdr (warm restarts), plateau (x gamma when val loss stalls)."),
+    click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Linear warm-up in front of the schedule."),
+    click.option("--step-epochs", type=click.IntRange(min=1), help="step: epochs between drops (default a third)."),
+    click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+                 help="step / plateau: factor per drop."),
+    click.option("--decay", type=click.FloatRange(min=0), default=0.1, show_default=True,
+                 help="exponential / inverse-time: k per epoch."),
+    click.option("--restart-epochs", type=click.IntRange(min=1), help="sgdr: length of the first cycle."),
+    click.option("--t-mul", type=click.FloatRange(min=1), default=2.0, show_default=True,
+                 help="sgdr: each cycle this many times longer."),
+    click.option("--min-lr", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="cosine / sgdr / plateau: floor."),
+    click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="L2 weight decay (decoupled for adamw)."),
+    click.option("--l1", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="L1 penalty on kernels (with --l2: elastic net)."),
+    click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True, help="L2 penalty on kernels."),
+    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True),
+    click.option("--augment", default="", metavar="LIST", help="Comma list of flip, crop, noise, color."),
+    click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
+                 help="Stop after this many epochs without a better validation accuracy."),
+    click.option("--mode", type=click.Choice(("graph", "eager", "xla")), default="graph", show_default=True,
+                 help="graph: compiled tf.function; xla: also XLA jit-compiled; eager: op by op (dynamic)."),
+    click.option("--precision", type=click.Choice(("float32", "mixed_float16", "bfloat16", "mixed_bfloat16")),
+                 default="float32", show_default=True, help="Mixed precision (meant for GPUs)."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--deterministic", is_flag=True, help="Deterministic ops: same seed, same numbers (slower)."),
+    click.option("--val-split", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
+                 show_default=True, help="Fraction held out for validation (stratified)."),
+    click.option("--test-split", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
+                 show_default=True, help="Fraction held out for the final test."),
+    click.option("--strict", is_flag=True, help="Stop on an unreadable image instead of skipping it."),
+    click.option("--output", type=click.Path(file_okay=False), help="Run directory (default runs/MODEL-TIME)."),
+    json_option,
+]
+_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "schedule", "warmup_epochs", "step_epochs",
+           "gamma", "decay", "restart_epochs", "t_mul", "min_lr", "weight_decay", "l1", "l2", "label_smoothing",
+           "augment", "early_stopping", "mode", "strategy", "precision", "seed", "deterministic", "val_split",
+           "test_split", "strict", "output")
+
+
+def fit_options(f):
+    for option in reversed(_fit_options):
+        f = option(f)
+    return f
+
+
+def _config_kwargs(kwargs):
+    out = {k: kwargs[k] for k in _FIELDS if kwargs.get(k) is not None}
+    out["precision"] = {"bfloat16": "mixed_bfloat16"}.get(out.get("precision"), out.get("precision"))
+    return out
+
+
+def _verbosity(as_json):
+    if as_json:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _report(result, as_json, extra=None):
+    metrics = dict(result.metrics)
+    out = {"run_dir": result.run_dir, **(extra or {}), "metrics": metrics}
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    for key, value in (extra or {}).items():
+        click.echo(f"{key.replace('_', ' ')}: {value}")
+    _print_metrics(metrics)
+    if "epochs_completed" in metrics:
+        click.echo(f"epochs {metrics['epochs_completed']}, best epoch {metrics['best_epoch']} "
+                   f"(validation accuracy {metrics['best_val_accuracy']:.2%}); mode {metrics['mode']}: train step "
+                   f"traced {metrics['traces']} time(s), {metrics['train_images_per_second']:,.0f} images/s")
+    snap = metrics.get("snapshot_ensemble")
+    if snap and "accuracy" in snap:
+        click.echo(f"snapshot ensemble of {snap['members']}: test accuracy {snap['accuracy']:.2%} "
+                   f"(members: {', '.join(f'{a:.2%}' for a in snap['member_accuracy'])})")
+    click.echo(f"run directory: {result.run_dir}")
+
+
+def _print_metrics(metrics):
+    top = next((k for k in metrics if k.startswith("top") and k.endswith("_accuracy")), None)
+    click.echo(f"test accuracy {metrics['accuracy']:.2%}" + (f", {top.split('_')[0]} {metrics[top]:.2%}" if top else "")
+               + f", loss {metrics['loss']:.4f} on {metrics['samples']} images ({metrics['data']}, {metrics['split']})")
+
+
+@click.command()
+@click.argument("model", required=False, metavar="MODEL")
+@click.option("--data", default="digits", show_default=True, metavar="SPEC",
+              help="digits | shapes[:N] | DIR of class folders | FILE.npz | keras:cifar10 | tfds:NAME.")
+@click.option("--input-size", type=click.IntRange(min=1), help="Square input side (default: the model's own).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Model family option (repeatable).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout rate (models that have dropout).")
+@click.option("--snapshots", type=click.IntRange(min=0), default=0,
+              help="Snapshot ensemble: N cosine cycles, one saved model at the end of each.")
+@click.option("--strategy", type=click.Choice(("default", "mirrored", "multiworker")), default="default",
+              show_default=True, help="tf.distribute: mirrored = all GPUs (or CNNKIT_CPU_DEVICES=N logical CPUs); "
+                                      "multiworker = MultiWorkerMirroredStrategy from TF_CONFIG.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue a stopped run from its last completed epoch (other options are taken from it).")
+@fit_options
+def train(model, data, input_size, options, dropout, snapshots, resume_dir, as_json, **kwargs):
+    """Train MODEL on --data and write a run directory.
+
+    \b
+    Examples:
+      cnnkit train lenet5                               LeNet-5 on the bundled digits
+      cnnkit train resnet20_cifar --data ./photos --input-size 32 --augment flip,crop
+      cnnkit train mobilenet_v2 --input-size 32 --optimizer momentum --lr 0.05 --schedule sgdr
+      cnnkit train --resume runs/latest                 continue a killed run
+    """
+    import_tensorflow()
+    from keras_cnns.training import TrainConfig, resume
+    from keras_cnns.training import train as run_training
+
+    if resume_dir:
+        result = resume(resume_dir, verbose=_verbosity(as_json))
+    else:
+        if not model:
+            raise CnnkitError("name a MODEL to train (`cnnkit models` lists them) or --resume RUN_DIR")
+        config = TrainConfig(model=model, data=data, input_size=input_size, model_options=parse_options(options),
+                             dropout=dropout, snapshots=snapshots, **_config_kwargs(kwargs))
+        result = run_training(config, verbose=_verbosity(as_json))
+    _report(result, as_json)
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--data", metavar="SPEC", help="Another data set (all of it; classes matched by name). "
+                                             "Default: the run's own test split.")
+@json_option
+def evaluate(run_dir, data, as_json):
+    """Accuracy, top-5, loss, per-class precision/recall and a confusion-matrix PNG for a run."""
+    import_tensorflow()
+    from keras_cnns.training import evaluate_run
+
+    metrics = evaluate_run(run_dir, data_spec=data)
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    _print_metrics(metrics)
+    rows = [(name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", c["support"]) for name, c in metrics["per_class"].items()]
+    click.echo(table(("class", "precision", "recall", "images"), rows, right=(1, 2, 3)))
+    click.echo(f"confusion matrix: {metrics['confusion_png']}")
+
+
+@click.command()
+@click.argument("source", metavar="SOURCE")
+@click.option("--data", required=True, metavar="SPEC", help="The new data set (same forms as for train).")
+@click.option("--strategy", "how", default="auto", show_default=True, metavar="head|top:K|full|auto",
+              help="head: only a new classifier; top:K: also the top K blocks; full: everything; auto: from the "
+                   "data size and --similar/--different.")
+@click.option("--similar/--different", default=True, help="Is the new data like the source's? (for auto)")
+@click.option("--lr-factor", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="top:K / full: learning rate = this x the source run's.")
+@fit_options
+def finetune(source, data, how, similar, lr_factor, as_json, **kwargs):
+    """Transfer learning: fine-tune SOURCE (a run directory or .keras file) on new --data."""
+    import_tensorflow()
+    from keras_cnns.training import finetune as run_finetune
+
+    options = _config_kwargs(kwargs)
+    options.setdefault("epochs", 10)
+    result = run_finetune(source, data, strategy=how, similar=similar, lr_factor=lr_factor,
+                          verbose=_verbosity(as_json), **options)
+    from keras_cnns.training import runs
+
+    plan = runs.read_config(result.run_dir)["train"]["finetune"]  # what auto chose, and why
+    _report(result, as_json, extra={"strategy": plan["label"], "why": plan["reason"], "learning_rate": plan["lr"]})
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--output", type=click.Path(file_okay=False), help="Run directory for the ensemble.")
+@json_option
+def ensemble(run_dirs, output, as_json):
+    """Average several runs (or one run's --snapshots) into one model, evaluated on the test split."""
+    import_tensorflow()
+    from keras_cnns.training import ensemble_runs
+
+    out, metrics = ensemble_runs(list(run_dirs), output)
+    if as_json:
+        click.echo(json.dumps({"run_dir": out, "metrics": metrics}))
+        return
+    _print_metrics(metrics)
+    click.echo("members: " + ", ".join(f"{a:.2%}" for a in metrics["member_accuracy"]))
+    click.echo(f"run directory: {out}")
+
+
+COMMANDS = (train, evaluate, finetune, ensemble)

@@ -1,0 +1,166 @@
+"""Callbacks that make a run directory: history, atomic checkpoints, snapshots, NaN guard.
+
+Keras' own callbacks (BackupAndRestore, EarlyStopping, TensorBoard, ReduceLROnPlateau, the progress
+bar) are used as they are; these add what a resumable, inspectable run needs on top.
+"""
+import csv
+import logging
+import math
+import os
+import time
+
+import tf_keras as keras
+
+from keras_cnns.training.schedules import learning_rate_at
+
+log = logging.getLogger(__name__)
+
+
+def save_model_atomic(model, path):
+    """``model.save(path)`` through a temporary sibling and a rename: a crash never leaves half a file."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_atomic(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_history(path):
+    """Rows of ``history.csv`` as dicts of floats (``epoch`` as int); [] when there is none."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = []
+        for row in csv.DictReader(f):
+            rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in ("", None)})
+        return rows
+
+
+class EpochLogs(keras.callbacks.Callback):
+    """First in the list: adds the learning rate to every epoch's logs and names the main output's
+    metrics plainly (GoogLeNet logs ``predictions_accuracy``; this adds ``accuracy``)."""
+
+    def __init__(self, main_output=None):
+        super().__init__()
+        self.main_output = main_output
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["lr"] = learning_rate_at(self.model.optimizer)
+        if self.main_output:
+            for prefix in ("", "val_"):
+                head = f"{prefix}{self.main_output}_"
+                for key in [k for k in logs if k.startswith(head)]:
+                    logs[prefix + key[len(head):]] = logs[key]
+
+
+class TerminateOnNaN(keras.callbacks.Callback):
+    """Stops at the first non-finite loss and records where: epoch, step and learning rate."""
+
+    def __init__(self):
+        super().__init__()
+        self.message = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.message = (f"training diverged: the loss became {float(loss)} at epoch {self._epoch + 1}, "
+                            f"step {batch + 1} (learning rate {learning_rate_at(self.model.optimizer):.6g}); "
+                            "lower --lr or add --warmup-epochs")
+            log.error(self.message)
+            self.model.stop_training = True
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Owns ``history.csv`` and the ``last.keras`` / ``best.keras`` checkpoints of a run directory.
+
+    Every epoch: one history row (all logs plus lr and wall time), ``last.keras``, and ``best.keras``
+    when ``monitor`` improved (ties: lower ``tie_break``) - each written atomically. ``save_model`` is the model to save (the
+    inference model: GoogLeNet without its auxiliary heads). On a resumed run the first epoch tells
+    where BackupAndRestore restored to; history rows from that epoch on (written after the last
+    backup, before the kill) are dropped so the file has each epoch exactly once.
+    """
+
+    def __init__(self, run_dir, save_model, monitor="val_accuracy", tie_break="val_loss"):
+        super().__init__()
+        self.run_dir = run_dir
+        self.save_model = save_model
+        self.monitor = monitor
+        self.tie_break = tie_break
+        self.best_loss = None
+        self.session_epochs = 0
+        self.path = os.path.join(run_dir, "history.csv")
+        self.rows = None
+        self.best = None
+        self.best_epoch = None
+        self._started = None
+
+    def _better(self, value, loss):
+        """Higher accuracy wins; on a tie (common on a small validation set) the lower loss wins."""
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None or value > self.best:
+            return True
+        return value == self.best and loss is not None and self.best_loss is not None and loss < self.best_loss
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.time()
+        if self.rows is None:
+            self.rows = [r for r in read_history(self.path) if r["epoch"] < epoch]
+            for r in self.rows:
+                if self._better(r.get(self.monitor), r.get(self.tie_break)):
+                    self.best, self.best_loss, self.best_epoch = r[self.monitor], r.get(self.tie_break), r["epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) or hasattr(v, "__float__")}
+        if not all(math.isfinite(v) for v in values.values()):
+            log.warning("epoch %d has non-finite metrics; checkpoints not updated", epoch + 1)
+            return
+        row = {"epoch": epoch, **values, "seconds": round(time.time() - self._started, 3)}
+        self.rows.append(row)
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in self.rows]
+        write_atomic(self.path, "\n".join(lines) + "\n")
+        save_model_atomic(self.save_model, os.path.join(self.run_dir, "last.keras"))
+        self.session_epochs += 1
+        if self._better(values.get(self.monitor), values.get(self.tie_break)):
+            self.best, self.best_loss, self.best_epoch = values[self.monitor], values.get(self.tie_break), epoch
+            save_model_atomic(self.save_model, os.path.join(self.run_dir, "best.keras"))
+
+
+def _fmt(value):
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+class SnapshotSaver(keras.callbacks.Callback):
+    """Snapshot ensembles (Huang et al.): saves ``snapshots/epochNNN.keras`` at the end of each cyclic
+    learning-rate cycle, when the rate is at its minimum."""
+
+    def __init__(self, run_dir, save_model, epochs):
+        super().__init__()
+        self.folder = os.path.join(run_dir, "snapshots")
+        self.save_model = save_model
+        self.epochs = set(epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch in self.epochs:
+            os.makedirs(self.folder, exist_ok=True)
+            save_model_atomic(self.save_model, os.path.join(self.folder, f"epoch{epoch + 1:03d}.keras"))

@@ -1,0 +1,77 @@
+"""Optimisers from the notes (Keras implementations) and the regularisers that go with them.
+
+=========  ===============================================  =========
+name       update                                           default lr
+=========  ===============================================  =========
+sgd        w -= lr * g                                      0.01
+momentum   v = rho v - lr g; w += v  (rho = 0.9)             0.01
+nesterov   gradient at the look-ahead point (rho = 0.9)      0.01
+adagrad    steps shrink with the accumulated g^2             0.01
+rmsprop    decaying average of g^2 (decay rho = 0.9)         0.001
+adam       momentum + RMSProp + bias correction (0.9, 0.999) 0.001
+adamw      Adam with decoupled weight decay                  0.001
+=========  ===============================================  =========
+"""
+import tf_keras as keras
+
+from keras_cnns.errors import CnnkitError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+DEFAULT_LR = {"sgd": 0.01, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.01, "rmsprop": 1e-3, "adam": 1e-3,
+              "adamw": 1e-3}
+#: variables that weight decay never touches: biases and batch-norm scale/shift
+NO_DECAY = ("bias", "beta", "gamma")
+
+
+def make_optimizer(name, learning_rate, momentum=0.9, rho=0.9, beta_1=0.9, beta_2=0.999, weight_decay=0.0,
+                   clipnorm=None):
+    name = str(name).lower()
+    if name not in OPTIMIZERS:
+        raise CnnkitError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    common = {"learning_rate": learning_rate, "clipnorm": clipnorm}
+    if name == "sgd":
+        return keras.optimizers.SGD(**common)
+    if name in ("momentum", "nesterov"):
+        return keras.optimizers.SGD(momentum=momentum, nesterov=name == "nesterov", **common)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(**common)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(rho=rho, **common)
+    if name == "adam":
+        return keras.optimizers.Adam(beta_1=beta_1, beta_2=beta_2, **common)
+    optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2, **common)
+    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+    return optimizer
+
+
+def _kernels(model):
+    """Every convolution / dense kernel (never biases or batch-norm parameters), nested models included."""
+    for layer in model.submodules:
+        for attr in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+            weight = getattr(layer, attr, None)
+            if weight is not None and getattr(weight, "trainable", False):
+                yield weight
+
+
+def add_weight_penalty(model, l1=0.0, l2=0.0):
+    """Add l1 * sum|w| + l2 * sum w^2 over all kernels to the model's loss (elastic net when both).
+
+    Returns the number of kernels penalised. Works on an already-built functional model.
+    """
+    import tensorflow as tf
+
+    if l1 < 0 or l2 < 0:
+        raise CnnkitError(f"regularisation strengths must be >= 0, got l1={l1}, l2={l2}")
+    kernels = list(_kernels(model)) if (l1 or l2) else []
+    for w in kernels:
+        def penalty(w=w):
+            v = tf.cast(w, tf.float32)
+            total = tf.constant(0.0)
+            if l1:
+                total += l1 * tf.reduce_sum(tf.abs(v))
+            if l2:
+                total += l2 * tf.reduce_sum(tf.square(v))
+            return total
+
+        model.add_loss(penalty)
+    return len(kernels)

@@ -1,0 +1,127 @@
+"""The run directory: what one training run leaves behind, and how to read it back.
+
+::
+
+    RUN_DIR/
+      config.json      every hyper-parameter, the seed, library versions, the command line
+      labels.txt       one class name per line, in output order
+      best.keras       the inference model at the best validation accuracy (written atomically)
+      last.keras       the inference model after the last completed epoch
+      history.csv      one row per epoch: losses, metrics, learning rate, seconds
+      history.png      loss / accuracy / learning rate per epoch
+      metrics.json     final test metrics (present once the run has finished)
+      confusion.png    the test confusion matrix
+      logs/            TensorBoard
+      backup/          BackupAndRestore state while the run is in progress (for --resume)
+      snapshots/       snapshot-ensemble members, one per learning-rate cycle
+
+``runs/latest`` is a symbolic link to the newest run.
+"""
+import json
+import os
+import re
+import time
+
+from keras_cnns.errors import CnnkitError
+
+DEFAULT_ROOT = "runs"
+
+
+def write_json(path, obj):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def new_run_dir(name, output=None, root=DEFAULT_ROOT):
+    """Create the run directory: ``output`` if given (must not hold a run yet), else ``root/NAME-TIME``."""
+    if output:
+        if os.path.exists(os.path.join(output, "config.json")):
+            raise CnnkitError(f"{output} already holds a run; continue it with --resume {output} "
+                              "or choose another --output")
+        os.makedirs(output, exist_ok=True)
+        return os.path.abspath(output)
+    os.makedirs(root, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(root, f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{stamp}")
+    path, n = base, 1
+    while True:
+        try:
+            os.makedirs(path)
+            return os.path.abspath(path)
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"
+
+
+def update_latest(run_dir):
+    """Point ``<parent>/latest`` at ``run_dir`` (replaced atomically; skipped where links are not allowed)."""
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    link = os.path.join(parent, "latest")
+    if os.path.exists(link) and not os.path.islink(link):
+        return None
+    tmp = f"{link}.tmp-{os.getpid()}"
+    try:
+        os.symlink(os.path.basename(os.path.abspath(run_dir)), tmp)
+        os.replace(tmp, link)
+    except OSError:
+        return None
+    return link
+
+
+def resolve_run_dir(path):
+    """A run directory the user named (``runs/latest`` included); a clear error when it is not a run."""
+    if not os.path.isdir(path):
+        raise CnnkitError(f"run directory {path} does not exist")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise CnnkitError(f"{path} is not a run directory (no config.json); `cnnkit train` makes one")
+    return os.path.realpath(path)
+
+
+def read_config(run_dir):
+    return read_json(os.path.join(resolve_run_dir(run_dir), "config.json"))
+
+
+def read_labels(run_dir):
+    with open(os.path.join(run_dir, "labels.txt"), encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def load_model_file(path):
+    """Load a saved tf_keras model (``.keras`` or ``.h5``) with the zoo's custom layers known."""
+    import tf_keras as keras
+
+    import keras_cnns.layers  # noqa: F401  (registers the custom layers)
+    import keras_cnns.training.schedules  # noqa: F401
+
+    if not os.path.exists(path):
+        raise CnnkitError(f"model file {path} does not exist")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # a damaged or foreign file
+        raise CnnkitError(f"cannot load model {path}: {err}") from None
+
+
+def load_run_model(run_dir, which="best"):
+    """The saved inference model of a run: ``best`` (falls back to ``last``) or ``last``."""
+    run_dir = resolve_run_dir(run_dir)
+    for name in ((which, "last") if which == "best" else (which,)):
+        path = os.path.join(run_dir, f"{name}.keras")
+        if os.path.exists(path):
+            return load_model_file(path)
+    raise CnnkitError(f"{run_dir} has no saved model yet (no completed epoch); resume it with --resume")

@@ -1,0 +1,377 @@
+"""Training: a zoo model + a data set -> a run directory, with Keras ``fit`` as a compiled static graph.
+
+``mode`` picks how the train step runs: ``graph`` (default) traces it once into a ``tf.function``,
+``xla`` also jit-compiles that graph with XLA, ``eager`` runs the same step op by op in Python
+(define-by-run, like a dynamic framework). The run records the mode and how many times the step
+function was traced.
+"""
+import dataclasses
+import errno
+import logging
+import math
+import os
+import platform
+import sys
+import time
+
+from keras_cnns.errors import CnnkitError
+from keras_cnns.training import runs
+from keras_cnns.training.callbacks import EpochLogs, RunRecorder, SnapshotSaver, TerminateOnNaN, read_history
+from keras_cnns.training.data import load_data, make_dataset, parse_augment
+from keras_cnns.training.optimizers import DEFAULT_LR, add_weight_penalty, make_optimizer
+from keras_cnns.training.schedules import build_schedule, cycle_end_epochs
+
+log = logging.getLogger(__name__)
+
+MODES = ("graph", "eager", "xla")
+STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISIONS = {"float32": "float32", "mixed_float16": "mixed_float16", "float16": "mixed_float16",
+              "mixed_bfloat16": "mixed_bfloat16", "bfloat16": "mixed_bfloat16"}
+#: GoogLeNet's auxiliary classifiers: their losses are weighted by 0.3 (Szegedy et al.)
+AUX_LOSS_WEIGHT = 0.3
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every hyper-parameter of a run; saved in ``config.json`` and enough to resume it."""
+
+    model: str = "lenet5"
+    data: str = "digits"
+    epochs: int = 30
+    batch_size: int = 32
+    input_size: int = None
+    model_options: dict = dataclasses.field(default_factory=dict)
+    optimizer: str = "adam"
+    lr: float = None
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    step_epochs: int = None
+    gamma: float = 0.1
+    decay: float = 0.1
+    restart_epochs: int = None
+    t_mul: float = 2.0
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    dropout: float = None
+    label_smoothing: float = 0.0
+    augment: tuple = ()
+    snapshots: int = 0
+    early_stopping: int = None
+    mode: str = "graph"
+    strategy: str = "default"
+    precision: str = "float32"
+    seed: int = 0
+    deterministic: bool = False
+    val_split: float = 0.15
+    test_split: float = 0.15
+    strict: bool = False
+    output: str = None
+    #: set by `finetune`: {"source": ..., "strategy": ..., "trainable": [...]} (see transfer.py)
+    finetune: dict = None
+
+    def validate(self):
+        for name, value, allowed in (("mode", self.mode, MODES), ("strategy", self.strategy, STRATEGIES),
+                                     ("precision", self.precision, tuple(PRECISIONS))):
+            if value not in allowed:
+                raise CnnkitError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise CnnkitError(f"epochs must be a positive integer, got {self.epochs}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise CnnkitError(f"batch size must be a positive integer, got {self.batch_size}")
+        if not 0 <= self.label_smoothing < 1:
+            raise CnnkitError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise CnnkitError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.snapshots and self.snapshots > self.epochs:
+            raise CnnkitError(f"{self.snapshots} snapshots need at least as many epochs, got {self.epochs}")
+        self.augment = parse_augment(",".join(self.augment) if isinstance(self.augment, (list, tuple))
+                                     else self.augment)
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.optimizer, 0.01)
+        return self
+
+    @property
+    def precision_policy(self):
+        return PRECISIONS[self.precision]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: str
+    metrics: dict
+    model: object = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices
+
+
+def make_strategy(name):
+    """``default``: one device; ``mirrored``: all GPUs, else all logical CPUs (set CNNKIT_CPU_DEVICES
+    to split the CPU); ``multiworker``: MultiWorkerMirroredStrategy from ``TF_CONFIG``."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if not os.environ.get("TF_CONFIG"):
+        raise CnnkitError("--strategy multiworker needs TF_CONFIG (the cluster and this worker's task) "
+                          "in the environment")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy):
+    """True on the one worker that writes the run directory."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and \
+        "chief" not in resolver.cluster_spec().as_dict()
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _versions():
+    import tensorflow as tf
+    import tf_keras
+
+    import keras_cnns
+
+    return {"cnnkit": keras_cnns.__version__, "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
+            "python": platform.python_version()}
+
+
+def _input_shape(config):
+    if config.finetune:
+        from keras_cnns.training.transfer import source_input_shape
+
+        shape = source_input_shape(config.finetune["source"])
+        if config.input_size:
+            shape = (config.input_size, config.input_size, shape[2])
+        return shape
+    from keras_cnns import get_model_info
+
+    info = get_model_info(config.model)
+    h, _, c = info.input_shape
+    size = config.input_size or h
+    return (size, size, c)
+
+
+def _build(config, data):
+    """The training model (GoogLeNet: three outputs) and the inference model it shares weights with."""
+    import keras_cnns
+
+    if config.finetune:
+        from keras_cnns.training.transfer import prepare_finetune_model
+
+        model = prepare_finetune_model(config.finetune, data.num_classes, data.input_shape)
+    else:
+        options = dict(config.model_options)
+        if config.dropout is not None:
+            options["dropout"] = config.dropout
+        try:
+            model = keras_cnns.create_model(config.model, num_classes=data.num_classes,
+                                            input_shape=data.input_shape, **options)
+        except CnnkitError as err:
+            if config.dropout is not None and "no option dropout" in str(err):
+                raise CnnkitError(f"{config.model} has no dropout layer to set with --dropout") from None
+            raise
+    return model, keras_cnns.inference_model(model)
+
+
+def _compile(model, config, steps_per_epoch):
+    import tf_keras as keras
+
+    schedule = build_schedule(config.schedule, config.lr, steps_per_epoch, config.epochs,
+                              warmup_epochs=config.warmup_epochs, step_epochs=config.step_epochs, gamma=config.gamma,
+                              decay=config.decay, restart_epochs=_restart_epochs(config), t_mul=_t_mul(config),
+                              min_lr=config.min_lr)
+    decoupled = config.optimizer == "adamw"
+    optimizer = make_optimizer(config.optimizer, schedule, momentum=config.momentum,
+                               weight_decay=config.weight_decay if decoupled else 0.0)
+    # --weight-decay lambda is the gradient lambda * w: an L2 penalty of lambda / 2 * sum(w^2)
+    l2 = config.l2 + (0.0 if decoupled else config.weight_decay / 2.0)
+    add_weight_penalty(model, l1=config.l1, l2=l2)
+    main = model.output_names[0]
+
+    def metrics():
+        found = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        if model.outputs[0].shape[-1] > 5:
+            found.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+        return found
+
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    if len(model.outputs) > 1:
+        loss = {name: loss for name in model.output_names}
+        weights = {name: (1.0 if name == main else AUX_LOSS_WEIGHT) for name in model.output_names}
+        model.compile(optimizer=optimizer, loss=loss, loss_weights=weights, metrics={main: metrics()},
+                      run_eagerly=config.mode == "eager", jit_compile=config.mode == "xla")
+    else:
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics(), run_eagerly=config.mode == "eager",
+                      jit_compile=config.mode == "xla")
+
+
+def _restart_epochs(config):
+    if config.snapshots:  # equal cycles: the cyclic cosine of snapshot ensembles (Huang et al.)
+        return max(1, (config.epochs - config.warmup_epochs) // config.snapshots)
+    return config.restart_epochs
+
+
+def _t_mul(config):
+    return 1.0 if config.snapshots else config.t_mul
+
+
+def _write_run_files(run_dir, config, data, model, resumed):
+    from keras_cnns.analysis import count_trainable
+
+    path = os.path.join(run_dir, "config.json")
+    if resumed:
+        saved = runs.read_json(path)
+        saved.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": sys.argv})
+        runs.write_json(path, saved)
+        return
+    runs.write_json(path, {
+        "model": config.finetune["name"] if config.finetune else config.model,
+        "train": dataclasses.asdict(config),
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "params": int(model.count_params()),
+        "trainable_params": int(count_trainable(model)),
+        "data": {"spec": data.spec, "val_split": config.val_split, "test_split": config.test_split,
+                 "train": len(data.train), "val": len(data.val), "test": len(data.test), "in_memory": data.in_memory,
+                 "skipped": [p for p, _ in data.skipped]},
+        "preprocessing": data.preprocessing,
+        "versions": _versions(),
+        "command": sys.argv,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    tmp = os.path.join(run_dir, f".labels.txt.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(data.class_names) + "\n")
+    os.replace(tmp, os.path.join(run_dir, "labels.txt"))
+
+
+def train(config, resume_dir=None, verbose=0, data=None):
+    """Run ``config`` (a :class:`TrainConfig`) to completion and return a :class:`TrainResult`.
+
+    ``resume_dir``: continue that run from its last completed epoch (BackupAndRestore state).
+    ``verbose``: Keras' progress output (0 silent, 1 progress bar, 2 one line per epoch).
+    ``data``: an already loaded :class:`~keras_cnns.training.data.ImageData` for ``config.data``.
+    """
+    import tensorflow as tf
+    import tf_keras as keras
+
+    config.validate()
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    chief = is_chief(strategy)
+    input_shape = _input_shape(config)
+    if data is None or tuple(data.input_shape) != tuple(input_shape):
+        data = load_data(config.data, input_shape, val_split=config.val_split, test_split=config.test_split,
+                         strict=config.strict)
+    if resume_dir:
+        run_dir = runs.resolve_run_dir(resume_dir)
+    elif chief:
+        run_dir = runs.new_run_dir(config.finetune["name"] if config.finetune else config.model, config.output)
+    else:  # other workers write only their own BackupAndRestore state
+        run_dir = os.path.abspath(config.output or os.path.join(runs.DEFAULT_ROOT, f"worker-{os.getpid()}"))
+        os.makedirs(run_dir, exist_ok=True)
+    replicas = strategy.num_replicas_in_sync
+    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+
+    keras.mixed_precision.set_global_policy(config.precision_policy)
+    try:
+        with strategy.scope():
+            model, inference = _build(config, data)
+            _compile(model, config, steps_per_epoch)
+        if chief:
+            _write_run_files(run_dir, config, data, model, resumed=bool(resume_dir))
+        main = model.output_names[0] if len(model.outputs) > 1 else None
+        target_fn = (lambda t: {name: t for name in model.output_names}) if main else None
+        options = None
+        if config.strategy == "multiworker":
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        pre = data.preprocessing if not config.finetune else config.finetune["preprocessing"]
+        train_ds = make_dataset(data, "train", config.batch_size, pre, training=True, augment=config.augment,
+                                seed=config.seed, target_fn=target_fn, options=options)
+        val_ds = make_dataset(data, "val", config.batch_size, pre, target_fn=target_fn, options=options)
+
+        nan_guard = TerminateOnNaN()
+        recorder = RunRecorder(run_dir, inference)
+        callbacks = [EpochLogs(main), nan_guard]
+        if config.schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.gamma,
+                                                               patience=2, min_lr=config.min_lr))
+        if config.early_stopping:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.early_stopping))
+        if chief:
+            callbacks += [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0), recorder]
+            if config.snapshots:
+                ends = cycle_end_epochs(config.epochs, _restart_epochs(config), 1.0, config.warmup_epochs)
+                callbacks.append(SnapshotSaver(run_dir, inference, ends[-config.snapshots:]))
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")))
+
+        started = time.time()
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise CnnkitError(f"no space left on the device while writing {err.filename or run_dir}; completed "
+                              f"epochs are kept: free space, then `cnnkit train --resume {run_dir}`") from None
+        seconds = time.time() - started
+        traces = model.train_function.experimental_get_tracing_count() \
+            if hasattr(model.train_function, "experimental_get_tracing_count") else 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    if nan_guard.message:
+        raise CnnkitError(f"{nan_guard.message}; the run directory {run_dir} keeps the last good epoch")
+    if not chief:
+        return TrainResult(run_dir, {"worker": True, "replicas": replicas}, inference)
+
+    from keras_cnns.plots import plot_history
+    from keras_cnns.training.evaluation import evaluate_run
+
+    history = read_history(recorder.path)
+    plot_history(history, os.path.join(run_dir, "history.png"), title=f"{config.model} on {data.spec}")
+    metrics = evaluate_run(run_dir)
+    metrics.update({
+        "epochs_completed": len(history),
+        "best_epoch": (recorder.best_epoch + 1) if recorder.best_epoch is not None else None,
+        "best_val_accuracy": recorder.best,
+        "mode": config.mode, "traces": int(traces), "strategy": config.strategy, "replicas": replicas,
+        "precision": config.precision_policy,
+        "train_seconds": round(seconds, 2),
+        "train_images_per_second": round(len(data.train) * recorder.session_epochs / seconds, 1),
+    })
+    if config.snapshots:
+        from keras_cnns.training.ensemble import evaluate_snapshots
+
+        metrics["snapshot_ensemble"] = evaluate_snapshots(run_dir)
+    runs.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    runs.update_latest(run_dir)
+    return TrainResult(run_dir, metrics, inference)
+
+
+def resume(run_dir, verbose=0):
+    """Continue a run that was stopped (killed, preempted) from its last completed epoch."""
+    run_dir = runs.resolve_run_dir(run_dir)
+    if os.path.exists(os.path.join(run_dir, "metrics.json")):
+        raise CnnkitError(f"{run_dir} has already finished (metrics.json exists); nothing to resume")
+    saved = runs.read_config(run_dir)
+    config = TrainConfig(**saved["train"])
+    return train(config, resume_dir=run_dir, verbose=verbose)
