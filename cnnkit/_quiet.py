@@ -27,14 +27,22 @@ def _stderr_silenced():
         os.close(devnull)
 
 
-def import_tensorflow():
-    """Import TensorFlow quietly. ``CNNKIT_CPU_DEVICES=N`` splits the CPU into N logical devices (to
-    try ``--strategy mirrored`` on a machine without GPUs); it must happen before devices start."""
+def import_tensorflow(multiworker=False):
+    """Import TensorFlow quietly.
+
+    ``CNNKIT_CPU_DEVICES=N`` splits the CPU into N logical devices (to try ``--strategy mirrored`` on a
+    machine without GPUs), and ``multiworker`` creates the MultiWorkerMirroredStrategy: both must
+    happen before TensorFlow starts its devices.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _stderr_silenced():
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")
+        if multiworker:
+            from keras_cnns.training.trainer import make_strategy
+
+            make_strategy("multiworker")
         cpus = tf.config.list_physical_devices("CPU")
         count = os.environ.get("CNNKIT_CPU_DEVICES", "")
         if count.isdigit() and int(count) > 1 and cpus:

@@ -43,6 +43,9 @@ _fit_options = [
     click.option("--l1", type=click.FloatRange(min=0), default=0.0, show_default=True,
                  help="L1 penalty on kernels (with --l2: elastic net)."),
     click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True, help="L2 penalty on kernels."),
+    click.option("--bn-momentum", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                 help="Batch-norm moving-average momentum (default: the model's, 0.99); 0.9 for short runs on "
+                      "small data."),
     click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True),
     click.option("--augment", default="", metavar="LIST", help="Comma list of flip, crop, noise, color."),
     click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
@@ -62,7 +65,8 @@ _fit_options = [
     json_option,
 ]
 _FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "schedule", "warmup_epochs", "step_epochs",
-           "gamma", "decay", "restart_epochs", "t_mul", "min_lr", "weight_decay", "l1", "l2", "label_smoothing",
+           "gamma", "decay", "restart_epochs", "t_mul", "min_lr", "weight_decay", "l1", "l2", "bn_momentum",
+           "label_smoothing",
            "augment", "early_stopping", "mode", "strategy", "precision", "seed", "deterministic", "val_split",
            "test_split", "strict", "output")
 
@@ -136,7 +140,7 @@ def train(model, data, input_size, options, dropout, snapshots, resume_dir, as_j
       cnnkit train mobilenet_v2 --input-size 32 --optimizer momentum --lr 0.05 --schedule sgdr
       cnnkit train --resume runs/latest                 continue a killed run
     """
-    import_tensorflow()
+    import_tensorflow(multiworker=kwargs.get("strategy") == "multiworker")
     from keras_cnns.training import TrainConfig, resume
     from keras_cnns.training import train as run_training
 

@@ -16,3 +16,7 @@ def _fresh_keras_session():
     np.random.seed(0)
     yield
     keras.backend.clear_session()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a longer training run (still part of the CI suite)")

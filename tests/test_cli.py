@@ -7,7 +7,7 @@ import pytest
 
 from keras_cnns import get_model_info, list_models
 
-SUBCOMMANDS = ["models", "summary", "profile"]
+SUBCOMMANDS = ["models", "summary", "profile", "train", "evaluate", "finetune", "ensemble"]
 
 
 def run(*args):
@@ -32,7 +32,7 @@ def test_subcommand_help(command):
     assert out.returncode == 0 and "Usage: cnnkit " + command in out.stdout and "--json" in out.stdout
 
 
-@pytest.mark.parametrize("command", ["summary", "profile"])
+@pytest.mark.parametrize("command", ["summary", "profile", "train"])
 def test_unknown_model_is_one_line_exit_2_no_traceback(command):
     out = run(command, "resnet19")
     assert out.returncode == 2

@@ -62,7 +62,7 @@ class EpochLogs(keras.callbacks.Callback):
             for prefix in ("", "val_"):
                 head = f"{prefix}{self.main_output}_"
                 for key in [k for k in logs if k.startswith(head)]:
-                    logs[prefix + key[len(head):]] = logs[key]
+                    logs.setdefault(prefix + key[len(head):], logs[key])  # never the total "loss"
 
 
 class TerminateOnNaN(keras.callbacks.Callback):
@@ -82,7 +82,6 @@ class TerminateOnNaN(keras.callbacks.Callback):
             self.message = (f"training diverged: the loss became {float(loss)} at epoch {self._epoch + 1}, "
                             f"step {batch + 1} (learning rate {learning_rate_at(self.model.optimizer):.6g}); "
                             "lower --lr or add --warmup-epochs")
-            log.error(self.message)
             self.model.stop_training = True
 
 

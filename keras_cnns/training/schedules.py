@@ -93,10 +93,10 @@ def build_schedule(name, lr, steps_per_epoch, epochs, warmup_epochs=0, step_epoc
 
 
 def learning_rate_at(optimizer):
-    """The learning rate the optimizer uses at its current step, as a Python float."""
+    """The learning rate of the optimizer's most recent step (its first, before any), as a float."""
     lr = optimizer.learning_rate
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
-        lr = lr(optimizer.iterations)
+        lr = lr(max(0, int(optimizer.iterations) - 1))
     return float(keras.backend.get_value(lr))
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 
 from keras_cnns.errors import CnnkitError
@@ -56,6 +57,9 @@ class TrainConfig:
     l1: float = 0.0
     l2: float = 0.0
     dropout: float = None
+    #: batch-norm moving-average momentum for every BN layer (None: the model's own, 0.99); 0.9 lets
+    #: the inference statistics catch up in short runs on small data (a few hundred steps)
+    bn_momentum: float = None
     label_smoothing: float = 0.0
     augment: tuple = ()
     snapshots: int = 0
@@ -85,6 +89,10 @@ class TrainConfig:
             raise CnnkitError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise CnnkitError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.bn_momentum is not None and not 0 < self.bn_momentum < 1:
+            raise CnnkitError(f"batch-norm momentum must be in (0, 1), got {self.bn_momentum}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise CnnkitError(f"warm-up must be shorter than the run: {self.warmup_epochs} of {self.epochs} epochs")
         if self.snapshots and self.snapshots > self.epochs:
             raise CnnkitError(f"{self.snapshots} snapshots need at least as many epochs, got {self.epochs}")
         self.augment = parse_augment(",".join(self.augment) if isinstance(self.augment, (list, tuple))
@@ -122,10 +130,20 @@ def make_strategy(name):
             return tf.distribute.MirroredStrategy()
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
-    if not os.environ.get("TF_CONFIG"):
-        raise CnnkitError("--strategy multiworker needs TF_CONFIG (the cluster and this worker's task) "
-                          "in the environment")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    global _MULTIWORKER
+    if _MULTIWORKER is None:  # one per process, created before TensorFlow starts its devices
+        if not os.environ.get("TF_CONFIG"):
+            raise CnnkitError("--strategy multiworker needs TF_CONFIG (the cluster and this worker's task) "
+                              "in the environment")
+        try:
+            _MULTIWORKER = tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as err:
+            raise CnnkitError(f"MultiWorkerMirroredStrategy must be created before TensorFlow starts: {err}; "
+                              "start a fresh process") from None
+    return _MULTIWORKER
+
+
+_MULTIWORKER = None
 
 
 def is_chief(strategy):
@@ -187,13 +205,20 @@ def _build(config, data):
             if config.dropout is not None and "no option dropout" in str(err):
                 raise CnnkitError(f"{config.model} has no dropout layer to set with --dropout") from None
             raise
+    if config.bn_momentum is not None:
+        import tf_keras as keras
+
+        for layer in model.submodules:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = config.bn_momentum
     return model, keras_cnns.inference_model(model)
 
 
 def _compile(model, config, steps_per_epoch):
     import tf_keras as keras
 
-    schedule = build_schedule(config.schedule, config.lr, steps_per_epoch, config.epochs,
+    name = "sgdr" if config.snapshots else config.schedule  # snapshot ensembles need the cyclic rate
+    schedule = build_schedule(name, config.lr, steps_per_epoch, config.epochs,
                               warmup_epochs=config.warmup_epochs, step_epochs=config.step_epochs, gamma=config.gamma,
                               decay=config.decay, restart_epochs=_restart_epochs(config), t_mul=_t_mul(config),
                               min_lr=config.min_lr)
@@ -286,8 +311,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
         run_dir = runs.resolve_run_dir(resume_dir)
     elif chief:
         run_dir = runs.new_run_dir(config.finetune["name"] if config.finetune else config.model, config.output)
-    else:  # other workers write only their own BackupAndRestore state
-        run_dir = os.path.abspath(config.output or os.path.join(runs.DEFAULT_ROOT, f"worker-{os.getpid()}"))
+    else:  # saving is collective: other workers save too, into a directory of their own
+        run_dir = os.path.abspath(config.output) if config.output else tempfile.mkdtemp(prefix="cnnkit-worker-")
         os.makedirs(run_dir, exist_ok=True)
     replicas = strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
@@ -318,11 +343,10 @@ def train(config, resume_dir=None, verbose=0, data=None):
                                                                patience=2, min_lr=config.min_lr))
         if config.early_stopping:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.early_stopping))
-        if chief:
-            callbacks += [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0), recorder]
-            if config.snapshots:
-                ends = cycle_end_epochs(config.epochs, _restart_epochs(config), 1.0, config.warmup_epochs)
-                callbacks.append(SnapshotSaver(run_dir, inference, ends[-config.snapshots:]))
+        callbacks += [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0), recorder]
+        if config.snapshots:
+            ends = cycle_end_epochs(config.epochs, _restart_epochs(config), 1.0, config.warmup_epochs)
+            callbacks.append(SnapshotSaver(run_dir, inference, ends[-config.snapshots:]))
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")))
 
         started = time.time()
@@ -339,7 +363,13 @@ def train(config, resume_dir=None, verbose=0, data=None):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if nan_guard.message:
-        raise CnnkitError(f"{nan_guard.message}; the run directory {run_dir} keeps the last good epoch")
+        kept = "keeps the last good epoch" if os.path.exists(os.path.join(run_dir, "last.keras")) else \
+            "has no completed epoch"
+        raise CnnkitError(f"{nan_guard.message}; the run directory {run_dir} {kept}")
+    try:  # BackupAndRestore removed its state at the end of a finished fit; drop the empty folder
+        os.rmdir(os.path.join(run_dir, "backup"))
+    except OSError:
+        pass
     if not chief:
         return TrainResult(run_dir, {"worker": True, "replicas": replicas}, inference)
 

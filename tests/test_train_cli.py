@@ -1,0 +1,123 @@
+"""Training from the command line as a user runs it: killed runs, several devices, several workers,
+determinism and every user error as one line."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from keras_cnns.training.callbacks import read_history
+
+CNNKIT = [sys.executable, "-m", "cnnkit"]
+
+
+def run(*args, env=None, timeout=600):
+    return subprocess.run([*CNNKIT, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def one_json(out):
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_sigkill_mid_epoch_then_resume_finishes_the_configured_epochs(tmp_path):
+    run_dir = str(tmp_path / "killed")
+    history = os.path.join(run_dir, "history.csv")
+    proc = subprocess.Popen([*CNNKIT, "train", "lenet5", "--epochs", "6", "--batch-size", "4", "--output", run_dir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_history(history)) < 2:
+        time.sleep(0.2)
+    time.sleep(0.5)  # into the next epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [r["epoch"] for r in read_history(history)]
+    assert 2 <= len(done) < 6 and not os.path.exists(os.path.join(run_dir, "metrics.json"))
+
+    out = run("train", "--resume", run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Epoch 1/6" not in out.stdout and "Epoch 6/6" in out.stdout  # continued, not restarted
+    assert [r["epoch"] for r in read_history(history)] == list(range(6))  # each epoch exactly once
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert metrics["epochs_completed"] == 6
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    assert len(config["resumed"]) == 1
+
+
+def test_mirrored_strategy_trains_on_two_logical_cpu_devices(tmp_path):
+    out = run("train", "lenet5", "--epochs", "1", "--strategy", "mirrored", "--output", str(tmp_path / "m"),
+              "--json", env={"CNNKIT_CPU_DEVICES": "2"})
+    metrics = one_json(out)["metrics"]
+    assert metrics["replicas"] == 2 and metrics["strategy"] == "mirrored" and metrics["accuracy"] > 0.5
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multiworker_run_with_two_processes_on_localhost(tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen([*CNNKIT, "train", "lenet5", "--epochs", "2", "--strategy", "multiworker",
+                                       "--output", str(tmp_path / f"w{index}"), "--json"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stderr[-3000:]
+    chief, worker = (json.loads(stdout) for stdout, _ in outs)
+    assert chief["metrics"]["replicas"] == 2 and chief["metrics"]["strategy"] == "multiworker"
+    assert chief["metrics"]["epochs_completed"] == 2 and worker["metrics"] == {"worker": True, "replicas": 2}
+    assert os.path.exists(tmp_path / "w0" / "metrics.json") and not os.path.exists(tmp_path / "w1" / "metrics.json")
+
+
+def test_same_seed_and_deterministic_give_identical_runs(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        out = run("train", "lenet5", "--epochs", "2", "--augment", "crop,noise", "--seed", "7", "--deterministic",
+                  "--output", str(tmp_path / name), "--json")
+        metrics = one_json(out)["metrics"]
+        rows = read_history(str(tmp_path / name / "history.csv"))
+        results.append(([{k: v for k, v in r.items() if k != "seconds"} for r in rows],
+                        metrics["accuracy"], metrics["loss"], metrics["confusion_matrix"]))
+    assert results[0] == results[1]
+
+
+def test_evaluate_and_finetune_from_the_command_line(tmp_path):
+    src = str(tmp_path / "src")
+    one_json(run("train", "lenet5", "--epochs", "1", "--output", src, "--json"))
+    out = run("evaluate", src)
+    assert out.returncode == 0 and "test accuracy" in out.stdout and "precision" in out.stdout
+    assert os.path.exists(os.path.join(src, "confusion.png"))
+    evaluated = one_json(run("evaluate", src, "--json"))
+    assert evaluated["samples"] == 269 and len(evaluated["confusion_matrix"]) == 10
+
+    out = run("finetune", src, "--data", "shapes:10", "--epochs", "1", "--output", str(tmp_path / "ft"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "strategy: head" in out.stdout and "why: small data set" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train"], "name a MODEL to train"),
+    (["train", "lenet5", "--data", "nowhere"], "cannot use --data 'nowhere'"),
+    (["train", "lenet5", "--augment", "rotate"], "unknown augmentation rotate"),
+    (["train", "lenet5", "--snapshots", "5", "--epochs", "2"], "5 snapshots need at least as many epochs"),
+    (["train", "lenet5", "--warmup-epochs", "3", "--epochs", "2"], "warm-up must be shorter"),
+    (["train", "lenet5", "--strategy", "multiworker"], "needs TF_CONFIG"),
+    (["train", "--resume", "."], "is not a run directory"),
+    (["evaluate", "no-such-run"], "run directory no-such-run does not exist"),
+    (["finetune", "model.onnx", "--data", "digits"], "must be a run directory or a .keras/.h5 model file"),
+])
+def test_user_errors_are_one_line_exit_2(args, message):
+    out = run(*args, env={"TF_CONFIG": ""})
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnkit: error: ") and message in lines[0], out.stderr

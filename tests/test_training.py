@@ -1,0 +1,249 @@
+"""The trainer end to end on the bundled digits: run directory, modes, GoogLeNet's auxiliary loss,
+divergence, a full disk, transfer learning and ensembles."""
+import errno
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+import keras_cnns
+from keras_cnns.errors import CnnkitError
+from keras_cnns.training import TrainConfig, ensemble_runs, evaluate_run, finetune, resume, train
+from keras_cnns.training.callbacks import read_history
+from keras_cnns.training.data import load_data
+from keras_cnns.training.runs import load_model_file, load_run_model, read_config
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory):
+    """LeNet-5 on digits with every default: the README's main job."""
+    out = tmp_path_factory.mktemp("runs") / "lenet"
+    keras.backend.clear_session()
+    return train(TrainConfig(output=str(out)))
+
+
+def test_lenet5_reaches_97_percent_on_digits_with_the_defaults(lenet_run):
+    assert lenet_run.metrics["accuracy"] >= 0.97
+    assert lenet_run.metrics["samples"] == len(load_data("digits", (32, 32, 1)).test)
+
+
+def test_run_directory_holds_everything_the_issue_lists(lenet_run):
+    run = lenet_run.run_dir
+    for name in ("config.json", "labels.txt", "best.keras", "last.keras", "history.csv", "history.png",
+                 "metrics.json", "confusion.png", "logs"):
+        assert os.path.exists(os.path.join(run, name)), name
+    assert not os.path.exists(os.path.join(run, "backup"))  # removed once the run finished
+    config = read_config(run)
+    assert config["train"]["optimizer"] == "adam" and config["train"]["seed"] == 0
+    assert config["versions"]["tensorflow"].startswith("2.") and config["command"]
+    assert config["params"] == 61_706 and config["preprocessing"]["std"][0] > 0
+    assert open(os.path.join(run, "labels.txt")).read().split() == [str(i) for i in range(10)]
+    history = read_history(os.path.join(run, "history.csv"))
+    assert [r["epoch"] for r in history] == list(range(30))
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"} <= set(history[0])
+    assert history[-1]["lr"] < history[0]["lr"]  # cosine schedule logged per epoch
+    assert os.path.realpath(os.path.join(os.path.dirname(run), "latest")) == os.path.realpath(run)
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    assert metrics["mode"] == "graph" and metrics["traces"] == 1  # one static graph, reused every step
+    assert metrics["epochs_completed"] == 30
+    best = max(r["val_accuracy"] for r in history)
+    assert metrics["best_val_accuracy"] == pytest.approx(best)
+    assert len(metrics["confusion_matrix"]) == 10 and set(metrics["per_class"]) == set(map(str, range(10)))
+
+
+def test_saved_best_model_reproduces_the_reported_test_accuracy(lenet_run):
+    model = load_run_model(lenet_run.run_dir)
+    again = evaluate_run(lenet_run.run_dir, model=model, confusion_png=False)
+    assert again["accuracy"] == pytest.approx(lenet_run.metrics["accuracy"])
+    assert again["confusion_matrix"] == lenet_run.metrics["confusion_matrix"]
+
+
+def test_evaluate_on_another_data_set_matches_classes_by_name(lenet_run, tmp_path):
+    data = load_data("digits", (12, 12, 1))  # the digits' own size, framed as the loader frames them
+    keep = np.isin(data.test.y, [3, 7])
+    names = np.array(["7", "3"])  # a different order: labels must be mapped by name
+    y = np.where(data.test.y[keep] == 7, 0, 1)
+    np.savez(tmp_path / "two.npz", x=data.test.x[keep][..., 0], y=y, class_names=names)
+    metrics = evaluate_run(lenet_run.run_dir, data_spec=str(tmp_path / "two.npz"))
+    assert metrics["split"] == "all" and metrics["samples"] == keep.sum()
+    assert metrics["accuracy"] > 0.9
+    assert os.path.exists(metrics["confusion_png"])
+    np.savez(tmp_path / "other.npz", x=data.test.x[:9, ..., 0], y=np.arange(9) % 3, class_names=["a", "b", "c"])
+    with pytest.raises(CnnkitError, match="classes the model does not know: a, b, c"):
+        evaluate_run(lenet_run.run_dir, data_spec=str(tmp_path / "other.npz"))
+
+
+@pytest.mark.parametrize("mode, traces", [("eager", 0), ("xla", 1)])
+def test_eager_and_xla_modes_train_the_same_model(tmp_path, mode, traces):
+    result = train(TrainConfig(epochs=2, mode=mode, output=str(tmp_path / mode)))
+    assert result.metrics["mode"] == mode and result.metrics["traces"] == traces
+    assert result.metrics["accuracy"] > 0.7
+
+
+def test_finished_run_cannot_be_resumed_or_overwritten(lenet_run):
+    with pytest.raises(CnnkitError, match="already finished"):
+        resume(lenet_run.run_dir)
+    with pytest.raises(CnnkitError, match="already holds a run"):
+        train(TrainConfig(epochs=1, output=lenet_run.run_dir))
+
+
+def _small_rgb_npz(path, per_class=6, classes=(0, 1, 2), size=32):
+    data = load_data("digits", (size, size, 3))
+    pick = np.concatenate([np.flatnonzero(data.train.y == c)[:per_class] for c in classes])
+    np.savez(path, x=data.train.x[pick], y=np.searchsorted(classes, data.train.y[pick]),
+             class_names=np.array([str(c) for c in classes]))
+    return str(path)
+
+
+def test_googlenet_aux_losses_weigh_0_3_and_leave_the_saved_model(tmp_path):
+    spec = _small_rgb_npz(tmp_path / "rgb.npz")
+    result = train(TrainConfig(model="googlenet", data=spec, input_size=32, epochs=1, batch_size=8,
+                               output=str(tmp_path / "gn")))
+    row = read_history(os.path.join(result.run_dir, "history.csv"))[0]
+    expected = row["predictions_loss"] + 0.3 * (row["aux1_predictions_loss"] + row["aux2_predictions_loss"])
+    assert row["loss"] == pytest.approx(expected, rel=1e-4)
+    assert row["accuracy"] == row["predictions_accuracy"]
+    saved = load_run_model(result.run_dir)
+    assert len(saved.outputs) == 1 and saved.output_names == ["predictions"]
+
+
+def test_divergence_stops_with_epoch_step_and_learning_rate(tmp_path):
+    config = TrainConfig(epochs=2, optimizer="sgd", lr=1e5, model_options={"activation": "relu"},
+                         output=str(tmp_path / "nan"))
+    with pytest.raises(CnnkitError, match=r"loss became nan at epoch 1, step \d+ \(learning rate [\d.e+]+\)"):
+        train(config)
+    assert not os.path.exists(tmp_path / "nan" / "best.keras")  # no NaN weights saved
+
+
+def test_full_disk_keeps_completed_epochs_and_the_run_resumes(tmp_path, monkeypatch):
+    saves = {"n": 0}
+    real_save = keras.Model.save
+
+    def failing_save(self, path, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 3:  # epoch 1 saves last + best; the first save of epoch 2 hits a full disk
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real_save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", failing_save)
+    run = str(tmp_path / "disk")
+    with pytest.raises(CnnkitError, match="no space left on the device .* --resume"):
+        train(TrainConfig(epochs=3, output=run))
+    assert [r["epoch"] for r in read_history(os.path.join(run, "history.csv"))] == [0, 1]
+    load_model_file(os.path.join(run, "best.keras"))  # the epoch-1 checkpoint is intact
+    assert not [f for f in os.listdir(run) if ".tmp" in f]  # no half-written file left behind
+    monkeypatch.setattr(keras.Model, "save", real_save)
+    keras.backend.clear_session()
+    result = resume(run)
+    history = read_history(os.path.join(run, "history.csv"))
+    assert [r["epoch"] for r in history] == [0, 1, 2] and result.metrics["epochs_completed"] == 3
+
+
+def test_dropout_option_reaches_the_model_or_is_refused(tmp_path):
+    with pytest.raises(CnnkitError, match="lenet5 has no dropout layer"):
+        train(TrainConfig(epochs=1, dropout=0.3, output=str(tmp_path / "a")))
+    result = train(TrainConfig(model="mobilenet_v2", input_size=32, epochs=1, dropout=0.3, data="shapes:8",
+                               output=str(tmp_path / "b")))
+    assert result.model.get_layer("dropout").rate == 0.3
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_with_float32_weights_and_output(tmp_path):
+    result = train(TrainConfig(epochs=1, precision="bfloat16", output=str(tmp_path / "bf16")))
+    conv = result.model.get_layer("c1_conv")
+    assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+    assert result.model.outputs[0].dtype == "float32"
+    assert result.metrics["precision"] == "mixed_bfloat16" and result.metrics["accuracy"] > 0.5
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet20_cifar", "mobilenet_v2"])
+def test_small_resnet_and_mobilenet_v2_learn_digits_at_32x32(tmp_path, model):
+    # 8 epochs are 320 steps: batch-norm momentum 0.9 lets the inference statistics keep up
+    result = train(TrainConfig(model=model, input_size=32, epochs=8, optimizer="momentum", lr=0.05,
+                               warmup_epochs=1, bn_momentum=0.9, output=str(tmp_path / model)))
+    assert result.metrics["accuracy"] >= 0.90
+
+
+def test_snapshot_ensemble_saves_one_model_per_cycle_and_averages_them(tmp_path):
+    result = train(TrainConfig(epochs=4, snapshots=2, optimizer="momentum", lr=0.05, output=str(tmp_path / "snap")))
+    run = result.run_dir
+    assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["epoch002.keras", "epoch004.keras"]
+    lrs = [r["lr"] for r in read_history(os.path.join(run, "history.csv"))]
+    assert lrs[1] < 0.01 and lrs[3] < 0.01 and lrs[2] > 0.02  # cosine to ~0, restart, cosine to ~0
+    snap = result.metrics["snapshot_ensemble"]
+    assert snap["members"] == 2 and len(snap["member_accuracy"]) == 2 and 0 < snap["accuracy"] <= 1
+    out, metrics = ensemble_runs([run], str(tmp_path / "snap-ens"))
+    assert metrics["accuracy"] == pytest.approx(snap["accuracy"])
+
+
+def test_ensemble_of_runs_is_one_model_averaging_the_members(tmp_path):
+    runs = [train(TrainConfig(epochs=2, seed=s, output=str(tmp_path / f"m{s}"))).run_dir for s in (1, 2)]
+    out, metrics = ensemble_runs(runs, str(tmp_path / "ens"))
+    model = load_run_model(out)
+    members = [load_run_model(r) for r in runs]
+    x = np.random.RandomState(0).randn(5, 32, 32, 1).astype(np.float32)
+    expected = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
+    assert len(model.outputs) == 1 and len(metrics["member_accuracy"]) == 2
+    assert json.load(open(os.path.join(out, "metrics.json")))["accuracy"] == metrics["accuracy"]
+    with pytest.raises(CnnkitError, match="at least 2 members|snapshot"):
+        ensemble_runs(runs[:1], str(tmp_path / "ens1"))
+
+
+@pytest.fixture(scope="module")
+def resnet_source(tmp_path_factory):
+    """A source model with batch norm, saved as a .keras file (untrained weights are enough here)."""
+    keras.backend.clear_session()
+    model = keras_cnns.create_model("resnet20_cifar", num_classes=10, input_shape=(32, 32, 1))
+    path = str(tmp_path_factory.mktemp("src") / "resnet20.keras")
+    model.save(path)
+    return path
+
+
+def _weights_by_layer(model):
+    return {layer.name: [w.numpy() for w in layer.weights] for layer in model.layers if layer.weights}
+
+
+def test_finetune_head_trains_only_a_new_classifier_and_freezes_batch_norm(tmp_path, resnet_source):
+    spec = str(tmp_path / "five.npz")
+    data = load_data("digits", (8, 8, 1))
+    keep = data.train.y >= 5
+    np.savez(spec, x=data.train.x[keep][:150, ..., 0], y=data.train.y[keep][:150] - 5,
+             class_names=np.array(["5", "6", "7", "8", "9"]))
+    result = finetune(resnet_source, spec, strategy="head", epochs=1, batch_size=16, output=str(tmp_path / "ft"))
+    before = _weights_by_layer(load_model_file(resnet_source))
+    after = _weights_by_layer(load_run_model(result.run_dir, "last"))
+    assert after["fc"][0].shape == (64, 5)  # re-initialised for the 5 new classes
+    changed = [name for name in before if name != "fc" and
+               not all(np.array_equal(a, b) for a, b in zip(before[name], after[name]))]
+    assert changed == []  # batch-norm moving statistics included: frozen BN ran in inference mode
+    plan = read_config(result.run_dir)["train"]["finetune"]
+    assert plan["label"] == "head" and plan["trainable"] == []
+
+    top = finetune(resnet_source, spec, strategy="top:1", epochs=1, batch_size=16, output=str(tmp_path / "top"))
+    after = _weights_by_layer(load_run_model(top.run_dir, "last"))
+    changed = {name for name in before if name != "fc" and
+               not all(np.array_equal(a, b) for a, b in zip(before[name], after[name]))}
+    assert changed and all(name.startswith("stage3_block3") for name in changed)
+    plan = read_config(top.run_dir)["train"]["finetune"]
+    assert plan["unfrozen_blocks"] == ["stage3_block3"]
+    assert plan["lr"] == pytest.approx(0.1 * 1e-3)  # 1/10 of adam's default for a non-run source
+
+
+def test_finetune_auto_follows_the_notes_table(tmp_path, resnet_source):
+    from keras_cnns.training.transfer import choose_strategy
+
+    assert choose_strategy(100, 10, True, 10)[0] == "head"
+    assert choose_strategy(100_000, 10, True, 10)[0] == "top:3"
+    assert choose_strategy(100, 10, False, 10)[0] == "top:5"
+    assert choose_strategy(100_000, 10, False, 10)[0] == "full"
+    result = finetune(resnet_source, "shapes:6", strategy="auto", similar=False, epochs=1, batch_size=8,
+                      output=str(tmp_path / "auto"))
+    plan = read_config(result.run_dir)["train"]["finetune"]
+    assert plan["label"].startswith("top:") and "different domain" in plan["reason"]
+    with pytest.raises(CnnkitError, match="unknown fine-tuning strategy"):
+        finetune(resnet_source, "shapes:6", strategy="bottom", epochs=1)
