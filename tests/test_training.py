@@ -83,6 +83,17 @@ def test_eager_and_xla_modes_train_the_same_model(tmp_path, mode, traces):
     assert result.metrics["accuracy"] > 0.7
 
 
+def test_finetuning_a_run_keeps_its_normalisation_and_learning_rate(lenet_run, tmp_path):
+    result = finetune(lenet_run.run_dir, "shapes:6", strategy="full", epochs=1, output=str(tmp_path / "ft"))
+    config = read_config(result.run_dir)
+    source = read_config(lenet_run.run_dir)
+    assert config["preprocessing"] == source["preprocessing"]  # the features were learnt with it
+    assert config["train"]["lr"] == pytest.approx(0.1 * source["train"]["lr"])
+    assert config["train"]["finetune"]["source_model"] == "lenet5"
+    assert open(os.path.join(result.run_dir, "labels.txt")).read().split() == ["circle", "square", "triangle",
+                                                                                "cross"]
+
+
 def test_finished_run_cannot_be_resumed_or_overwritten(lenet_run):
     with pytest.raises(CnnkitError, match="already finished"):
         resume(lenet_run.run_dir)

@@ -257,7 +257,7 @@ def _t_mul(config):
     return 1.0 if config.snapshots else config.t_mul
 
 
-def _write_run_files(run_dir, config, data, model, resumed):
+def _write_run_files(run_dir, config, data, model, preprocessing, resumed):
     from keras_cnns.analysis import count_trainable
 
     path = os.path.join(run_dir, "config.json")
@@ -276,7 +276,7 @@ def _write_run_files(run_dir, config, data, model, resumed):
         "data": {"spec": data.spec, "val_split": config.val_split, "test_split": config.test_split,
                  "train": len(data.train), "val": len(data.val), "test": len(data.test), "in_memory": data.in_memory,
                  "skipped": [p for p, _ in data.skipped]},
-        "preprocessing": data.preprocessing,
+        "preprocessing": preprocessing,
         "versions": _versions(),
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -322,15 +322,16 @@ def train(config, resume_dir=None, verbose=0, data=None):
         with strategy.scope():
             model, inference = _build(config, data)
             _compile(model, config, steps_per_epoch)
+        # a fine-tuned model keeps the normalisation its features were learnt with
+        pre = config.finetune["preprocessing"] if config.finetune else data.preprocessing
         if chief:
-            _write_run_files(run_dir, config, data, model, resumed=bool(resume_dir))
+            _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir))
         main = model.output_names[0] if len(model.outputs) > 1 else None
         target_fn = (lambda t: {name: t for name in model.output_names}) if main else None
         options = None
         if config.strategy == "multiworker":
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        pre = data.preprocessing if not config.finetune else config.finetune["preprocessing"]
         train_ds = make_dataset(data, "train", config.batch_size, pre, training=True, augment=config.augment,
                                 seed=config.seed, target_fn=target_fn, options=options)
         val_ds = make_dataset(data, "val", config.batch_size, pre, target_fn=target_fn, options=options)
