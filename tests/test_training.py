@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 
 import keras_cnns
@@ -258,3 +259,29 @@ def test_finetune_auto_follows_the_notes_table(tmp_path, resnet_source):
     assert plan["label"].startswith("top:") and "different domain" in plan["reason"]
     with pytest.raises(CnnkitError, match="unknown fine-tuning strategy"):
         finetune(resnet_source, "shapes:6", strategy="bottom", epochs=1)
+
+
+def test_plateau_schedule_lowers_the_rate_when_validation_loss_stalls(tmp_path):
+    # a rate so small nothing changes: the validation loss stalls from the first epoch
+    result = train(TrainConfig(epochs=4, schedule="plateau", lr=1e-9, gamma=0.1, output=str(tmp_path / "p")))
+    lrs = [r["lr"] for r in read_history(os.path.join(result.run_dir, "history.csv"))]
+    assert lrs[:3] == pytest.approx([1e-9] * 3) and lrs[3] == pytest.approx(1e-10)  # patience 2, then x gamma
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
+    result = train(TrainConfig(epochs=10, schedule="constant", lr=1e-9, early_stopping=1, output=str(tmp_path / "e")))
+    assert result.metrics["epochs_completed"] == 2  # epoch 2 did not beat epoch 1
+
+
+def test_label_smoothing_makes_a_perfectly_confident_prediction_cost_something():
+    from keras_cnns.training.trainer import _compile
+
+    y = np.eye(10, dtype=np.float32)[:4]
+    losses = {}
+    for smoothing in (0.0, 0.2):
+        model = keras_cnns.create_model("lenet5")
+        _compile(model, TrainConfig(label_smoothing=smoothing).validate(), steps_per_epoch=10)
+        losses[smoothing] = float(model.compiled_loss(tf.constant(y), tf.constant(y * (1 - 1e-6) + 1e-7)))
+    assert losses[0.0] < 1e-4
+    # against the smoothed target (0.82 and 0.02s) the near-zero entries cost -0.02 log(1e-7) each
+    assert losses[0.2] > 2.0
