@@ -11,7 +11,7 @@ import sys
 
 
 @contextlib.contextmanager
-def _stderr_silenced():
+def stderr_silenced():
     if os.environ.get("CNNKIT_DEBUG"):
         yield
         return
@@ -35,7 +35,7 @@ def import_tensorflow(multiworker=False):
     happen before TensorFlow starts its devices.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _stderr_silenced():
+    with stderr_silenced():
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")

@@ -42,6 +42,10 @@ def cli():
       cnnkit evaluate runs/latest        test metrics and a confusion matrix
       cnnkit finetune runs/latest --data ./photos --strategy auto
       cnnkit ensemble RUN_DIR RUN_DIR    average several runs into one model
+    Deploy:
+      cnnkit quickstart                  train, export every format, print the parity table
+      cnnkit export runs/latest --tflite --onnx --quantize int8
+      cnnkit validate exports/lenet5/1   re-run the parity report
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("cnnkit: %(message)s"))
@@ -201,9 +205,10 @@ def _comparison_plot(path, compare, extra):
     return {"path": path, "models": [r["name"] for r in rows]}
 
 
+from cnnkit.cli_export import COMMANDS as _EXPORT_COMMANDS  # noqa: E402
 from cnnkit.cli_train import COMMANDS as _TRAINING_COMMANDS  # noqa: E402
 
-for _command in _TRAINING_COMMANDS:
+for _command in _TRAINING_COMMANDS + _EXPORT_COMMANDS:
     cli.add_command(_command)
 
 

@@ -1,5 +1,12 @@
-"""SavedModel / TFLite / ONNX export, compression and parity validation.
+"""SavedModel / TFLite / ONNX export and parity validation.
 
-Not built yet: this package is the export issue's work (it depends on the training engine). The
-dependency direction is fixed already: ``cnnkit -> serving -> export -> keras_cnns``.
+    >>> from export import export, validate
+    >>> path, report = export("runs/latest", formats=export.plan_formats(tflite_out=True, onnx_out=True))
+
+The SavedModel is the one canonical static graph; TFLite and ONNX are derived from it; every artifact
+is compared with the Keras model before the version directory appears (see ``exporter``).
+Dependency direction: ``cnnkit -> serving -> export -> keras_cnns``.
 """
+from export.exporter import FORMATS, QUANTIZE, export, plan_formats, validate
+
+__all__ = ["export", "validate", "plan_formats", "FORMATS", "QUANTIZE"]

@@ -7,7 +7,8 @@ import pytest
 
 from keras_cnns import get_model_info, list_models
 
-SUBCOMMANDS = ["models", "summary", "profile", "train", "evaluate", "finetune", "ensemble"]
+SUBCOMMANDS = ["models", "summary", "profile", "train", "evaluate", "finetune", "ensemble", "export", "validate",
+               "quickstart"]
 
 
 def run(*args):

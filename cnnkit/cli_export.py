@@ -1,0 +1,111 @@
+"""``cnnkit export / validate / quickstart``: thin wrappers over the :mod:`export` package."""
+import json
+
+import click
+
+from cnnkit._common import table
+from cnnkit._quiet import stderr_silenced as native_logs_silenced
+from cnnkit._quiet import import_tensorflow
+from keras_cnns.errors import CnnkitError
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
+
+
+def _print_report(report):
+    rows = []
+    for r in report["artifacts"]:
+        size = f"{r['bytes'] / 1024:,.1f} KiB" if r["bytes"] is not None else ""
+        accuracy = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "n/a"
+        rows.append((r["artifact"], size, f"{r['max_abs_diff']:.1e}", f"{r['top1_agreement']:.1%}", accuracy,
+                     f"{r['latency_ms']:.2f}", "ok" if r["ok"] else "OUT OF TOLERANCE"))
+    click.echo(table(("artifact", "size", "max |diff|", "top-1 agree", "accuracy", "ms (batch 1)", "parity"), rows,
+                     right=(1, 2, 3, 4, 5)))
+    gpu = report.get("tflite_gpu_delegate")
+    if gpu:
+        click.echo(f"TFLite GPU delegate: {'compatible' if gpu['compatible'] else 'not fully compatible'}")
+
+
+@click.command("export")
+@click.argument("source", metavar="SOURCE")
+@click.option("--output", default="exports", show_default=True, type=click.Path(file_okay=False),
+              help="Export base: versions go to OUTPUT/NAME/VERSION.")
+@click.option("--saved-model", is_flag=True, help="The SavedModel (always written: the others derive from it).")
+@click.option("--tflite", "tflite_out", is_flag=True, help="TFLite float32 (+ the --quantize variant).")
+@click.option("--onnx", "onnx_out", is_flag=True, help="ONNX (tf2onnx), run with ONNX Runtime.")
+@click.option("--all", "everything", is_flag=True, help="SavedModel, every TFLite variant and ONNX.")
+@click.option("--quantize", type=click.Choice(("none", "dynamic", "float16", "int8")), default="none",
+              show_default=True, help="TFLite variant besides float32: int8 is full-integer (uint8 in/out).")
+@click.option("--calibration-data", metavar="SPEC", help="Images for int8 calibration (default: the run's data).")
+@click.option("--name", help="Model name in the export base (default: the model's).")
+@click.option("--version", type=click.IntRange(min=1), help="Version number (default: the next free one).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file for a zoo model name SOURCE.")
+@click.option("--input-size", type=click.IntRange(min=1), help="Input side for a zoo model name SOURCE.")
+@click.option("--opset", type=click.IntRange(min=9), default=17, show_default=True, help="ONNX opset.")
+@json_option
+def export_command(source, output, saved_model, tflite_out, onnx_out, everything, quantize, calibration_data, name,
+                   version, weights, input_size, opset, as_json):
+    """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
+
+    \b
+    Examples:
+      cnnkit export runs/latest --tflite --onnx --quantize int8
+      cnnkit export --tflite mobilenet                  untrained zoo model, float32 TFLite
+      cnnkit export runs/latest --all --name digits
+    """
+    import_tensorflow()
+    from export import export, plan_formats
+
+    formats = plan_formats(saved_model, tflite_out, onnx_out, quantize, everything)
+    with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
+        path, report = export(source, output=output, formats=formats, calibration_data=calibration_data,
+                              name=name, version=version, weights=weights, input_size=input_size, opset=opset)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    _print_report(report)
+    click.echo(f"exported to {path} (report.md beside the artifacts)")
+
+
+@click.command()
+@click.argument("export_dir", metavar="EXPORT_DIR")
+@click.option("--data", metavar="SPEC", help="Held-out images to compare on (default: the run's test split).")
+@json_option
+def validate(export_dir, data, as_json):
+    """Re-run the parity report of an export version directory; exit 1 if an artifact is out of tolerance."""
+    import_tensorflow()
+    from export import validate as run_validate
+
+    with native_logs_silenced():
+        report = run_validate(export_dir, data_spec=data)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        _print_report(report)
+    if not report["ok"]:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--output", default="exports", show_default=True, type=click.Path(file_okay=False))
+@json_option
+def quickstart(epochs, output, as_json):
+    """The whole pipeline offline: train LeNet-5 on the bundled digits, export SavedModel + TFLite
+    (float32, float16, dynamic, int8) + ONNX, and print the parity table."""
+    import_tensorflow()
+    from export import export, plan_formats
+    from keras_cnns.training import TrainConfig, train
+
+    result = train(TrainConfig(model="lenet5", data="digits", epochs=epochs), verbose=0 if as_json else 2)
+    with native_logs_silenced():
+        path, report = export(result.run_dir, output=output, formats=plan_formats(everything=True))
+    if as_json:
+        click.echo(json.dumps({"run_dir": result.run_dir, "test_accuracy": result.metrics["accuracy"],
+                               "export": path, "report": report}))
+        return
+    click.echo(f"\ntrained LeNet-5 on digits: test accuracy {result.metrics['accuracy']:.2%} ({result.run_dir})")
+    _print_report(report)
+    click.echo(f"exported to {path}; serve it with TF Serving (model base path {output}/lenet5)")
+
+
+COMMANDS = (export_command, validate, quickstart)

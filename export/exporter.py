@@ -1,0 +1,199 @@
+"""One export entry point: SOURCE -> ``OUTPUT/NAME/VERSION/`` holding every artifact and its parity report.
+
+::
+
+    exports/lenet5/1/
+      saved_model.pb, variables/, assets/labels.txt   the SavedModel TF Serving loads
+      tflite/model_float32.tflite ...                 TFLite variants (labels embedded)
+      onnx/model.onnx                                 ONNX
+      keras/model.keras                               the Keras model the report compares against
+      export.json                                     source, preprocessing, labels, artifacts
+      report.json, report.md                          the parity report
+
+A version is built in a hidden sibling directory and renamed into place only when every artifact is
+within tolerance, so TF Serving (which watches the numbered directories) never sees a half-written or
+failing version, and earlier versions are never touched.
+"""
+import errno
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from export import onnx_format, parity, savedmodel, tflite
+from export.source import load_source
+from keras_cnns.errors import CnnkitError
+
+QUANTIZE = ("none", "dynamic", "float16", "int8")
+#: format -> (artifact name, kind, relative path)
+FORMATS = {
+    "saved_model": ("saved_model", "savedmodel", ""),
+    "tflite-float32": ("tflite_float32", "tflite-float32", "tflite/model_float32.tflite"),
+    "tflite-float16": ("tflite_float16", "tflite-float16", "tflite/model_float16.tflite"),
+    "tflite-dynamic": ("tflite_dynamic", "tflite-dynamic", "tflite/model_dynamic.tflite"),
+    "tflite-int8": ("tflite_int8", "tflite-int8", "tflite/model_int8.tflite"),
+    "onnx": ("onnx", "onnx", "onnx/model.onnx"),
+}
+
+
+def next_version(base):
+    versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
+    return max(versions, default=0) + 1
+
+
+def _evaluation_images(source, data_spec, count=2000):
+    """(float32 pixels, labels or None): the held-out test split of the data, or seeded noise."""
+    from keras_cnns.training.data import load_data
+
+    spec = data_spec or source.data_spec
+    if spec:
+        data = load_data(spec, source.input_shape, val_split=source.val_split, test_split=source.test_split)
+        if data.class_names == source.labels:
+            return data.test.x[:count].astype(np.float32), data.test.y[:count], data
+        return data.test.x[:count].astype(np.float32), None, data
+    rng = np.random.RandomState(0)
+    return rng.uniform(0, 255, (32,) + source.input_shape).astype(np.float32), None, None
+
+
+def keras_reference(model, preprocessing):
+    mean = np.asarray(preprocessing["mean"], np.float32)
+    std = np.asarray(preprocessing["std"], np.float32)
+
+    def run(images):
+        x = (np.asarray(images, np.float32) * preprocessing["scale"] - mean) / std
+        return model(x, training=False).numpy()
+
+    return run
+
+
+def runner_for(kind, path):
+    if kind == "savedmodel":
+        return savedmodel.load_probabilities(path)
+    if kind.startswith("tflite"):
+        return tflite.Runner(path)
+    return onnx_format.Runner(path)
+
+
+def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="none", everything=False):
+    if quantize not in QUANTIZE:
+        raise CnnkitError(f"unknown --quantize {quantize!r}; choose from {', '.join(QUANTIZE)}")
+    formats = ["saved_model"]
+    if everything:
+        return formats + ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"]
+    if tflite_out or (quantize != "none" and not onnx_out):
+        formats.append("tflite-float32")
+        if quantize != "none":
+            formats.append(f"tflite-{quantize}")
+    if onnx_out:
+        formats.append("onnx")
+    return formats
+
+
+def export(source, output="exports", formats=("saved_model",), calibration_data=None, name=None, version=None,
+           weights=None, input_size=None, opset=onnx_format.DEFAULT_OPSET, data_spec=None):
+    """Export SOURCE into ``output/NAME/VERSION``; returns (version directory, report dict)."""
+    src = load_source(source, weights=weights, input_size=input_size)
+    name = name or src.name
+    base = os.path.join(output, name)
+    os.makedirs(base, exist_ok=True)
+    if version is None:
+        version = next_version(base)
+    elif os.path.exists(os.path.join(base, str(version))):
+        raise CnnkitError(f"{base}/{version} already exists; exports never overwrite a version")
+    images, labels, data = _evaluation_images(src, data_spec)
+    representative = None
+    if "tflite-int8" in formats:
+        if calibration_data:
+            from keras_cnns.training.data import load_data
+
+            representative = load_data(calibration_data, src.input_shape).train.x[:200]
+        elif data is not None:
+            representative = data.train.x[:200]
+        else:
+            raise CnnkitError("int8 quantization needs calibration images: export a training run, or give "
+                              "--calibration-data SPEC (e.g. a folder of sample images)")
+    final = os.path.join(base, str(version))
+    tmp = os.path.join(base, f".partial-{version}-{os.getpid()}")
+    try:
+        report = _build(src, tmp, formats, images, labels, representative, opset, name, version)
+        os.rename(tmp, final)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise CnnkitError(f"no space left on the device while exporting {name} version {version}; nothing "
+                              "was published and earlier versions are untouched") from None
+        raise
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    report["path"] = final
+    return final, report
+
+
+def _build(src, tmp, formats, images, labels, representative, opset, name, version):
+    from keras_cnns.training.callbacks import save_model_atomic
+    from keras_cnns.training.runs import write_json
+
+    with tempfile.TemporaryDirectory() as scratch:  # the asset keeps its file name: labels.txt
+        labels_file = os.path.join(scratch, "labels.txt")
+        with open(labels_file, "w", encoding="utf-8") as f:
+            f.write("\n".join(src.labels) + "\n")
+        savedmodel.save(src, tmp, labels_file)
+    os.makedirs(os.path.join(tmp, "keras"))
+    save_model_atomic(src.model, os.path.join(tmp, "keras", "model.keras"))
+    artifacts = []
+    for fmt in formats:
+        artifact, kind, rel = FORMATS[fmt]
+        path = os.path.join(tmp, rel) if rel else tmp
+        if fmt.startswith("tflite"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            content = tflite.convert(tmp, fmt.split("-", 1)[1], representative)
+            tflite.write(tflite.add_labels(content, src.labels), path)
+        elif fmt == "onnx":
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            onnx_format.convert(tmp, path, opset)
+        artifacts.append({"artifact": artifact, "kind": kind, "path": rel})
+    write_json(os.path.join(tmp, "export.json"), {
+        "name": name, "version": version, "source": src.origin, "input_shape": list(src.input_shape),
+        "labels": src.labels, "preprocessing": src.preprocessing, "data": src.data_spec,
+        "val_split": src.val_split, "test_split": src.test_split, "artifacts": artifacts, "onnx_opset": opset,
+    })
+    return validate(tmp, images=images, labels=labels, raise_on_failure=True)
+
+
+def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_failure=False):
+    """Run the parity report over an export version directory; writes report.json and report.md."""
+    from keras_cnns.training.runs import load_model_file, read_json, write_json
+
+    meta_path = os.path.join(export_dir, "export.json")
+    if not os.path.exists(meta_path):
+        raise CnnkitError(f"{export_dir} is not a cnnkit export version directory (no export.json)")
+    meta = read_json(meta_path)
+    model = load_model_file(os.path.join(export_dir, "keras", "model.keras"))
+    if images is None:
+        from export.source import ExportSource
+
+        src = ExportSource(model=model, name=meta["name"], labels=meta["labels"], preprocessing=meta["preprocessing"],
+                           origin=meta["source"], data_spec=meta["data"], val_split=meta["val_split"],
+                           test_split=meta["test_split"])
+        images, labels, _ = _evaluation_images(src, data_spec)
+    runners = [(a["artifact"], a["kind"], os.path.join(export_dir, a["path"]),
+                runner_for(a["kind"], os.path.join(export_dir, a["path"]))) for a in meta["artifacts"]]
+    rows = parity.compare(keras_reference(model, meta["preprocessing"]), runners, images, labels)
+    report = {"name": meta["name"], "version": meta["version"], "images": int(len(images)),
+              "labelled": labels is not None, "artifacts": rows, "ok": all(r["ok"] for r in rows)}
+    if any(r["kind"].startswith("tflite") for r in rows):
+        first = next(a for a in meta["artifacts"] if a["kind"].startswith("tflite"))
+        with open(os.path.join(export_dir, first["path"]), "rb") as f:
+            compatible, warnings = tflite.gpu_compatibility(f.read())
+        report["tflite_gpu_delegate"] = {"compatible": compatible, "warnings": warnings[:20]}
+    write_json(os.path.join(export_dir, "report.json"), report)
+    title = f"Parity report: {meta['name']} version {meta['version']} ({len(images)} images)"
+    with open(os.path.join(export_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write(parity.markdown(rows, title))
+    failed = [r["artifact"] for r in rows if not r["ok"]]
+    if failed and raise_on_failure:
+        details = "; ".join(f"{r['artifact']}: max |diff| {r['max_abs_diff']:.2e}, top-1 agreement "
+                            f"{r['top1_agreement']:.1%} ({r['tolerance']})" for r in rows if not r["ok"])
+        raise CnnkitError(f"out of tolerance, nothing exported: {details}")
+    return report

@@ -1,0 +1,92 @@
+"""The parity report: every artifact against the Keras model on the same images.
+
+Per artifact: file size, max |difference| of the probabilities, top-1 agreement, accuracy on held-out
+data (when there are labels) and the median latency of one batch-1 call. Tolerances: float artifacts
+max |diff| <= 1e-4; float16 <= 1e-2; quantized ones top-1 agreement >= 98% and accuracy no more
+than 1 point below the Keras model's.
+"""
+import os
+import time
+
+import numpy as np
+
+FLOAT_TOLERANCE = 1e-4
+FLOAT16_TOLERANCE = 1e-2
+MIN_AGREEMENT = 0.98
+MAX_ACCURACY_DROP = 0.01
+
+
+def tolerance_of(kind):
+    """('max_abs_diff', limit) or ('quantized', None) for an artifact kind."""
+    if kind in ("savedmodel", "tflite-float32", "onnx"):
+        return "max_abs_diff", FLOAT_TOLERANCE
+    if kind == "tflite-float16":
+        return "max_abs_diff", FLOAT16_TOLERANCE
+    return "quantized", None
+
+
+def _size(path):
+    """Bytes of a file, or of a SavedModel (graph + variables; other artifacts share its directory)."""
+    if os.path.isdir(path):
+        files = [os.path.join(path, "saved_model.pb")]
+        files += [os.path.join(d, f) for d, _, names in os.walk(os.path.join(path, "variables")) for f in names]
+        return sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    return os.path.getsize(path)
+
+
+def latency_ms(run, image, repeats=20):
+    """Median wall time of one batch-1 call, after warm-up."""
+    for _ in range(3):
+        run(image)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(image)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def compare(reference, artifacts, images, labels=None, batch_size=64):
+    """Rows of the report. ``reference``/runners: float32 pixels (N, H, W, C) -> probabilities.
+
+    ``artifacts``: [(name, kind, path, runner)].
+    """
+    def predict(run):
+        return np.concatenate([run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+    expected = predict(reference)
+    ref_top1 = expected.argmax(axis=1)
+    ref_accuracy = float((ref_top1 == labels).mean()) if labels is not None else None
+    rows = [{"artifact": "keras", "kind": "keras", "file": None, "bytes": None, "max_abs_diff": 0.0,
+             "top1_agreement": 1.0, "accuracy": ref_accuracy, "latency_ms": latency_ms(reference, images[:1]),
+             "tolerance": None, "ok": True}]
+    for name, kind, path, run in artifacts:
+        got = predict(run)
+        top1 = got.argmax(axis=1)
+        row = {"artifact": name, "kind": kind, "file": os.path.basename(path.rstrip("/")), "bytes": _size(path),
+               "max_abs_diff": float(np.abs(got - expected).max()),
+               "top1_agreement": float((top1 == ref_top1).mean()),
+               "accuracy": float((top1 == labels).mean()) if labels is not None else None,
+               "latency_ms": latency_ms(run, images[:1])}
+        rule, limit = tolerance_of(kind)
+        if rule == "max_abs_diff":
+            row["tolerance"] = f"max |diff| <= {limit:g}"
+            row["ok"] = row["max_abs_diff"] <= limit
+        else:
+            row["tolerance"] = f"top-1 agreement >= {MIN_AGREEMENT:.0%}, accuracy drop <= {MAX_ACCURACY_DROP * 100:g} pt"
+            drop_ok = row["accuracy"] is None or ref_accuracy - row["accuracy"] <= MAX_ACCURACY_DROP + 1e-9
+            row["ok"] = row["top1_agreement"] >= MIN_AGREEMENT and drop_ok
+        rows.append(row)
+    return rows
+
+
+def markdown(rows, title):
+    lines = [f"# {title}", "", "| artifact | file | size | max abs diff | top-1 agreement | accuracy | latency (batch 1) "
+             "| tolerance | ok |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        size = f"{r['bytes'] / 1024:.1f} KiB" if r["bytes"] is not None else ""
+        accuracy = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "n/a"
+        lines.append(f"| {r['artifact']} | {r['file'] or ''} | {size} | {r['max_abs_diff']:.2e} | "
+                     f"{r['top1_agreement']:.2%} | {accuracy} | {r['latency_ms']:.2f} ms | {r['tolerance'] or ''} | "
+                     f"{'yes' if r['ok'] else 'NO'} |")
+    return "\n".join(lines) + "\n"

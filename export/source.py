@@ -1,0 +1,76 @@
+"""What an export starts from: a run directory, a zoo model name, or a saved tf_keras model file."""
+import dataclasses
+import os
+
+from keras_cnns.errors import CnnkitError
+
+
+@dataclasses.dataclass
+class ExportSource:
+    #: the inference model (training-only outputs removed)
+    model: object
+    name: str
+    labels: list
+    #: {"scale", "mean", "std"}: how raw pixels (0..255) become model inputs
+    preprocessing: dict
+    #: where the model came from, for export.json
+    origin: str
+    #: the data set it was trained on (calibration and accuracy), or None
+    data_spec: str = None
+    val_split: float = 0.15
+    test_split: float = 0.15
+
+    @property
+    def input_shape(self):
+        return tuple(int(d) for d in self.model.inputs[0].shape[1:])
+
+
+def default_preprocessing(channels):
+    """For models with no training run: ImageNet statistics for RGB, mid-grey for one channel."""
+    if channels == 3:
+        return {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    return {"scale": 1.0 / 255.0, "mean": [0.5] * channels, "std": [0.5] * channels}
+
+
+def load_source(source, weights=None, input_size=None, num_classes=None):
+    """Resolve SOURCE: run directory, zoo model name (``weights`` optional), or .keras/.h5 file."""
+    import keras_cnns
+    from keras_cnns.training import runs
+
+    if os.path.isdir(source):
+        if os.path.exists(os.path.join(source, "saved_model.pb")):
+            raise CnnkitError(f"{source} is already a SavedModel export; export from the run directory or model "
+                              "file it came from")
+        run_dir = runs.resolve_run_dir(source)
+        config = runs.read_config(run_dir)
+        model = runs.load_run_model(run_dir)
+        data = config["data"]
+        return ExportSource(model=model, name=config["model"], labels=runs.read_labels(run_dir),
+                            preprocessing=config["preprocessing"], origin=run_dir, data_spec=data["spec"],
+                            val_split=data["val_split"], test_split=data["test_split"])
+    if source.endswith((".keras", ".h5")):
+        model = keras_cnns.inference_model(runs.load_model_file(source))
+        name = os.path.splitext(os.path.basename(source))[0]
+    else:
+        try:
+            info = keras_cnns.get_model_info(source)
+        except CnnkitError:
+            if os.path.sep in source or os.path.exists(source):
+                raise CnnkitError(f"cannot export {source!r}: not a run directory, .keras/.h5 file or model name")
+            raise
+        shape = (input_size, input_size, info.input_shape[2]) if input_size else None
+        model = keras_cnns.inference_model(keras_cnns.create_model(info.name, num_classes=num_classes,
+                                                                   input_shape=shape))
+        name = info.name
+        if weights:
+            if not os.path.exists(weights):
+                raise CnnkitError(f"weights file {weights} does not exist")
+            try:
+                model.load_weights(weights)
+            except Exception as err:
+                raise CnnkitError(f"cannot load weights {weights} into {name}: {err}") from None
+    classes = int(model.outputs[0].shape[-1])
+    channels = int(model.inputs[0].shape[-1])
+    return ExportSource(model=model, name=name, labels=[f"class_{i}" for i in range(classes)],
+                        preprocessing=default_preprocessing(channels), origin=os.path.abspath(source)
+                        if os.path.exists(source) else f"zoo:{name}" + (f" + {weights}" if weights else ""))

@@ -1,0 +1,157 @@
+"""TFLite (mobile) conversion from the SavedModel's ``probabilities`` signature, run with LiteRT.
+
+Variants: ``float32``; ``float16`` (weights in half precision); ``dynamic`` (int8 weights, float
+activations); ``int8`` (full integer: uint8 pixel input, uint8 output, calibrated on representative
+images). Only TFLite builtin ops are allowed (no Flex ops that bloat a mobile app), and the labels
+travel inside the file as a metadata entry ``labels.txt``.
+"""
+import contextlib
+import io
+import os
+
+import numpy as np
+
+from keras_cnns.errors import CnnkitError
+
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+LABELS_METADATA = "labels.txt"
+
+
+def convert(saved_model_dir, variant, representative=None):
+    """Bytes of the ``.tflite`` model. ``representative``: uint8-range images (N, H, W, C) for int8."""
+    import tensorflow as tf
+
+    if variant not in VARIANTS:
+        raise CnnkitError(f"unknown TFLite variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["probabilities"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant == "int8":
+        if representative is None or not len(representative):
+            raise CnnkitError("int8 quantization needs calibration images: export a training run or give "
+                              "--calibration-data SPEC")
+
+        def samples():
+            for image in representative:
+                yield [np.asarray(image, np.float32)[None]]
+
+        converter.representative_dataset = samples
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    try:
+        content = converter.convert()
+    except Exception as err:  # ConverterError lists the ops that are not builtins
+        first = next((line.strip() for line in str(err).splitlines() if "op" in line.lower()), str(err)[:300])
+        raise CnnkitError(f"the model cannot be expressed as TFLite builtin ops ({variant}): {first}") from None
+    check_builtin_only(content)
+    return content
+
+
+def _model_t(content):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+
+
+def check_builtin_only(content):
+    """Raise if the model holds a custom or Flex (select TF) op."""
+    custom = sorted({(code.customCode or b"").decode() for code in _model_t(content).operatorCodes if code.customCode})
+    if custom:
+        raise CnnkitError(f"the TFLite model needs non-builtin ops: {', '.join(custom)}")
+
+
+def op_names(content):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return sorted({names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+                   for code in _model_t(content).operatorCodes})
+
+
+def add_labels(content, labels):
+    """The model with ``labels`` (one per line) embedded as the metadata entry ``labels.txt``."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = _model_t(content)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(("\n".join(labels) + "\n").encode("utf-8"), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = LABELS_METADATA
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = (model.metadata or []) + [entry]
+    builder = flatbuffers.Builder(len(content) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_labels(path):
+    """The labels embedded by :func:`add_labels`, or None."""
+    with open(path, "rb") as f:
+        model = _model_t(f.read())
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == LABELS_METADATA:
+            return bytes(model.buffers[entry.buffer].data).decode("utf-8").splitlines()
+    return None
+
+
+def gpu_compatibility(content):
+    """(compatible, warnings) from the LiteRT analyzer's GPU-delegate check."""
+    import tensorflow as tf
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        tf.lite.experimental.Analyzer.analyze(model_content=content, gpu_compatibility=True)
+    warnings = [line.strip() for line in out.getvalue().splitlines() if "GPU COMPATIBILITY WARNING" in line
+                or "not supported" in line.lower()]
+    return not warnings, warnings
+
+
+class Runner:
+    """Runs a ``.tflite`` file in the LiteRT interpreter (the runtime a phone uses), any batch size.
+
+    Takes float32 pixel values 0..255; quantizes them for an integer input and dequantizes the output.
+    """
+
+    def __init__(self, path, threads=2):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=path, num_threads=threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self._batch = None
+
+    def __call__(self, images):
+        images = np.asarray(images, np.float32)
+        if self._batch != len(images):
+            self.interpreter.resize_tensor_input(self.input["index"], images.shape)
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.output = self.interpreter.get_output_details()[0]
+            self._batch = len(images)
+        dtype = self.input["dtype"]
+        if dtype != np.float32:
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(dtype)
+            images = np.clip(np.round(images / scale + zero), info.min, info.max).astype(dtype)
+        self.interpreter.set_tensor(self.input["index"], images)
+        self.interpreter.invoke()
+        result = self.interpreter.get_tensor(self.output["index"])
+        if self.output["dtype"] != np.float32:
+            scale, zero = self.output["quantization"]
+            result = (result.astype(np.float32) - zero) * scale
+        return result
+
+
+def write(content, path):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(content)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,212 @@
+"""Export: SavedModel layout and signatures, TFLite in LiteRT, ONNX in ONNX Runtime, the parity report,
+versioning, and bad input that must leave earlier exports untouched."""
+import errno
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export import exporter, parity, plan_formats, tflite, validate
+from export import export as run_export
+from keras_cnns.errors import CnnkitError
+from keras_cnns.training import TrainConfig, train
+from keras_cnns.training.data import load_data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    result = train(TrainConfig(output=str(root / "run")))
+    path, report = run_export(result.run_dir, output=str(root / "exports"), formats=plan_formats(everything=True))
+    return {"run": result.run_dir, "base": str(root / "exports" / "lenet5"), "path": path, "report": report,
+            "metrics": result.metrics}
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for d, _, files in sorted(os.walk(folder)):
+        for f in sorted(files):
+            h.update(open(os.path.join(d, f), "rb").read())
+    return h.hexdigest()
+
+
+def test_layout_is_what_tf_serving_loads(trained):
+    path = trained["path"]
+    assert path.endswith(os.path.join("lenet5", "1"))
+    for rel in ("saved_model.pb", "variables", "assets/labels.txt", "tflite/model_float32.tflite",
+                "tflite/model_int8.tflite", "onnx/model.onnx", "report.json", "report.md", "export.json"):
+        assert os.path.exists(os.path.join(path, rel)), rel
+    assert open(os.path.join(path, "assets", "labels.txt")).read().split() == [str(i) for i in range(10)]
+    assert not [d for d in os.listdir(trained["base"]) if d.startswith(".")]  # no partial versions left
+
+
+def test_every_artifact_agrees_with_keras_within_tolerance(trained):
+    rows = {r["artifact"]: r for r in trained["report"]["artifacts"]}
+    assert set(rows) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8",
+                         "onnx"}
+    for name in ("saved_model", "tflite_float32", "onnx"):
+        assert rows[name]["max_abs_diff"] <= 1e-4, name
+    assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2
+    for name in ("tflite_dynamic", "tflite_int8"):
+        assert rows[name]["top1_agreement"] >= 0.98
+        assert rows["keras"]["accuracy"] - rows[name]["accuracy"] <= 0.01
+    assert rows["keras"]["accuracy"] == pytest.approx(trained["metrics"]["accuracy"])  # the whole test split
+    assert rows["tflite_int8"]["bytes"] < rows["tflite_float32"]["bytes"] / 3
+    saved = json.load(open(os.path.join(trained["path"], "report.json")))
+    assert saved["ok"] and saved["tflite_gpu_delegate"]["compatible"]
+    assert "| tflite_int8 |" in open(os.path.join(trained["path"], "report.md")).read()
+
+
+SCRIPT = """
+import sys, json, numpy as np, tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+images = np.load(sys.argv[2])
+out = model.signatures["serving_default"](images=tf.constant(images, tf.float32))
+out8 = model.signatures["serving_uint8"](images=tf.constant(images.astype(np.uint8)))
+png = [open(p, "rb").read() for p in sys.argv[3:]]
+outb = model.signatures["serving_bytes"](image_bytes=tf.constant(png))
+again = model.signatures["serving_default"](images=tf.constant(images, tf.float32))
+print(json.dumps({"modules": sorted(m for m in sys.modules if m.split(".")[0] in ("keras_cnns", "export", "cnnkit")),
+                  "keys": sorted(out), "labels": [s.decode() for s in out["labels"].numpy()],
+                  "classes": out["classes"].numpy().tolist(), "top": out["top_classes"].numpy()[:, 0].tolist(),
+                  "same": bool(np.array_equal(out["probabilities"].numpy(), again["probabilities"].numpy())),
+                  "uint8_diff": float(np.abs(out8["probabilities"].numpy() - out["probabilities"].numpy()).max()),
+                  "bytes_classes": outb["classes"].numpy().tolist()}))
+"""
+
+
+def test_savedmodel_runs_in_a_process_that_imports_only_tensorflow(trained, tmp_path):
+    data = load_data("digits", (32, 32, 1))
+    images = data.test.x[:6]
+    np.save(tmp_path / "x.npy", images)
+    files = []
+    for i, image in enumerate(images[:3]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(image[..., 0]).save(path)
+        files.append(str(path))
+    script = tmp_path / "serve.py"
+    script.write_text(SCRIPT)
+    out = subprocess.run([sys.executable, str(script), trained["path"], str(tmp_path / "x.npy"), *files],
+                         capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["modules"] == []  # our packages are not needed to run the graph
+    assert result["keys"] == ["classes", "labels", "probabilities", "scores", "top_classes"]
+    assert result["labels"] == [str(c) for c in result["classes"]] and result["top"] == result["classes"]
+    assert result["same"] and result["uint8_diff"] == 0.0
+    assert result["bytes_classes"] == result["classes"][:3]  # PNG bytes decoded in the graph
+    assert np.mean(np.array(result["classes"]) == data.test.y[:6]) >= 5 / 6
+
+
+def test_saved_model_cli_lists_the_named_signatures(trained):
+    out = subprocess.run(["saved_model_cli", "show", "--dir", trained["path"], "--all"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("serving_default", "serving_uint8", "serving_bytes", "probabilities", "image_bytes", "labels",
+                 "scores"):
+        assert name in out.stdout
+
+
+def test_serving_graph_has_no_random_ops(trained):
+    from export.savedmodel import has_random_ops
+
+    assert has_random_ops(trained["path"]) == []
+
+
+def test_tflite_files_carry_labels_use_builtin_ops_and_run_in_litert(trained):
+    data = load_data("digits", (32, 32, 1))
+    x = data.test.x[:8].astype(np.float32)
+    for variant in ("float32", "int8"):
+        path = os.path.join(trained["path"], "tflite", f"model_{variant}.tflite")
+        assert tflite.read_labels(path) == [str(i) for i in range(10)]
+        content = open(path, "rb").read()
+        tflite.check_builtin_only(content)
+        assert not any(op.startswith("FLEX") or op == "CUSTOM" for op in tflite.op_names(content))
+        runner = tflite.Runner(path)
+        assert type(runner.interpreter).__module__.startswith("ai_edge_litert")  # the phone runtime, not TF
+        probabilities = runner(x)
+        assert probabilities.shape == (8, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=0.05)
+    assert tflite.Runner(os.path.join(trained["path"], "tflite", "model_int8.tflite")).input["dtype"] == np.uint8
+
+
+def test_a_new_export_is_the_next_version_and_leaves_the_old_one_alone(trained):
+    before = _digest(trained["path"])
+    path, _ = run_export(trained["run"], output=os.path.dirname(trained["base"]))
+    assert path.endswith(os.path.join("lenet5", "2"))
+    assert _digest(trained["path"]) == before
+    with pytest.raises(CnnkitError, match="already exists; exports never overwrite"):
+        run_export(trained["run"], output=os.path.dirname(trained["base"]), version=1)
+
+
+def test_out_of_tolerance_fails_the_export_naming_the_artifact(trained, monkeypatch):
+    monkeypatch.setattr(parity, "FLOAT_TOLERANCE", 0.0)
+    versions = sorted(os.listdir(trained["base"]))
+    with pytest.raises(CnnkitError, match="out of tolerance, nothing exported: tflite_float32"):
+        run_export(trained["run"], output=os.path.dirname(trained["base"]), formats=plan_formats(tflite_out=True))
+    assert sorted(os.listdir(trained["base"])) == versions  # nothing published, nothing half-written
+    report = validate(trained["path"])
+    assert not report["ok"]
+
+
+def test_validate_recomputes_the_report(trained):
+    report = validate(trained["path"])
+    assert report["ok"] and report["labelled"] and len(report["artifacts"]) == 7
+    with pytest.raises(CnnkitError, match="not a cnnkit export"):
+        validate(trained["run"])
+
+
+def test_full_disk_mid_export_publishes_nothing(trained, monkeypatch):
+    def full(content, path):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(tflite, "write", full)
+    versions = sorted(os.listdir(trained["base"]))
+    with pytest.raises(CnnkitError, match="no space left on the device .* earlier versions are untouched"):
+        run_export(trained["run"], output=os.path.dirname(trained["base"]), formats=plan_formats(tflite_out=True))
+    assert sorted(os.listdir(trained["base"])) == versions
+
+
+def test_int8_needs_calibration_data_and_unknown_sources_fail(tmp_path):
+    with pytest.raises(CnnkitError, match="int8 quantization needs calibration images"):
+        run_export("lenet5", output=str(tmp_path), formats=plan_formats(quantize="int8"))
+    with pytest.raises(CnnkitError, match="unknown model 'lenet6'"):
+        run_export("lenet6", output=str(tmp_path))
+    with pytest.raises(CnnkitError, match="does not exist"):
+        run_export(str(tmp_path / "missing.keras"), output=str(tmp_path))
+    assert not os.listdir(tmp_path) or all(not os.listdir(tmp_path / d) for d in os.listdir(tmp_path))
+
+
+def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):
+    import tensorflow as tf
+
+    class Odd(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 1], tf.float32, name="images")])
+        def probabilities(self, images):
+            s = tf.linalg.svd(tf.reshape(images, [-1, 4, 4]), compute_uv=False)
+            return {"probabilities": tf.nn.softmax(s)}
+
+    module = Odd()
+    tf.saved_model.save(module, str(tmp_path / "odd"), signatures={"probabilities": module.probabilities})
+    with pytest.raises(CnnkitError, match="cannot be expressed as TFLite builtin ops"):
+        tflite.convert(str(tmp_path / "odd"), "float32")
+
+
+def test_export_cli_untrained_zoo_model_and_validate(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cnnkit", *a], capture_output=True, text=True,  # noqa
+                                    timeout=600, cwd=str(tmp_path))
+    out = run("export", "--tflite", "mobilenet", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert [r["artifact"] for r in report["artifacts"]] == ["keras", "saved_model", "tflite_float32"]
+    assert report["ok"] and not report["labelled"]
+    assert os.path.exists(tmp_path / "exports" / "mobilenet" / "1" / "tflite" / "model_float32.tflite")
+    out = run("validate", "exports/mobilenet/1")
+    assert out.returncode == 0 and "tflite_float32" in out.stdout
+    out = run("validate", ".")
+    assert out.returncode == 2 and out.stderr.startswith("cnnkit: error: ") and len(out.stderr.splitlines()) == 1
