@@ -113,10 +113,23 @@ def test_saved_model_cli_lists_the_named_signatures(trained):
         assert name in out.stdout
 
 
-def test_serving_graph_has_no_random_ops(trained):
-    from export.savedmodel import has_random_ops
+@pytest.mark.parametrize("model, options", [("fractalnet20_cifar", {}), ("resnet20_cifar", {"stochastic_depth": 0.5}),
+                                            ("googlenet", {})])
+def test_training_only_parts_leave_the_serving_graph(tmp_path, model, options):
+    """Drop-path, dropout, stochastic depth and GoogLeNet's auxiliary heads are training-only."""
+    import keras_cnns
+    from export.savedmodel import has_random_ops, load_probabilities
 
-    assert has_random_ops(trained["path"]) == []
+    built = keras_cnns.create_model(model, num_classes=4, input_shape=(32, 32, 3), **options)
+    source_file = str(tmp_path / f"{model}.keras")
+    built.save(source_file)
+    path, _ = run_export(source_file, output=str(tmp_path / "exports"))
+    assert has_random_ops(path) == []
+    x = np.random.RandomState(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    run = load_probabilities(path)
+    first, second = run(x), run(x)
+    np.testing.assert_array_equal(first, second)
+    assert first.shape == (3, 4)  # one output: no auxiliary heads
 
 
 def test_tflite_files_carry_labels_use_builtin_ops_and_run_in_litert(trained):
@@ -210,3 +223,18 @@ def test_export_cli_untrained_zoo_model_and_validate(tmp_path):
     assert out.returncode == 0 and "tflite_float32" in out.stdout
     out = run("validate", ".")
     assert out.returncode == 2 and out.stderr.startswith("cnnkit: error: ") and len(out.stderr.splitlines()) == 1
+
+
+def test_the_random_op_check_finds_random_ops(tmp_path):
+    import tensorflow as tf
+
+    from export.savedmodel import has_random_ops
+
+    class Noisy(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32)])
+        def serve(self, x):
+            return {"y": x + tf.random.uniform(tf.shape(x))}
+
+    module = Noisy()
+    tf.saved_model.save(module, str(tmp_path / "noisy"), signatures={"serving_default": module.serve})
+    assert has_random_ops(str(tmp_path / "noisy")) == ["RandomUniform"]
