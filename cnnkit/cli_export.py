@@ -20,6 +20,11 @@ def _print_report(report):
                      f"{r['latency_ms']:.2f}", "ok" if r["ok"] else "OUT OF TOLERANCE"))
     click.echo(table(("artifact", "size", "max |diff|", "top-1 agree", "accuracy", "ms (batch 1)", "parity"), rows,
                      right=(1, 2, 3, 4, 5)))
+    for r in report["artifacts"]:
+        notes = [f"{k.replace('_', ' ')} {v:.3g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                 for k, v in r.items() if k in ("sparsity", "max_unique_values_per_kernel", "gzip_bytes")]
+        if notes:
+            click.echo(f"{r['artifact']}: " + ", ".join(notes))
     gpu = report.get("tflite_gpu_delegate")
     if gpu:
         click.echo(f"TFLite GPU delegate: {'compatible' if gpu['compatible'] else 'not fully compatible'}")
@@ -33,8 +38,15 @@ def _print_report(report):
 @click.option("--tflite", "tflite_out", is_flag=True, help="TFLite float32 (+ the --quantize variant).")
 @click.option("--onnx", "onnx_out", is_flag=True, help="ONNX (tf2onnx), run with ONNX Runtime.")
 @click.option("--all", "everything", is_flag=True, help="SavedModel, every TFLite variant and ONNX.")
-@click.option("--quantize", type=click.Choice(("none", "dynamic", "float16", "int8")), default="none",
-              show_default=True, help="TFLite variant besides float32: int8 is full-integer (uint8 in/out).")
+@click.option("--quantize", type=click.Choice(("none", "dynamic", "float16", "int8", "qat")), default="none",
+              show_default=True, help="Besides float32: int8 = full-integer TFLite (uint8 in/out) and, with --onnx, "
+                                      "ONNX int8 (QDQ); qat = quantization-aware fine-tuning, then integer TFLite.")
+@click.option("--prune", type=click.FloatRange(0, 1, min_open=True, max_open=True), metavar="SPARSITY",
+              help="Also a pruned TFLite model (e.g. 0.5: half the conv/dense weights zero).")
+@click.option("--cluster", type=click.IntRange(min=2), metavar="N",
+              help="Also a weight-clustered TFLite model (at most N distinct values per kernel).")
+@click.option("--finetune-epochs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Fine-tuning epochs for qat / --prune / --cluster (on the run's training data).")
 @click.option("--calibration-data", metavar="SPEC", help="Images for int8 calibration (default: the run's data).")
 @click.option("--name", help="Model name in the export base (default: the model's).")
 @click.option("--version", type=click.IntRange(min=1), help="Version number (default: the next free one).")
@@ -42,8 +54,8 @@ def _print_report(report):
 @click.option("--input-size", type=click.IntRange(min=1), help="Input side for a zoo model name SOURCE.")
 @click.option("--opset", type=click.IntRange(min=9), default=17, show_default=True, help="ONNX opset.")
 @json_option
-def export_command(source, output, saved_model, tflite_out, onnx_out, everything, quantize, calibration_data, name,
-                   version, weights, input_size, opset, as_json):
+def export_command(source, output, saved_model, tflite_out, onnx_out, everything, quantize, prune, cluster,
+                   finetune_epochs, calibration_data, name, version, weights, input_size, opset, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 
     \b
@@ -51,14 +63,16 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
       cnnkit export runs/latest --tflite --onnx --quantize int8
       cnnkit export --tflite mobilenet                  untrained zoo model, float32 TFLite
       cnnkit export runs/latest --all --name digits
+      cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat
     """
     import_tensorflow()
     from export import export, plan_formats
 
-    formats = plan_formats(saved_model, tflite_out, onnx_out, quantize, everything)
+    formats = plan_formats(saved_model, tflite_out, onnx_out, quantize, everything, prune, cluster)
     with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
         path, report = export(source, output=output, formats=formats, calibration_data=calibration_data,
-                              name=name, version=version, weights=weights, input_size=input_size, opset=opset)
+                              name=name, version=version, weights=weights, input_size=input_size, opset=opset,
+                              prune=prune, cluster=cluster, finetune_epochs=finetune_epochs)
     if as_json:
         click.echo(json.dumps(report))
         return

@@ -25,7 +25,7 @@ from export import onnx_format, parity, savedmodel, tflite
 from export.source import load_source
 from keras_cnns.errors import CnnkitError
 
-QUANTIZE = ("none", "dynamic", "float16", "int8")
+QUANTIZE = ("none", "dynamic", "float16", "int8", "qat")
 #: format -> (artifact name, kind, relative path)
 FORMATS = {
     "saved_model": ("saved_model", "savedmodel", ""),
@@ -34,7 +34,13 @@ FORMATS = {
     "tflite-dynamic": ("tflite_dynamic", "tflite-dynamic", "tflite/model_dynamic.tflite"),
     "tflite-int8": ("tflite_int8", "tflite-int8", "tflite/model_int8.tflite"),
     "onnx": ("onnx", "onnx", "onnx/model.onnx"),
+    "onnx-int8": ("onnx_int8", "onnx-int8", "onnx/model_int8.onnx"),
+    # compressed with tensorflow-model-optimization (fine-tuned on the run's training data first)
+    "tflite-qat": ("tflite_qat", "tflite-qat", "tflite/model_qat.tflite"),
+    "tflite-pruned": ("tflite_pruned", "tflite-pruned", "tflite/model_pruned.tflite"),
+    "tflite-clustered": ("tflite_clustered", "tflite-clustered", "tflite/model_clustered.tflite"),
 }
+COMPRESSED = ("tflite-qat", "tflite-pruned", "tflite-clustered")
 
 
 def next_version(base):
@@ -75,24 +81,40 @@ def runner_for(kind, path):
     return onnx_format.Runner(path)
 
 
-def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="none", everything=False):
+def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="none", everything=False, prune=None,
+                 cluster=None):
+    """The formats to write. ``quantize`` applies to each format asked for (TFLite if none is named)."""
     if quantize not in QUANTIZE:
         raise CnnkitError(f"unknown --quantize {quantize!r}; choose from {', '.join(QUANTIZE)}")
     formats = ["saved_model"]
     if everything:
-        return formats + ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"]
-    if tflite_out or (quantize != "none" and not onnx_out):
+        formats += ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx", "onnx-int8"]
+    tflite_out = tflite_out or (quantize != "none" and not onnx_out) or bool(prune) or bool(cluster)
+    if tflite_out:
         formats.append("tflite-float32")
         if quantize != "none":
             formats.append(f"tflite-{quantize}")
     if onnx_out:
-        formats.append("onnx")
-    return formats
+        if quantize not in ("none", "int8"):
+            raise CnnkitError(f"ONNX supports --quantize int8 only, not {quantize}")
+        formats += ["onnx"] + (["onnx-int8"] if quantize == "int8" else [])
+    if prune:
+        formats.append("tflite-pruned")
+    if cluster:
+        formats.append("tflite-clustered")
+    return list(dict.fromkeys(formats))
 
 
 def export(source, output="exports", formats=("saved_model",), calibration_data=None, name=None, version=None,
-           weights=None, input_size=None, opset=onnx_format.DEFAULT_OPSET, data_spec=None):
-    """Export SOURCE into ``output/NAME/VERSION``; returns (version directory, report dict)."""
+           weights=None, input_size=None, opset=onnx_format.DEFAULT_OPSET, data_spec=None, prune=None, cluster=None,
+           finetune_epochs=4):
+    """Export SOURCE (run directory, zoo name, .keras/.h5 file or cnnkit export) into ``output/NAME/VERSION``;
+    returns (version directory, report dict).
+
+    ``prune`` (target sparsity) and ``cluster`` (clusters per kernel) go with the formats
+    ``tflite-pruned`` / ``tflite-clustered``; they and ``tflite-qat`` fine-tune ``finetune_epochs``
+    on the run's training data.
+    """
     src = load_source(source, weights=weights, input_size=input_size)
     name = name or src.name
     base = os.path.join(output, name)
@@ -103,7 +125,7 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
         raise CnnkitError(f"{base}/{version} already exists; exports never overwrite a version")
     images, labels, data = _evaluation_images(src, data_spec)
     representative = None
-    if "tflite-int8" in formats:
+    if any(f in formats for f in ("tflite-int8", "onnx-int8")):
         if calibration_data:
             from keras_cnns.training.data import load_data
 
@@ -113,10 +135,11 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
         else:
             raise CnnkitError("int8 quantization needs calibration images: export a training run, or give "
                               "--calibration-data SPEC (e.g. a folder of sample images)")
+    compressed = _compress(src, formats, data, prune, cluster, finetune_epochs)
     final = os.path.join(base, str(version))
     tmp = os.path.join(base, f".partial-{version}-{os.getpid()}")
     try:
-        report = _build(src, tmp, formats, images, labels, representative, opset, name, version)
+        report = _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed)
         os.rename(tmp, final)
     except OSError as err:
         if err.errno == errno.ENOSPC:
@@ -130,29 +153,69 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     return final, report
 
 
-def _build(src, tmp, formats, images, labels, representative, opset, name, version):
+def _compress(src, formats, data, prune, cluster, epochs):
+    """{format: (compressed Keras model, details)} for the tensorflow-model-optimization formats."""
+    from export import compress
+
+    wanted = [f for f in formats if f in COMPRESSED]
+    if not wanted:
+        return {}
+    if data is None or data.class_names != src.labels:
+        raise CnnkitError("--prune, --cluster and --quantize qat fine-tune on the training data: export a run "
+                          "directory (its data set is used)")
+    out = {}
+    if "tflite-qat" in wanted:
+        out["tflite-qat"] = (compress.quantization_aware(src.model, data, src.preprocessing, epochs), {})
+    if "tflite-pruned" in wanted:
+        model = compress.prune(src.model, data, src.preprocessing, prune, epochs)
+        out["tflite-pruned"] = (model, {"target_sparsity": prune, "sparsity": compress.sparsity_of(model)})
+    if "tflite-clustered" in wanted:
+        model = compress.cluster(src.model, data, src.preprocessing, cluster, epochs)
+        out["tflite-clustered"] = (model, {"clusters": cluster,
+                                           "max_unique_values_per_kernel": compress.max_unique_values(model)})
+    return out
+
+
+def _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed):
+    import dataclasses
+
+    from export.compress import gzip_size
     from keras_cnns.training.callbacks import save_model_atomic
     from keras_cnns.training.runs import write_json
 
+    artifacts = []
     with tempfile.TemporaryDirectory() as scratch:  # the asset keeps its file name: labels.txt
         labels_file = os.path.join(scratch, "labels.txt")
         with open(labels_file, "w", encoding="utf-8") as f:
             f.write("\n".join(src.labels) + "\n")
         savedmodel.save(src, tmp, labels_file)
-    os.makedirs(os.path.join(tmp, "keras"))
-    save_model_atomic(src.model, os.path.join(tmp, "keras", "model.keras"))
-    artifacts = []
-    for fmt in formats:
-        artifact, kind, rel = FORMATS[fmt]
-        path = os.path.join(tmp, rel) if rel else tmp
-        if fmt.startswith("tflite"):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            content = tflite.convert(tmp, fmt.split("-", 1)[1], representative)
-            tflite.write(tflite.add_labels(content, src.labels), path)
-        elif fmt == "onnx":
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            onnx_format.convert(tmp, path, opset)
-        artifacts.append({"artifact": artifact, "kind": kind, "path": rel})
+        os.makedirs(os.path.join(tmp, "keras"))
+        save_model_atomic(src.model, os.path.join(tmp, "keras", "model.keras"))
+        for fmt in formats:
+            artifact, kind, rel = FORMATS[fmt]
+            path = os.path.join(tmp, rel) if rel else tmp
+            if rel:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            details = {}
+            if fmt in compressed:  # its own SavedModel (scratch), then TFLite; int8 too when asked for
+                model, details = compressed[fmt]
+                graph = os.path.join(scratch, fmt)
+                savedmodel.save(dataclasses.replace(src, model=model), graph, labels_file)
+                variant = "qat" if fmt == "tflite-qat" else ("int8" if "tflite-int8" in formats else "float32")
+                tflite.write(tflite.add_labels(tflite.convert(graph, variant, representative), src.labels), path)
+                details = {**details, "tflite_variant": variant, "gzip_bytes": gzip_size(path)}
+            elif fmt.startswith("tflite"):
+                content = tflite.convert(tmp, fmt.split("-", 1)[1], representative)
+                tflite.write(tflite.add_labels(content, src.labels), path)
+            elif fmt == "onnx":
+                onnx_format.convert(tmp, path, opset)
+            elif fmt == "onnx-int8":
+                float_onnx = os.path.join(tmp, FORMATS["onnx"][2])
+                if not os.path.exists(float_onnx):
+                    onnx_format.convert(tmp, os.path.join(scratch, "float.onnx"), opset)
+                    float_onnx = os.path.join(scratch, "float.onnx")
+                onnx_format.quantize_int8(float_onnx, path, representative)
+            artifacts.append({"artifact": artifact, "kind": kind, "path": rel, **details})
     write_json(os.path.join(tmp, "export.json"), {
         "name": name, "version": version, "source": src.origin, "input_shape": list(src.input_shape),
         "labels": src.labels, "preprocessing": src.preprocessing, "data": src.data_spec,
@@ -180,6 +243,10 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     runners = [(a["artifact"], a["kind"], os.path.join(export_dir, a["path"]),
                 runner_for(a["kind"], os.path.join(export_dir, a["path"]))) for a in meta["artifacts"]]
     rows = parity.compare(keras_reference(model, meta["preprocessing"]), runners, images, labels)
+    extras = {a["artifact"]: {k: v for k, v in a.items() if k not in ("artifact", "kind", "path")}
+              for a in meta["artifacts"]}
+    for row in rows:
+        row.update(extras.get(row["artifact"], {}))
     report = {"name": meta["name"], "version": meta["version"], "images": int(len(images)),
               "labelled": labels is not None, "artifacts": rows, "ok": all(r["ok"] for r in rows)}
     if any(r["kind"].startswith("tflite") for r in rows):

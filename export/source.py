@@ -1,4 +1,5 @@
-"""What an export starts from: a run directory, a zoo model name, or a saved tf_keras model file."""
+"""What an export starts from: a run directory, a zoo model name, a saved tf_keras model file, or an
+earlier cnnkit export (to add formats to it as a new version)."""
 import dataclasses
 import os
 
@@ -39,8 +40,7 @@ def load_source(source, weights=None, input_size=None, num_classes=None):
 
     if os.path.isdir(source):
         if os.path.exists(os.path.join(source, "saved_model.pb")):
-            raise CnnkitError(f"{source} is already a SavedModel export; export from the run directory or model "
-                              "file it came from")
+            return _from_export(source)
         run_dir = runs.resolve_run_dir(source)
         config = runs.read_config(run_dir)
         model = runs.load_run_model(run_dir)
@@ -74,3 +74,17 @@ def load_source(source, weights=None, input_size=None, num_classes=None):
     return ExportSource(model=model, name=name, labels=[f"class_{i}" for i in range(classes)],
                         preprocessing=default_preprocessing(channels), origin=os.path.abspath(source)
                         if os.path.exists(source) else f"zoo:{name}" + (f" + {weights}" if weights else ""))
+
+
+def _from_export(path):
+    """A cnnkit export version directory: its Keras model, labels and preprocessing (to add formats)."""
+    from keras_cnns.training.runs import load_model_file, read_json
+
+    meta_path = os.path.join(path, "export.json")
+    if not os.path.exists(meta_path):
+        raise CnnkitError(f"{path} is a SavedModel that cnnkit did not export (no export.json); export from the "
+                          "run directory or Keras model file it came from")
+    meta = read_json(meta_path)
+    return ExportSource(model=load_model_file(os.path.join(path, "keras", "model.keras")), name=meta["name"],
+                        labels=meta["labels"], preprocessing=meta["preprocessing"], origin=os.path.abspath(path),
+                        data_spec=meta["data"], val_split=meta["val_split"], test_split=meta["test_split"])

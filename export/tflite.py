@@ -2,7 +2,7 @@
 
 Variants: ``float32``; ``float16`` (weights in half precision); ``dynamic`` (int8 weights, float
 activations); ``int8`` (full integer: uint8 pixel input, uint8 output, calibrated on representative
-images). Only TFLite builtin ops are allowed (no Flex ops that bloat a mobile app), and the labels
+images); ``qat`` (integer kernels with the ranges a quantization-aware model learnt; float in/out). Only TFLite builtin ops are allowed (no Flex ops that bloat a mobile app), and the labels
 travel inside the file as a metadata entry ``labels.txt``.
 """
 import contextlib
@@ -13,7 +13,7 @@ import numpy as np
 
 from keras_cnns.errors import CnnkitError
 
-VARIANTS = ("float32", "float16", "dynamic", "int8")
+VARIANTS = ("float32", "float16", "dynamic", "int8", "qat")
 LABELS_METADATA = "labels.txt"
 
 

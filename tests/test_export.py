@@ -40,7 +40,8 @@ def test_layout_is_what_tf_serving_loads(trained):
     path = trained["path"]
     assert path.endswith(os.path.join("lenet5", "1"))
     for rel in ("saved_model.pb", "variables", "assets/labels.txt", "tflite/model_float32.tflite",
-                "tflite/model_int8.tflite", "onnx/model.onnx", "report.json", "report.md", "export.json"):
+                "tflite/model_int8.tflite", "onnx/model.onnx", "onnx/model_int8.onnx", "report.json", "report.md",
+                "export.json"):
         assert os.path.exists(os.path.join(path, rel)), rel
     assert open(os.path.join(path, "assets", "labels.txt")).read().split() == [str(i) for i in range(10)]
     assert not [d for d in os.listdir(trained["base"]) if d.startswith(".")]  # no partial versions left
@@ -49,11 +50,11 @@ def test_layout_is_what_tf_serving_loads(trained):
 def test_every_artifact_agrees_with_keras_within_tolerance(trained):
     rows = {r["artifact"]: r for r in trained["report"]["artifacts"]}
     assert set(rows) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8",
-                         "onnx"}
+                         "onnx", "onnx_int8"}
     for name in ("saved_model", "tflite_float32", "onnx"):
         assert rows[name]["max_abs_diff"] <= 1e-4, name
     assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2
-    for name in ("tflite_dynamic", "tflite_int8"):
+    for name in ("tflite_dynamic", "tflite_int8", "onnx_int8"):
         assert rows[name]["top1_agreement"] >= 0.98
         assert rows["keras"]["accuracy"] - rows[name]["accuracy"] <= 0.01
     assert rows["keras"]["accuracy"] == pytest.approx(trained["metrics"]["accuracy"])  # the whole test split
@@ -169,7 +170,7 @@ def test_out_of_tolerance_fails_the_export_naming_the_artifact(trained, monkeypa
 
 def test_validate_recomputes_the_report(trained):
     report = validate(trained["path"])
-    assert report["ok"] and report["labelled"] and len(report["artifacts"]) == 7
+    assert report["ok"] and report["labelled"] and len(report["artifacts"]) == 8
     with pytest.raises(CnnkitError, match="not a cnnkit export"):
         validate(trained["run"])
 
@@ -238,3 +239,34 @@ def test_the_random_op_check_finds_random_ops(tmp_path):
     module = Noisy()
     tf.saved_model.save(module, str(tmp_path / "noisy"), signatures={"serving_default": module.serve})
     assert has_random_ops(str(tmp_path / "noisy")) == ["RandomUniform"]
+
+
+def test_qat_pruning_and_clustering_fine_tune_then_export(trained):
+    formats = plan_formats(quantize="qat", prune=0.5, cluster=16)
+    assert formats == ["saved_model", "tflite-float32", "tflite-qat", "tflite-pruned", "tflite-clustered"]
+    path, report = run_export(trained["run"], output=os.path.dirname(trained["base"]), formats=formats, prune=0.5,
+                              cluster=16)
+    rows = {r["artifact"]: r for r in report["artifacts"]}
+    assert report["ok"]
+    assert abs(rows["tflite_pruned"]["sparsity"] - 0.5) <= 0.01
+    assert rows["tflite_clustered"]["max_unique_values_per_kernel"] <= 16
+    float_gzip = __import__("export.compress", fromlist=["gzip_size"]).gzip_size(
+        os.path.join(path, "tflite", "model_float32.tflite"))
+    assert rows["tflite_pruned"]["gzip_bytes"] < 0.8 * float_gzip  # zeros compress
+    assert rows["tflite_clustered"]["gzip_bytes"] < 0.8 * float_gzip  # 16 distinct values compress
+    for name in ("tflite_qat", "tflite_pruned", "tflite_clustered"):
+        assert rows[name]["top1_agreement"] >= 0.98 and rows[name]["ok"]
+    assert rows["tflite_qat"]["bytes"] < rows["tflite_float32"]["bytes"] / 3  # integer kernels
+    # the reference model was not touched by the fine-tuning
+    assert rows["keras"]["accuracy"] == pytest.approx(trained["metrics"]["accuracy"])
+
+
+def test_an_export_is_a_source_for_more_formats(trained, tmp_path):
+    path, report = run_export(trained["path"], output=str(tmp_path), formats=plan_formats(onnx_out=True))
+    assert path.endswith(os.path.join("lenet5", "1")) and report["ok"] and report["labelled"]
+    assert [r["artifact"] for r in report["artifacts"]] == ["keras", "saved_model", "onnx"]
+
+
+def test_compression_needs_the_training_data(tmp_path):
+    with pytest.raises(CnnkitError, match="fine-tune on the training data"):
+        run_export("lenet5", output=str(tmp_path), formats=plan_formats(prune=0.5), prune=0.5)
