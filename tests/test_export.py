@@ -193,7 +193,10 @@ def test_int8_needs_calibration_data_and_unknown_sources_fail(tmp_path):
         run_export("lenet6", output=str(tmp_path))
     with pytest.raises(CnnkitError, match="does not exist"):
         run_export(str(tmp_path / "missing.keras"), output=str(tmp_path))
-    assert not os.listdir(tmp_path) or all(not os.listdir(tmp_path / d) for d in os.listdir(tmp_path))
+    (tmp_path / "broken.keras").write_bytes(b"not a zip archive")
+    with pytest.raises(CnnkitError, match="cannot load model"):
+        run_export(str(tmp_path / "broken.keras"), output=str(tmp_path / "out"))
+    assert not [p for p in tmp_path.rglob("saved_model.pb")]  # nothing was exported
 
 
 def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):
@@ -270,3 +273,15 @@ def test_an_export_is_a_source_for_more_formats(trained, tmp_path):
 def test_compression_needs_the_training_data(tmp_path):
     with pytest.raises(CnnkitError, match="fine-tune on the training data"):
         run_export("lenet5", output=str(tmp_path), formats=plan_formats(prune=0.5), prune=0.5)
+
+
+def test_quickstart_is_the_whole_pipeline_offline(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "cnnkit", "quickstart", "--json"], capture_output=True, text=True,
+                         timeout=900, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["test_accuracy"] >= 0.97 and result["report"]["ok"]
+    assert {r["artifact"] for r in result["report"]["artifacts"]} >= {"saved_model", "tflite_float32", "tflite_int8",
+                                                                        "onnx", "onnx_int8"}
+    assert os.path.exists(tmp_path / "exports" / "lenet5" / "1" / "saved_model.pb")
+    assert os.path.islink(tmp_path / "runs" / "latest")
