@@ -6,7 +6,6 @@ import click
 from cnnkit._common import table
 from cnnkit._quiet import stderr_silenced as native_logs_silenced
 from cnnkit._quiet import import_tensorflow
-from keras_cnns.errors import CnnkitError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 
@@ -47,6 +46,8 @@ def _print_report(report):
               help="Also a weight-clustered TFLite model (at most N distinct values per kernel).")
 @click.option("--finetune-epochs", type=click.IntRange(min=1), default=4, show_default=True,
               help="Fine-tuning epochs for qat / --prune / --cluster (on the run's training data).")
+@click.option("--int8-io", type=click.Choice(("uint8", "int8")), default="uint8", show_default=True,
+              help="Input/output type of full-integer TFLite models.")
 @click.option("--calibration-data", metavar="SPEC", help="Images for int8 calibration (default: the run's data).")
 @click.option("--name", help="Model name in the export base (default: the model's).")
 @click.option("--version", type=click.IntRange(min=1), help="Version number (default: the next free one).")
@@ -55,7 +56,7 @@ def _print_report(report):
 @click.option("--opset", type=click.IntRange(min=9), default=17, show_default=True, help="ONNX opset.")
 @json_option
 def export_command(source, output, saved_model, tflite_out, onnx_out, everything, quantize, prune, cluster,
-                   finetune_epochs, calibration_data, name, version, weights, input_size, opset, as_json):
+                   finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, opset, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 
     \b
@@ -72,7 +73,7 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
     with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
         path, report = export(source, output=output, formats=formats, calibration_data=calibration_data,
                               name=name, version=version, weights=weights, input_size=input_size, opset=opset,
-                              prune=prune, cluster=cluster, finetune_epochs=finetune_epochs)
+                              prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io)
     if as_json:
         click.echo(json.dumps(report))
         return

@@ -78,9 +78,7 @@ def fit_options(f):
 
 
 def _config_kwargs(kwargs):
-    out = {k: kwargs[k] for k in _FIELDS if kwargs.get(k) is not None}
-    out["precision"] = {"bfloat16": "mixed_bfloat16"}.get(out.get("precision"), out.get("precision"))
-    return out
+    return {k: kwargs[k] for k in _FIELDS if kwargs.get(k) is not None}
 
 
 def _verbosity(as_json):

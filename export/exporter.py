@@ -107,13 +107,13 @@ def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="n
 
 def export(source, output="exports", formats=("saved_model",), calibration_data=None, name=None, version=None,
            weights=None, input_size=None, opset=onnx_format.DEFAULT_OPSET, data_spec=None, prune=None, cluster=None,
-           finetune_epochs=4):
+           finetune_epochs=4, int8_io="uint8"):
     """Export SOURCE (run directory, zoo name, .keras/.h5 file or cnnkit export) into ``output/NAME/VERSION``;
     returns (version directory, report dict).
 
     ``prune`` (target sparsity) and ``cluster`` (clusters per kernel) go with the formats
     ``tflite-pruned`` / ``tflite-clustered``; they and ``tflite-qat`` fine-tune ``finetune_epochs``
-    on the run's training data.
+    on the run's training data. ``int8_io``: input/output type of full-integer TFLite (uint8 or int8).
     """
     src = load_source(source, weights=weights, input_size=input_size)
     name = name or src.name
@@ -139,7 +139,8 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     final = os.path.join(base, str(version))
     tmp = os.path.join(base, f".partial-{version}-{os.getpid()}")
     try:
-        report = _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed)
+        report = _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed,
+                        int8_io)
         os.rename(tmp, final)
     except OSError as err:
         if err.errno == errno.ENOSPC:
@@ -176,7 +177,7 @@ def _compress(src, formats, data, prune, cluster, epochs):
     return out
 
 
-def _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed):
+def _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed, int8_io):
     import dataclasses
 
     from export.compress import gzip_size
@@ -202,10 +203,11 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
                 graph = os.path.join(scratch, fmt)
                 savedmodel.save(dataclasses.replace(src, model=model), graph, labels_file)
                 variant = "qat" if fmt == "tflite-qat" else ("int8" if "tflite-int8" in formats else "float32")
-                tflite.write(tflite.add_labels(tflite.convert(graph, variant, representative), src.labels), path)
+                content = tflite.convert(graph, variant, representative, int8_io)
+                tflite.write(tflite.add_labels(content, src.labels), path)
                 details = {**details, "tflite_variant": variant, "gzip_bytes": gzip_size(path)}
             elif fmt.startswith("tflite"):
-                content = tflite.convert(tmp, fmt.split("-", 1)[1], representative)
+                content = tflite.convert(tmp, fmt.split("-", 1)[1], representative, int8_io)
                 tflite.write(tflite.add_labels(content, src.labels), path)
             elif fmt == "onnx":
                 onnx_format.convert(tmp, path, opset)

@@ -9,8 +9,6 @@ Signatures (all take pixel values 0..255 and normalise inside the graph):
   resized in the graph - what a TF Serving REST client sends as ``{"b64": ...}``;
 - ``probabilities``: float32 images -> probabilities only: what TFLite and ONNX are derived from.
 """
-import os
-
 TOP_K = 5
 
 
@@ -108,7 +106,3 @@ def has_random_ops(path):
             if "Random" in node.op:
                 found.add(node.op)
     return sorted(found)
-
-
-def labels_asset(path):
-    return os.path.join(path, "assets", "labels.txt")

@@ -2,7 +2,7 @@
 
 Variants: ``float32``; ``float16`` (weights in half precision); ``dynamic`` (int8 weights, float
 activations); ``int8`` (full integer: uint8 pixel input, uint8 output, calibrated on representative
-images); ``qat`` (integer kernels with the ranges a quantization-aware model learnt; float in/out). Only TFLite builtin ops are allowed (no Flex ops that bloat a mobile app), and the labels
+images; ``io_type="int8"`` for int8 in/out); ``qat`` (integer kernels with the ranges a quantization-aware model learnt; float in/out). Only TFLite builtin ops are allowed (no Flex ops that bloat a mobile app), and the labels
 travel inside the file as a metadata entry ``labels.txt``.
 """
 import contextlib
@@ -17,8 +17,9 @@ VARIANTS = ("float32", "float16", "dynamic", "int8", "qat")
 LABELS_METADATA = "labels.txt"
 
 
-def convert(saved_model_dir, variant, representative=None):
-    """Bytes of the ``.tflite`` model. ``representative``: uint8-range images (N, H, W, C) for int8."""
+def convert(saved_model_dir, variant, representative=None, io_type="uint8"):
+    """Bytes of the ``.tflite`` model. ``representative``: uint8-range images (N, H, W, C) for int8,
+    whose input and output are ``io_type`` (uint8 or int8)."""
     import tensorflow as tf
 
     if variant not in VARIANTS:
@@ -40,8 +41,9 @@ def convert(saved_model_dir, variant, representative=None):
 
         converter.representative_dataset = samples
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
+        if io_type not in ("uint8", "int8"):
+            raise CnnkitError(f"int8 models take uint8 or int8 input/output, not {io_type!r}")
+        converter.inference_input_type = converter.inference_output_type = getattr(tf, io_type)
     try:
         content = converter.convert()
     except Exception as err:  # ConverterError lists the ops that are not builtins

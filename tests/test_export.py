@@ -2,7 +2,6 @@
 versioning, and bad input that must leave earlier exports untouched."""
 import errno
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export import exporter, parity, plan_formats, tflite, validate
+from export import parity, plan_formats, tflite, validate
 from export import export as run_export
 from keras_cnns.errors import CnnkitError
 from keras_cnns.training import TrainConfig, train
@@ -285,3 +284,11 @@ def test_quickstart_is_the_whole_pipeline_offline(tmp_path):
                                                                         "onnx", "onnx_int8"}
     assert os.path.exists(tmp_path / "exports" / "lenet5" / "1" / "saved_model.pb")
     assert os.path.islink(tmp_path / "runs" / "latest")
+
+
+def test_int8_model_with_int8_input_and_output(trained, tmp_path):
+    path, report = run_export(trained["run"], output=str(tmp_path), formats=plan_formats(quantize="int8"),
+                              int8_io="int8")
+    runner = tflite.Runner(os.path.join(path, "tflite", "model_int8.tflite"))
+    assert runner.input["dtype"] == np.int8 and runner.output["dtype"] == np.int8
+    assert report["ok"]

@@ -2,7 +2,6 @@
 divergence, a full disk, transfer learning and ensembles."""
 import errno
 import json
-import math
 import os
 
 import numpy as np

@@ -80,11 +80,6 @@ class ImageData:
             raise ValueError(f"unknown split {name!r}")
         return getattr(self, name)
 
-    def describe(self):
-        return {"spec": self.spec, "classes": len(self.class_names), "train": len(self.train),
-                "val": len(self.val), "test": len(self.test), "in_memory": self.in_memory,
-                "skipped": [p for p, _ in self.skipped]}
-
 
 # --------------------------------------------------------------------------------------------------
 # Sources: each returns (images or paths, labels, class names)
