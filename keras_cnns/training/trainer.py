@@ -171,13 +171,8 @@ def _versions():
 
 
 def _input_shape(config):
-    if config.finetune:
-        from keras_cnns.training.transfer import source_input_shape
-
-        shape = source_input_shape(config.finetune["source"])
-        if config.input_size:
-            shape = (config.input_size, config.input_size, shape[2])
-        return shape
+    if config.finetune:  # the source model's input
+        return tuple(config.finetune["input_shape"])
     from keras_cnns import get_model_info
 
     info = get_model_info(config.model)

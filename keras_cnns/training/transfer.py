@@ -39,11 +39,6 @@ def load_source(source):
     raise CnnkitError(f"finetune source {source!r} must be a run directory or a .keras/.h5 model file")
 
 
-def source_input_shape(source):
-    model, _, _ = load_source(source)
-    return tuple(int(d) for d in model.inputs[0].shape[1:])
-
-
 def _weighted(layer):
     return bool(layer.weights)
 
@@ -139,9 +134,16 @@ def prepare_finetune_model(finetune, num_classes, input_shape):
     return model
 
 
-def plan_finetune(source, strategy, train_images, num_classes, similar=True):
-    """Resolve ``strategy`` against the source model: which layers train, and why."""
+def plan_finetune(source, strategy, data_spec, similar=True, **data_options):
+    """Resolve ``strategy`` against the source model and the new data: which layers train, and why.
+
+    Returns (plan, the new data loaded at the source's input shape)."""
+    from keras_cnns.training.data import load_data
+
     model, preprocessing, config = load_source(source)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    data = load_data(data_spec, shape, **data_options)
+    train_images, num_classes = len(data.train), data.num_classes
     chain = head_chain(model)
     groups = blocks(model, exclude=chain)
     kind, k = parse_strategy(strategy, len(groups))
@@ -154,6 +156,7 @@ def plan_finetune(source, strategy, train_images, num_classes, similar=True):
     label = f"top:{k}" if kind == "top" else kind
     return {
         "source": os.path.realpath(source),
+        "input_shape": list(shape),
         "strategy": "top" if kind == "top" else kind,
         "label": label,
         "reason": reason or f"{label} chosen on the command line",
@@ -163,7 +166,7 @@ def plan_finetune(source, strategy, train_images, num_classes, similar=True):
         "source_lr": (config or {}).get("train", {}).get("lr"),
         "source_model": (config or {}).get("model", model.name),
         "name": f"{(config or {}).get('model', model.name)}-finetune",
-    }
+    }, data
 
 
 def finetune(source, data_spec, strategy="auto", similar=True, lr=None, lr_factor=0.1, verbose=0, **train_options):
@@ -171,15 +174,13 @@ def finetune(source, data_spec, strategy="auto", similar=True, lr=None, lr_facto
 
     ``lr`` defaults to the source run's rate for ``head`` and ``lr_factor`` times it otherwise.
     """
-    from keras_cnns.training.data import load_data
     from keras_cnns.training.trainer import TrainConfig, train
 
-    shape = source_input_shape(source)
-    probe = load_data(data_spec, shape, val_split=train_options.get("val_split", 0.15),
-                      test_split=train_options.get("test_split", 0.15), strict=train_options.get("strict", False))
-    plan = plan_finetune(source, strategy, len(probe.train), probe.num_classes, similar)
+    plan, data = plan_finetune(source, strategy, data_spec, similar, val_split=train_options.get("val_split", 0.15),
+                               test_split=train_options.get("test_split", 0.15),
+                               strict=train_options.get("strict", False))
     if plan["preprocessing"] is None:  # a bare model file: normalise with the new data's statistics
-        plan["preprocessing"] = probe.preprocessing
+        plan["preprocessing"] = data.preprocessing
     train_options.pop("input_size", None)
     config = TrainConfig(model=plan["source_model"], data=data_spec, finetune=plan, **train_options)
     if lr is None:
@@ -189,4 +190,4 @@ def finetune(source, data_spec, strategy="auto", similar=True, lr=None, lr_facto
         lr = base if plan["strategy"] == "head" else base * lr_factor
     config.lr = lr
     plan["lr"] = lr
-    return train(config, data=probe, verbose=verbose)
+    return train(config, data=data, verbose=verbose)
