@@ -12,7 +12,7 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adam
 SCHEDULES = ("constant", "step", "exponential", "inverse-time", "cosine", "sgdr", "plateau")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 
-# options train and finetune share: (click option, TrainConfig field)
+# options train and finetune share; each is named like its TrainConfig field
 _fit_options = [
     click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train (train: 30, finetune: 10)."),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
@@ -64,11 +64,6 @@ _fit_options = [
     click.option("--output", type=click.Path(file_okay=False), help="Run directory (default runs/MODEL-TIME)."),
     json_option,
 ]
-_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "schedule", "warmup_epochs", "step_epochs",
-           "gamma", "decay", "restart_epochs", "t_mul", "min_lr", "weight_decay", "l1", "l2", "bn_momentum",
-           "label_smoothing",
-           "augment", "early_stopping", "mode", "strategy", "precision", "seed", "deterministic", "val_split",
-           "test_split", "strict", "output")
 
 
 def fit_options(f):
@@ -78,7 +73,13 @@ def fit_options(f):
 
 
 def _config_kwargs(kwargs):
-    return {k: kwargs[k] for k in _FIELDS if kwargs.get(k) is not None}
+    """The options that are TrainConfig fields (call after import_tensorflow: it imports tf_keras)."""
+    import dataclasses
+
+    from keras_cnns.training import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in kwargs.items() if k in fields and v is not None}
 
 
 def _verbosity(as_json):

@@ -181,8 +181,7 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
     import dataclasses
 
     from export.compress import gzip_size
-    from keras_cnns.training.callbacks import save_model_atomic
-    from keras_cnns.training.runs import write_json
+    from keras_cnns.training.runs import save_model_atomic, write_json
 
     artifacts = []
     with tempfile.TemporaryDirectory() as scratch:  # the asset keeps its file name: labels.txt

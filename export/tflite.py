@@ -7,7 +7,6 @@ travel inside the file as a metadata entry ``labels.txt``.
 """
 import contextlib
 import io
-import os
 
 import numpy as np
 
@@ -152,8 +151,6 @@ class Runner:
 
 
 def write(content, path):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(content)
-    os.replace(tmp, path)
-    return path
+    from keras_cnns.training.runs import write_atomic
+
+    return write_atomic(path, content)

@@ -11,28 +11,10 @@ import time
 
 import tf_keras as keras
 
+from keras_cnns.training.runs import save_model_atomic, write_atomic
 from keras_cnns.training.schedules import learning_rate_at
 
 log = logging.getLogger(__name__)
-
-
-def save_model_atomic(model, path):
-    """``model.save(path)`` through a temporary sibling and a rename: a crash never leaves half a file."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_atomic(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_history(path):

@@ -34,23 +34,32 @@ def _snapshot_files(run_dir):
     return sorted(glob.glob(os.path.join(run_dir, "snapshots", "epoch*.keras")))
 
 
-def evaluate_snapshots(run_dir):
+def _own_data(run_dir, model):
+    """The run's data at the model's input, loaded once for evaluating several models."""
+    from keras_cnns.training.data import load_data
+
+    config = runs.read_config(run_dir)
+    return load_data(config["data"]["spec"], tuple(model.inputs[0].shape[1:]), val_split=config["data"]["val_split"],
+                     test_split=config["data"]["test_split"])
+
+
+def evaluate_snapshots(run_dir, data=None):
     """Test metrics of the snapshot ensemble of one run, next to each snapshot's own accuracy."""
     from keras_cnns.training.evaluation import evaluate_run
 
     files = _snapshot_files(run_dir)
     members = [runs.load_model_file(f) for f in files]
-    single = [evaluate_run(run_dir, model=m, confusion_png=False)["accuracy"] for m in members]
+    data = data or (_own_data(run_dir, members[0]) if members else None)
+    single = [evaluate_run(run_dir, model=m, confusion_png=False, data=data)["accuracy"] for m in members]
     if len(members) < 2:
         return {"members": len(members), "member_accuracy": single}
-    metrics = evaluate_run(run_dir, model=build_ensemble(members), confusion_png=False)
+    metrics = evaluate_run(run_dir, model=build_ensemble(members), confusion_png=False, data=data)
     return {"members": len(members), "files": [os.path.basename(f) for f in files], "member_accuracy": single,
             "accuracy": metrics["accuracy"], "loss": metrics["loss"]}
 
 
 def ensemble_runs(run_dirs, output=None):
     """Average the best models of ``run_dirs`` (or the snapshots of a single run) into a new run directory."""
-    from keras_cnns.training.callbacks import save_model_atomic
     from keras_cnns.training.evaluation import evaluate_run
 
     run_dirs = [runs.resolve_run_dir(d) for d in run_dirs]
@@ -82,11 +91,12 @@ def ensemble_runs(run_dirs, output=None):
         "input_shape": first["input_shape"], "num_classes": first["num_classes"], "params": int(model.count_params()),
         "data": first["data"], "preprocessing": first["preprocessing"], "versions": first.get("versions"),
     })
-    with open(os.path.join(out, "labels.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(labels[0]) + "\n")
-    save_model_atomic(model, os.path.join(out, "best.keras"))
-    metrics = evaluate_run(out, model=model)
-    metrics["member_accuracy"] = [evaluate_run(out, model=m, confusion_png=False)["accuracy"] for m in members]
+    runs.write_labels(out, labels[0])
+    runs.save_model_atomic(model, os.path.join(out, "best.keras"))
+    data = _own_data(out, model)
+    metrics = evaluate_run(out, model=model, data=data)
+    metrics["member_accuracy"] = [evaluate_run(out, model=m, confusion_png=False, data=data)["accuracy"]
+                                  for m in members]
     runs.write_json(os.path.join(out, "metrics.json"), metrics)
     runs.update_latest(out)
     return out, metrics

@@ -59,8 +59,11 @@ def _relabel(data, class_names, spec):
     return data
 
 
-def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_png=True, batch_size=128):
-    """Evaluate a run's best model on its own test split, or on all of another data set ``data_spec``."""
+def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_png=True, batch_size=128, data=None):
+    """Evaluate a run's best model on its own test split, or on all of another data set ``data_spec``.
+
+    ``data``: the run's own data already loaded at the model's input shape (saves decoding it again).
+    """
     run_dir = runs.resolve_run_dir(run_dir)
     config = runs.read_config(run_dir)
     class_names = runs.read_labels(run_dir)
@@ -68,7 +71,8 @@ def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_pn
     shape = tuple(model.inputs[0].shape[1:])
     own = data_spec is None or data_spec == config["data"]["spec"]
     spec = config["data"]["spec"] if own else data_spec
-    data = load_data(spec, shape, val_split=config["data"]["val_split"], test_split=config["data"]["test_split"])
+    if not (own and data is not None and tuple(data.input_shape) == shape):
+        data = load_data(spec, shape, val_split=config["data"]["val_split"], test_split=config["data"]["test_split"])
     preprocessing = config["preprocessing"]
     if own:
         parts = [split]

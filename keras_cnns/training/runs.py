@@ -27,12 +27,38 @@ from keras_cnns.errors import CnnkitError
 DEFAULT_ROOT = "runs"
 
 
-def write_json(path, obj):
+def write_atomic(path, data):
+    """Write ``data`` (str or bytes) through a temporary sibling and a rename: never half a file."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
+    binary = isinstance(data, bytes)
+    try:
+        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_model_atomic(model, path):
+    """``model.save(path)`` through a temporary sibling and a rename (Keras needs the .keras suffix)."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj):
+    write_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def write_labels(run_dir, labels):
+    write_atomic(os.path.join(run_dir, "labels.txt"), "\n".join(labels) + "\n")
 
 
 def _jsonable(value):

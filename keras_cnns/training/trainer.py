@@ -276,10 +276,7 @@ def _write_run_files(run_dir, config, data, model, preprocessing, resumed):
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
-    tmp = os.path.join(run_dir, f".labels.txt.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(data.class_names) + "\n")
-    os.replace(tmp, os.path.join(run_dir, "labels.txt"))
+    runs.write_labels(run_dir, data.class_names)
 
 
 def train(config, resume_dir=None, verbose=0, data=None):
@@ -374,7 +371,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
 
     history = read_history(recorder.path)
     plot_history(history, os.path.join(run_dir, "history.png"), title=f"{config.model} on {data.spec}")
-    metrics = evaluate_run(run_dir)
+    metrics = evaluate_run(run_dir, data=data)
     metrics.update({
         "epochs_completed": len(history),
         "best_epoch": (recorder.best_epoch + 1) if recorder.best_epoch is not None else None,
@@ -387,7 +384,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
     if config.snapshots:
         from keras_cnns.training.ensemble import evaluate_snapshots
 
-        metrics["snapshot_ensemble"] = evaluate_snapshots(run_dir)
+        metrics["snapshot_ensemble"] = evaluate_snapshots(run_dir, data)
     runs.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     runs.update_latest(run_dir)
     return TrainResult(run_dir, metrics, inference)
