@@ -97,7 +97,7 @@ def test_savedmodel_runs_in_a_process_that_imports_only_tensorflow(trained, tmp_
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["modules"] == []  # our packages are not needed to run the graph
-    assert result["keys"] == ["classes", "labels", "probabilities", "scores", "top_classes"]
+    assert result["keys"] == ["classes", "labels", "probabilities", "scores", "top_classes", "top_labels"]
     assert result["labels"] == [str(c) for c in result["classes"]] and result["top"] == result["classes"]
     assert result["same"] and result["uint8_diff"] == 0.0
     assert result["bytes_classes"] == result["classes"][:3]  # PNG bytes decoded in the graph
@@ -284,6 +284,11 @@ def test_quickstart_is_the_whole_pipeline_offline(tmp_path):
                                                                         "onnx", "onnx_int8"}
     assert os.path.exists(tmp_path / "exports" / "lenet5" / "1" / "saved_model.pb")
     assert os.path.islink(tmp_path / "runs" / "latest")
+    # then served: one real PNG per digit through the embedded server's REST and gRPC APIs
+    served = result["served"]
+    assert sorted(os.listdir(tmp_path / "samples")) == [f"{d}_0.png" for d in range(10)]
+    assert all(s["rest"] == s["grpc"] for s in served)
+    assert sum(s["rest"] == os.path.basename(s["image"])[0] for s in served) >= 8
 
 
 def test_int8_model_with_int8_input_and_output(trained, tmp_path):
