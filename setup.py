@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_cnns*", "export*", "serving*", "cnnkit*"]),
-    package_data={"keras_cnns": ["zoo_stats.json"]},
+    package_data={"keras_cnns": ["zoo_stats.json"], "serving": ["container/Dockerfile"]},
     install_requires=[
         # tf_keras (Keras 2) is the Keras API: tensorflow-model-optimization rejects Keras 3 models.
         "tensorflow==2.21.*",
@@ -23,7 +23,11 @@ setup(
         "onnx>=1.16",
         "onnxruntime>=1.20",
         "ai-edge-litert>=2.0",
-        "tensorflow-serving-api==2.21.*",
+        "tensorflow-serving-api==2.21.*",  # TF Serving's protos and gRPC stubs
+        "grpcio>=1.60",
+        "prometheus-client>=0.20",  # the embedded server's metrics, in TF Serving's names
+        "pyyaml>=6",  # the docker-compose and Kubernetes files `cnnkit serve --emit-config` writes
+        "requests>=2.31",  # the REST client
         "click>=8.1",
         "numpy>=1.26",
         "scikit-learn>=1.4",  # only for its bundled 8x8 digits data set (no download)

@@ -46,6 +46,11 @@ def cli():
       cnnkit quickstart                  train, export every format, print the parity table
       cnnkit export runs/latest --tflite --onnx --quantize int8
       cnnkit validate exports/lenet5/1   re-run the parity report
+      cnnkit serve exports               TF Serving's REST (8501) and gRPC (8500) APIs
+      cnnkit predict 7.png --model exports/lenet5          (or --server http://localhost:8501)
+      cnnkit serve exports --emit-config Dockerfile, TF Serving configs, compose, Kubernetes
+    Measure:
+      cnnkit bench serve http://localhost:8501 --model lenet5   requests/s, p50/p99 latency
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("cnnkit: %(message)s"))
@@ -205,10 +210,12 @@ def _comparison_plot(path, compare, extra):
     return {"path": path, "models": [r["name"] for r in rows]}
 
 
+from cnnkit.cli_bench import COMMANDS as _BENCH_COMMANDS  # noqa: E402
 from cnnkit.cli_export import COMMANDS as _EXPORT_COMMANDS  # noqa: E402
+from cnnkit.cli_serve import COMMANDS as _SERVING_COMMANDS  # noqa: E402
 from cnnkit.cli_train import COMMANDS as _TRAINING_COMMANDS  # noqa: E402
 
-for _command in _TRAINING_COMMANDS + _EXPORT_COMMANDS:
+for _command in _TRAINING_COMMANDS + _EXPORT_COMMANDS + _SERVING_COMMANDS + _BENCH_COMMANDS:
     cli.add_command(_command)
 
 

@@ -103,24 +103,44 @@ def validate(export_dir, data, as_json):
 @click.command()
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--output", default="exports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--samples", default="samples", show_default=True, type=click.Path(file_okay=False),
+              help="Where one PNG test image per class is written (to try `cnnkit predict` on).")
 @json_option
-def quickstart(epochs, output, as_json):
+def quickstart(epochs, output, samples, as_json):
     """The whole pipeline offline: train LeNet-5 on the bundled digits, export SavedModel + TFLite
-    (float32, float16, dynamic, int8) + ONNX, and print the parity table."""
+    (float32, float16, dynamic, int8) + ONNX, print the parity table, then serve the export with the
+    embedded server and classify sample PNGs through its REST and gRPC APIs."""
     import_tensorflow()
     from export import export, plan_formats
     from keras_cnns.training import TrainConfig, train
+    from keras_cnns.training.data import load_data, write_samples
+    from keras_cnns.training.runs import read_config
+    from serving.client import connect, predict_files
+    from serving.server import ModelServer
 
     result = train(TrainConfig(model="lenet5", data="digits", epochs=epochs), verbose=0 if as_json else 2)
     with native_logs_silenced():
         path, report = export(result.run_dir, output=output, formats=plan_formats(everything=True))
+    data = read_config(result.run_dir)["data"]
+    images = write_samples(load_data(data["spec"], (32, 32, 1), data["val_split"], data["test_split"]), samples)
+    with ModelServer(output, rest_port=0, grpc_port=0) as server:
+        rest = predict_files(images, "lenet5", server=f"http://127.0.0.1:{server.rest_port}")
+        grpc = predict_files(images, "lenet5", server=f"127.0.0.1:{server.grpc_port}", grpc=True)
+        version = connect(f"http://127.0.0.1:{server.rest_port}").status("lenet5")["model_version_status"][0]
+    served = [{"image": image, "rest": r.label, "grpc": g.label, "score": r.score}
+              for (image, r), (_, g) in zip(rest, grpc)]
     if as_json:
         click.echo(json.dumps({"run_dir": result.run_dir, "test_accuracy": result.metrics["accuracy"],
-                               "export": path, "report": report}))
+                               "export": path, "report": report, "served": served}))
         return
     click.echo(f"\ntrained LeNet-5 on digits: test accuracy {result.metrics['accuracy']:.2%} ({result.run_dir})")
     _print_report(report)
-    click.echo(f"exported to {path}; serve it with TF Serving (model base path {output}/lenet5)")
+    click.echo(f"exported to {path}\n\nembedded server (TF Serving's API), {output}/lenet5 version "
+               f"{version['version']} {version['state']}:")
+    click.echo(table(("image", "REST", "gRPC", "score"),
+                     [(s["image"], s["rest"], s["grpc"], f"{s['score']:.3f}") for s in served], right=(3,)))
+    click.echo(f"\nnext:  cnnkit serve {output}          (REST :8501, gRPC :8500; production: --emit-config)\n"
+               f"       cnnkit predict {images[0]} --model {output}/lenet5")
 
 
 COMMANDS = (export_command, validate, quickstart)

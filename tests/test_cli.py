@@ -8,7 +8,7 @@ import pytest
 from keras_cnns import get_model_info, list_models
 
 SUBCOMMANDS = ["models", "summary", "profile", "train", "evaluate", "finetune", "ensemble", "export", "validate",
-               "quickstart"]
+               "quickstart", "serve", "predict", "bench serve"]
 
 
 def run(*args):
@@ -29,7 +29,7 @@ def test_help_lists_every_subcommand():
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_subcommand_help(command):
-    out = run(command, "--help")
+    out = run(*command.split(), "--help")
     assert out.returncode == 0 and "Usage: cnnkit " + command in out.stdout and "--json" in out.stdout
 
 

@@ -17,6 +17,7 @@ on the fly by parallel tf.data map calls. Normalisation (scale to [0, 1], then p
 of the training split) runs inside the pipeline and is recorded, so export can put it in the graph.
 """
 import dataclasses
+import io
 import logging
 import os
 
@@ -479,3 +480,22 @@ def make_dataset(data, split_name, batch_size, preprocessing, training=False, au
     if options is not None:
         ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def write_samples(data, folder, split="test", per_class=1):
+    """Save ``per_class`` images of each class of an in-memory split as PNG files (``LABEL_N.png``): real
+    image files to send to a model server or ``cnnkit predict``. Returns the paths."""
+    from PIL import Image
+
+    from keras_cnns.training.runs import write_atomic
+
+    part = data.split(split)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for label, name in enumerate(data.class_names):
+        for n, i in enumerate(np.flatnonzero(part.y == label)[:per_class]):
+            image = part.x[i]
+            buffer = io.BytesIO()
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "PNG")
+            paths.append(write_atomic(os.path.join(folder, f"{name}_{n}.png"), buffer.getvalue()))
+    return paths

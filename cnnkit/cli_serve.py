@@ -1,0 +1,128 @@
+"""``cnnkit serve / predict``: thin wrappers over the :mod:`serving` package."""
+import json
+import logging
+import sys
+
+import click
+
+from cnnkit._common import table
+from cnnkit._quiet import import_tensorflow
+from cnnkit._quiet import stderr_silenced as native_logs_silenced
+
+
+def _log_to_stderr():
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cnnkit serve: %(message)s"))
+    logger = logging.getLogger("serving")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@click.command()
+@click.argument("export_base", metavar="EXPORT_BASE", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 makes the server reachable from other machines.")
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(0, 65535), help="REST port.")
+@click.option("--grpc-port", default=8500, show_default=True, type=click.IntRange(0, 65535),
+              help="gRPC port (PredictionService, ModelService).")
+@click.option("--no-grpc", is_flag=True, help="Serve REST only.")
+@click.option("--batching", is_flag=True, help="Batch concurrent requests server-side (more throughput under load).")
+@click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-timeout-ms", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long a batch waits for more requests after its first.")
+@click.option("--batch-threads", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--keep-versions", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Newest versions of each model kept loaded (a request may name any of them).")
+@click.option("--poll-seconds", default=1.0, show_default=True, type=click.FloatRange(min=0.05),
+              help="How often EXPORT_BASE is rescanned for new or removed versions.")
+@click.option("--max-body-mb", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Larger request bodies are refused with 413.")
+@click.option("--emit-config", is_flag=True,
+              help="Do not serve: write TF Serving deployment files (Dockerfile, models.config, batching and "
+                   "monitoring configs, docker-compose.yml, Kubernetes manifests) for EXPORT_BASE to --output.")
+@click.option("--output", default="tfserving", show_default=True, type=click.Path(file_okay=False),
+              help="Where --emit-config writes.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object on stdout: the files written, or the ports and models once serving.")
+def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size, batch_timeout_ms, batch_threads,
+          keep_versions, poll_seconds, max_body_mb, emit_config, output, as_json):
+    """Serve every model under EXPORT_BASE (or one model's folder) with TF Serving's REST and gRPC APIs.
+
+    \b
+    EXPORT_BASE holds NAME/VERSION/ SavedModels, as `cnnkit export` writes them. The newest version of
+    each model answers by default; a new version folder dropped in is picked up while serving, and a
+    removed one is retired, without failing requests in flight. SIGTERM drains and stops.
+    \b
+      curl localhost:8501/v1/models/lenet5
+      curl -d '{"instances": [...]}' localhost:8501/v1/models/lenet5:predict
+      cnnkit predict digit.png --server http://localhost:8501 --model lenet5
+    \b
+    In production run TF Serving itself:  cnnkit serve exports --emit-config --output tfserving
+    """
+    if emit_config:
+        from serving.config import emit
+
+        paths, names = emit(export_base, output, keep_versions, max_batch_size, batch_timeout_ms, batch_threads)
+        if as_json:
+            click.echo(json.dumps({"models": names, "files": paths}))
+            return
+        click.echo(f"TF Serving files for {', '.join(names)}:")
+        for path in paths:
+            click.echo(f"  {path}")
+        click.echo(f"build and run:  cd {output} && docker compose up --build")
+        return
+    import_tensorflow()
+    from serving.server import ModelServer
+
+    _log_to_stderr()
+    options = {"max_batch_size": max_batch_size, "timeout_s": batch_timeout_ms / 1000, "threads": batch_threads}
+    server = ModelServer(export_base, host=host, rest_port=port, grpc_port=None if no_grpc else grpc_port,
+                         batching=options if batching else None, keep_versions=keep_versions,
+                         poll_seconds=poll_seconds, max_body_bytes=max_body_mb << 20)
+    server.start()
+    if as_json:
+        click.echo(json.dumps({"host": host, "rest_port": server.rest_port, "grpc_port": server.grpc_port,
+                               "models": server.repository.names()}))
+    server.serve_forever()
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--model", required=True,
+              help="With --server: the model name. Without: an export (exports/NAME or exports/NAME/VERSION), "
+                   "a .tflite or an .onnx file, run in-process.")
+@click.option("--server", metavar="URL", help="A TF Serving or `cnnkit serve` endpoint: http://host:8501 "
+                                               "(REST) or host:8500 with --grpc.")
+@click.option("--grpc", "use_grpc", is_flag=True, help="Talk gRPC to --server.")
+@click.option("--version", "model_version", type=click.IntRange(min=1), help="Ask the server for this version.")
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 5))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def predict(images, model, server, use_grpc, model_version, top_k, as_json):
+    """Classify IMAGES (JPEG, PNG, GIF, BMP) on a model server or with a local artifact; print top-k labels."""
+    from keras_cnns.errors import CnnkitError
+    from serving.client import predict_files
+
+    if use_grpc and not server:
+        raise CnnkitError("--grpc needs --server HOST:PORT")
+    if model_version and not server:
+        raise CnnkitError("--version asks a server for a version; locally give the version folder as --model")
+    import_tensorflow()
+    with native_logs_silenced():
+        results = predict_files(images, model, server=server, grpc=use_grpc, version=model_version, top_k=top_k)
+    good = [(path, p) for path, p in results if not isinstance(p, Exception)]
+    failed = [str(p) for _, p in results if isinstance(p, Exception)]
+    if as_json:
+        click.echo(json.dumps({"predictions": [{"image": path, **p.as_dict()} for path, p in good],
+                               "errors": failed}))
+    elif good:
+        rows = [(path, p.label, f"{p.score:.3f}", ", ".join(f"{label} {score:.3f}" for label, score in p.top[1:]))
+                for path, p in good]
+        click.echo(table(("image", "label", "score", "next"), rows, right=(2,)))
+    for message in failed:
+        click.echo(f"cnnkit: error: {message}", err=True)
+    if failed:
+        raise click.exceptions.Exit(2)
+
+
+COMMANDS = (serve, predict)

@@ -1,0 +1,287 @@
+"""Clients: the same calls against TF Serving or the embedded server (REST or gRPC), or a local artifact.
+
+::
+
+    from serving import client
+    c = client.connect("http://localhost:8501")            # or "localhost:8500" with grpc=True
+    c.status("lenet5"); c.metadata("lenet5")
+    c.classify("lenet5", [open("7.png", "rb").read()])     # -> [Prediction(label, score, top, ...)]
+    client.LocalModel("exports/lenet5/1").classify([...])  # SavedModel, .tflite or .onnx: no server
+
+``predict_files`` is what ``cnnkit predict`` prints.
+"""
+import base64
+import dataclasses
+import io
+import os
+
+import numpy as np
+
+from keras_cnns.errors import CnnkitError
+
+BYTES_SIGNATURE = "serving_bytes"
+
+
+class InvalidInput(CnnkitError):
+    """The server or local model refused this input (a corrupt image): the next one may still work."""
+
+
+@dataclasses.dataclass
+class Prediction:
+    label: str
+    score: float
+    #: [(label, score)], best first
+    top: list
+    model: str
+    version: int = None
+
+    def as_dict(self):
+        return {"label": self.label, "score": self.score, "model": self.model, "version": self.version,
+                "top": [{"label": label, "score": score} for label, score in self.top]}
+
+
+def _predictions(model, version, top_labels, top_scores, top_k):
+    def text(label):
+        return label.decode("utf-8") if isinstance(label, bytes) else str(label)
+
+    results = []
+    for labels, scores in zip(top_labels, top_scores):
+        top = [(text(label), float(score)) for label, score in zip(labels, scores)][:top_k]
+        results.append(Prediction(top[0][0], top[0][1], top, model, version))
+    return results
+
+
+class RestClient:
+    """TF Serving's REST API (``http://host:8501``)."""
+
+    def __init__(self, url, timeout=60):
+        import requests
+
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _path(self, model, version):
+        return f"{self.url}/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
+
+    def _call(self, method, url, body=None):
+        import requests
+
+        try:
+            response = self.session.request(method, url, json=body, timeout=self.timeout)
+        except requests.RequestException as err:
+            raise CnnkitError(f"cannot reach the model server at {self.url}: {err}") from None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"error": response.text[:200]}
+        if response.status_code != 200:
+            raise (InvalidInput if response.status_code == 400 else CnnkitError)(f"model server answered {response.status_code}: {payload.get('error', payload)}")
+        return payload
+
+    def status(self, model, version=None):
+        return self._call("GET", self._path(model, version))
+
+    def metadata(self, model, version=None):
+        return self._call("GET", self._path(model, version) + "/metadata")
+
+    def predict(self, model, body, version=None):
+        """POST a raw ``:predict`` body; returns the response JSON."""
+        return self._call("POST", self._path(model, version) + ":predict", body)
+
+    def classify(self, model, images, version=None, top_k=5):
+        """Encoded images (bytes) -> [Prediction], through the model's ``serving_bytes`` signature."""
+        body = {"signature_name": BYTES_SIGNATURE, "output_filter": ["top_labels", "scores"],
+                "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
+        rows = self.predict(model, body, version)["predictions"]
+        return _predictions(model, version, [r["top_labels"] for r in rows], [r["scores"] for r in rows], top_k)
+
+
+class GrpcClient:
+    """TF Serving's gRPC API (``host:8500``): PredictionService and ModelService."""
+
+    def __init__(self, target, timeout=60):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.target = target.split("://", 1)[-1]
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(self.target, options=[("grpc.max_receive_message_length", 64 << 20),
+                                                                   ("grpc.max_send_message_length", 64 << 20)])
+        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def _call(self, stub_method, request):
+        import grpc
+
+        try:
+            return stub_method(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                raise CnnkitError(f"cannot reach the model server at {self.target}: {err.details()}") from None
+            raise (InvalidInput if err.code() == grpc.StatusCode.INVALID_ARGUMENT else CnnkitError)(
+                f"model server answered {err.code().name}: {err.details()}") from None
+
+    @staticmethod
+    def _spec(spec, model, version, signature=""):
+        spec.name = model
+        if version is not None:
+            spec.version.value = int(version)
+        if signature:
+            spec.signature_name = signature
+
+    def status(self, model, version=None):
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec, model, version)
+        return self._call(self.models.GetModelStatus, request)
+
+    def metadata(self, model, version=None):
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec, model, version)
+        return self._call(self.prediction.GetModelMetadata, request)
+
+    def predict(self, model, inputs, version=None, signature="serving_default", output_filter=()):
+        """{input name: array} -> (PredictResponse, {output name: numpy array})."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest(output_filter=list(output_filter))
+        self._spec(request.model_spec, model, version, signature)
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        response = self._call(self.prediction.Predict, request)
+        return response, {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def classify(self, model, images, version=None, top_k=5):
+        response, out = self.predict(model, {"image_bytes": np.array(images, dtype=object)}, version,
+                                     BYTES_SIGNATURE, ("top_labels", "scores"))
+        return _predictions(model, response.model_spec.version.value, out["top_labels"], out["scores"], top_k)
+
+
+def connect(url, grpc=False, timeout=60):
+    return GrpcClient(url, timeout) if grpc else RestClient(url, timeout)
+
+
+def _newest_version(path):
+    """The newest version folder of a model folder, or of the only model in an export base."""
+    def versions(folder):
+        return [int(d) for d in os.listdir(folder) if d.isdigit()
+                and os.path.exists(os.path.join(folder, d, "saved_model.pb"))]
+
+    if not versions(path):
+        models = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))
+                        and versions(os.path.join(path, d)))
+        if len(models) != 1:
+            raise CnnkitError(f"{path} holds {'models ' + ', '.join(models) if models else 'no exported version'}"
+                              f"; give one model's folder (EXPORT_BASE/NAME) or a version folder")
+        path = os.path.join(path, models[0])
+    return os.path.join(path, str(max(versions(path))))
+
+
+class LocalModel:
+    """An exported artifact run in-process: a SavedModel folder (or a model folder of versions, newest
+    taken), a ``.tflite`` file (LiteRT) or an ``.onnx`` file (ONNX Runtime)."""
+
+    def __init__(self, path):
+        if not os.path.exists(path):
+            raise CnnkitError(f"model {path} does not exist; give an export (exports/NAME[/VERSION]) or a "
+                              ".tflite/.onnx file")
+        if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+            path = _newest_version(path)
+        self.path = path
+        if os.path.isdir(path):
+            import tensorflow as tf
+
+            self.kind = "savedmodel"
+            self._fn = tf.saved_model.load(path).signatures[BYTES_SIGNATURE]
+            self.name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+            self.version = int(os.path.basename(path)) if os.path.basename(path).isdigit() else None
+            return
+        from export import exporter
+
+        self.kind = {".tflite": "tflite", ".onnx": "onnx"}.get(os.path.splitext(path)[1])
+        if self.kind is None:
+            raise CnnkitError(f"cannot run {path}: expected a SavedModel folder, .tflite or .onnx")
+        version_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        exported = os.path.basename(version_dir).isdigit()
+        self.version = int(os.path.basename(version_dir)) if exported else None
+        self.name = os.path.basename(os.path.dirname(version_dir)) if exported else \
+            os.path.splitext(os.path.basename(path))[0]
+        self._run = exporter.runner_for(self.kind, path)
+        if self.kind == "tflite":
+            from export.tflite import read_labels
+
+            shape, classes = self._run.input["shape"], self._run.output["shape"][-1]
+            self.labels = read_labels(path)
+        else:
+            shape, classes = self._run.session.get_inputs()[0].shape, self._run.session.get_outputs()[0].shape[-1]
+            self.labels = self._labels_beside(version_dir)
+        self.input_shape = tuple(int(d) for d in shape[1:])
+        self.labels = self.labels or [f"class_{i}" for i in range(int(classes))]
+
+    @staticmethod
+    def _labels_beside(version_dir):
+        meta = os.path.join(version_dir, "export.json")
+        if os.path.exists(meta):
+            from keras_cnns.training.runs import read_json
+
+            return read_json(meta)["labels"]
+        return None
+
+    def _pixels(self, image):
+        """Decode and resize like the SavedModel's ``serving_bytes`` does (antialiased bilinear)."""
+        from PIL import Image, UnidentifiedImageError
+
+        h, w, c = self.input_shape
+        try:
+            with Image.open(io.BytesIO(image)) as img:
+                img = img.convert("L" if c == 1 else "RGB")
+                if img.size != (w, h):
+                    img = img.resize((w, h), Image.BILINEAR)
+                return np.asarray(img, np.float32).reshape(h, w, c)
+        except (UnidentifiedImageError, OSError) as err:
+            raise InvalidInput(f"not a readable image: {err}") from None
+
+    def classify(self, images, top_k=5):
+        if self.kind == "savedmodel":
+            import tensorflow as tf
+
+            try:
+                out = self._fn(image_bytes=tf.constant(images, tf.string))
+            except tf.errors.InvalidArgumentError as err:
+                from serving.repository import op_error_message
+
+                raise InvalidInput(f"not a readable image: {op_error_message(err)}") from None
+            return _predictions(self.name, self.version, out["top_labels"].numpy(), out["scores"].numpy(), top_k)
+        probabilities = self._run(np.stack([self._pixels(image) for image in images]))
+        top = np.argsort(-probabilities, axis=1)[:, :top_k]
+        return _predictions(self.name, self.version, [[self.labels[i] for i in row] for row in top],
+                            np.take_along_axis(probabilities, top, axis=1), top_k)
+
+
+def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5):
+    """Classify image files: on a server (``model`` is its name) or locally (``model`` is a path).
+
+    Returns [(path, Prediction or InvalidInput)]: an unreadable or corrupt file is reported in its row
+    and the others are still classified; an unreachable server or unknown model raises.
+    """
+    runner = connect(server, grpc) if server else LocalModel(model)
+    results = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            if server:
+                (prediction,) = runner.classify(model, [data], version=version, top_k=top_k)
+            else:
+                (prediction,) = runner.classify([data], top_k=top_k)
+        except OSError as err:
+            prediction = InvalidInput(f"cannot read {path}: {err.strerror}")
+        except InvalidInput as err:
+            prediction = InvalidInput(f"{path}: {err}")
+        results.append((path, prediction))
+    return results

@@ -1,0 +1,32 @@
+"""Prometheus metrics under TF Serving's names, served at its monitoring path."""
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PATH = "/monitoring/prometheus/metrics"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS_US = (100, 250, 500, 1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 1e7)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """Request count (by model, entry point and status), request latency in microseconds, batch sizes."""
+
+    def __init__(self):
+        disable_created_metrics()  # TF Serving exports no *_created series
+        self.registry = CollectorRegistry()
+        self.requests = Counter(":tensorflow:serving:request_count", "Requests by model, entry point and status.",
+                                ["model_name", "entrypoint", "status"], registry=self.registry)
+        self.latency = Histogram(":tensorflow:serving:request_latency",
+                                 "Request latency in microseconds, by model, API and entry point.",
+                                 ["model_name", "API", "entrypoint"], buckets=LATENCY_BUCKETS_US,
+                                 registry=self.registry)
+        self.batch_size = Histogram(":tensorflow:serving:batching_session:processed_batch_size",
+                                    "Images per model call when batching is on.", ["model_name"],
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+
+    def observe(self, model, api, entrypoint, status, seconds):
+        self.requests.labels(model, entrypoint, status).inc()
+        self.latency.labels(model, api, entrypoint).observe(seconds * 1e6)
+
+    def exposition(self):
+        return generate_latest(self.registry)

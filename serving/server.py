@@ -1,0 +1,124 @@
+"""The embedded model server: TF Serving's REST and gRPC APIs over a watched export base.
+
+For a machine without Docker, and for tests. Production is TF Serving itself (``serving/container``);
+the same clients work against both.
+"""
+import concurrent.futures
+import logging
+import signal
+import threading
+
+import grpc
+
+from serving.grpc_api import add_services
+from serving.metrics import Metrics
+from serving.repository import ModelRepository
+from serving.rest import RestServer
+
+log = logging.getLogger("serving")
+DEFAULT_MAX_BODY_MB = 64
+
+
+class ModelServer:
+    """``start()`` loads every model under ``base`` and listens; ``stop()`` drains and closes.
+
+    Port 0 picks a free port (read ``rest_port`` / ``grpc_port`` after ``start``); ``grpc_port=None``
+    turns gRPC off. ``batching``: None, or {"max_batch_size", "timeout_s", "threads"}.
+    """
+
+    def __init__(self, base, host="127.0.0.1", rest_port=8501, grpc_port=8500, batching=None, keep_versions=2,
+                 poll_seconds=1.0, max_body_bytes=DEFAULT_MAX_BODY_MB << 20, grace_seconds=30):
+        self.metrics = Metrics()
+        self.repository = ModelRepository(base, keep_versions=keep_versions, batching=batching,
+                                          on_batch=self._record_batch)
+        self.host = host
+        self.rest_port = rest_port
+        self.grpc_port = grpc_port
+        self.poll_seconds = poll_seconds
+        self.max_body_bytes = max_body_bytes
+        self.grace_seconds = grace_seconds
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._threads = []
+        self._rest = self._grpc = None
+
+    def _record_batch(self, model, size):
+        self.metrics.batch_size.labels(model).observe(size)
+
+    def start(self):
+        from keras_cnns.errors import CnnkitError
+
+        self.repository.scan()
+        if not self.repository.names():
+            raise CnnkitError(f"no servable model under {self.repository.base}: expected NAME/VERSION folders with "
+                              "saved_model.pb (what `cnnkit export` writes)")
+        try:
+            self._rest = RestServer((self.host, self.rest_port), self.repository, self.metrics, self.max_body_bytes)
+        except OSError as err:
+            raise CnnkitError(f"cannot listen on {self.host}:{self.rest_port}: {err.strerror}") from None
+        self.rest_port = self._rest.server_address[1]
+        if self.grpc_port is not None:
+            options = [("grpc.max_receive_message_length", self.max_body_bytes),
+                       ("grpc.max_send_message_length", self.max_body_bytes), ("grpc.so_reuseport", 0)]
+            self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=32), options=options)
+            add_services(self._grpc, self.repository, self.metrics)
+            port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+            if port == 0:
+                self._rest.server_close()
+                raise CnnkitError(f"cannot listen for gRPC on {self.host}:{self.grpc_port}")
+            self.grpc_port = port
+            self._grpc.start()
+        self._spawn(self._rest.serve_forever, "rest")
+        self._spawn(self._watch, "watch")
+        log.info("serving %s: REST http://%s:%d, gRPC %s", ", ".join(self.repository.names()), self.host,
+                 self.rest_port, f"{self.host}:{self.grpc_port}" if self._grpc else "off")
+        return self
+
+    def _spawn(self, target, name):
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _watch(self):
+        while not self._stopping.wait(self.poll_seconds):
+            try:
+                self.repository.scan()
+            except Exception:  # a transient file system error must not stop serving
+                log.exception("rescanning %s failed", self.repository.base)
+
+    def stop(self):
+        """Graceful: no new connections; requests in flight (queued batches too) finish; then close."""
+        if self._stopping.is_set():
+            self._stopped.wait()
+            return
+        self._stopping.set()
+        log.info("shutting down: finishing requests in flight")
+        grpc_done = self._grpc.stop(self.grace_seconds) if self._grpc else None
+        if self._rest:
+            self._rest.stop()
+        if grpc_done is not None:
+            grpc_done.wait(self.grace_seconds)
+        for thread in self._threads:
+            thread.join(self.grace_seconds)
+        self.repository.close()
+        self._stopped.set()
+
+    def serve_forever(self):
+        """Block until SIGTERM or SIGINT, then stop gracefully."""
+        def on_signal(signum, frame):
+            log.info("received %s", signal.Signals(signum).name)
+            threading.Thread(target=self.stop, daemon=True).start()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

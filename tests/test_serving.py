@@ -1,0 +1,491 @@
+"""Serving: the embedded server over real HTTP and gRPC (TF Serving's APIs), hot-swap under load, graceful
+shutdown, the clients and `cnnkit predict`, and the TF Serving deployment files parsed with its protos."""
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, predict_pb2
+
+from export import export as run_export
+from export import plan_formats
+from keras_cnns.training import TrainConfig, train
+from keras_cnns.training.data import load_data
+from serving import client, config, tfserving_protos
+from serving.loadgen import spawn_server
+from serving.server import ModelServer
+
+MODEL = "lenet5"
+
+
+def _encode(pixels, fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0]).save(buffer, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """LeNet-5 trained briefly on digits, exported (SavedModel, TFLite, ONNX) to BASE/lenet5/1, and test
+    digits as PNG and JPEG bytes with the label the local SavedModel gives each (the reference answer)."""
+    root = tmp_path_factory.mktemp("serving")
+    result = train(TrainConfig(output=str(root / "run"), epochs=8))
+    base = root / "exports"
+    path, _ = run_export(result.run_dir, output=str(base), formats=plan_formats(tflite_out=True, onnx_out=True))
+    data = load_data("digits", (32, 32, 1))
+    pixels, truth = data.test.x[:24], data.test.y[:24]
+    images = [_encode(p, "PNG" if i % 2 else "JPEG") for i, p in enumerate(pixels)]
+    local = client.LocalModel(path)
+    reference = [p.label for p in local.classify(images)]
+    files = []
+    for i, image in enumerate(images):
+        files.append(str(root / f"digit_{i}.{'png' if i % 2 else 'jpg'}"))
+        open(files[-1], "wb").write(image)
+    return {"root": root, "base": str(base), "path": path, "pixels": pixels, "truth": truth, "images": images,
+            "reference": reference, "files": files, "labels": data.class_names}
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    with ModelServer(exported["base"], rest_port=0, grpc_port=0, poll_seconds=0.2, max_body_bytes=1 << 20) as s:
+        s.url = f"http://127.0.0.1:{s.rest_port}"
+        s.target = f"127.0.0.1:{s.grpc_port}"
+        yield s
+
+
+def b64(data):
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def post(server, path, body):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(f"{server.url}/v1/models/{path}", data=data, timeout=60)
+
+
+def test_the_reference_model_is_trained(exported):
+    labels = exported["labels"]
+    correct = sum(r == labels[t] for r, t in zip(exported["reference"], exported["truth"]))
+    assert correct >= 20  # of 24: the answers the server must give are meaningful digits
+
+
+def test_status_and_metadata_follow_tf_serving(server):
+    status = requests.get(f"{server.url}/v1/models/{MODEL}").json()
+    assert status == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert requests.get(f"{server.url}/v1/models/{MODEL}/versions/1").json() == status
+    meta = requests.get(f"{server.url}/v1/models/{MODEL}/metadata").json()
+    assert meta["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
+    signatures = meta["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "serving_uint8", "serving_bytes", "classify", "probabilities"} <= set(signatures)
+    assert signatures["classify"]["method_name"] == "tensorflow/serving/classify"
+    images = signatures["serving_default"]["inputs"]["images"]
+    assert images["dtype"] == "DT_FLOAT"
+    assert [int(d["size"]) for d in images["tensor_shape"]["dim"]] == [-1, 32, 32, 1]
+    assert signatures["serving_bytes"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert signatures["serving_default"]["method_name"] == "tensorflow/serving/predict"
+
+
+def test_b64_png_and_jpeg_give_the_reference_answers(server, exported):
+    body = {"signature_name": "serving_bytes", "instances": [b64(i) for i in exported["images"]]}
+    response = post(server, f"{MODEL}:predict", body)
+    assert response.status_code == 200
+    rows = response.json()["predictions"]
+    assert [r["labels"] for r in rows] == exported["reference"]
+    for row in rows:
+        assert set(row) == {"probabilities", "classes", "scores", "top_classes", "top_labels", "labels"}
+        assert row["top_labels"][0] == row["labels"] and len(row["scores"]) == 5
+        assert sum(row["probabilities"]) == pytest.approx(1, abs=1e-4)
+
+
+def test_row_and_columnar_formats_agree(server, exported):
+    pixels = exported["pixels"][:4].astype(float)
+    row = post(server, f"{MODEL}:predict", {"instances": pixels.tolist()}).json()["predictions"]
+    columnar = post(server, f"{MODEL}:predict", {"inputs": {"images": pixels.tolist()}}).json()["outputs"]
+    np.testing.assert_allclose([r["probabilities"] for r in row], columnar["probabilities"], rtol=1e-6)
+    assert [r["classes"] for r in row] == columnar["classes"]
+    # one output left: the bare value, as TF Serving does
+    only = post(server, f"{MODEL}:predict", {"inputs": pixels.tolist(), "output_filter": ["classes"]}).json()
+    assert only == {"outputs": columnar["classes"]}
+    named = post(server, f"{MODEL}:predict", {"instances": [{"images": p} for p in pixels.tolist()],
+                                              "signature_name": "serving_uint8"}).json()["predictions"]
+    assert [r["classes"] for r in named] == columnar["classes"]
+
+
+def test_grpc_predict_metadata_and_status(server, exported):
+    c = client.GrpcClient(server.target)
+    response, out = c.predict(MODEL, {"image_bytes": np.array(exported["images"], dtype=object)},
+                              signature="serving_bytes")
+    assert [label.decode() for label in out["labels"]] == exported["reference"]
+    assert response.model_spec.version.value == 1 and response.model_spec.signature_name == "serving_bytes"
+    response, out = c.predict(MODEL, {"images": exported["pixels"][:3].astype(np.float32)},
+                              output_filter=["probabilities"])
+    assert list(out) == ["probabilities"] and out["probabilities"].shape == (3, 10)
+    meta = c.metadata(MODEL)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    meta.metadata["signature_def"].Unpack(signatures)
+    assert signatures.signature_def["serving_bytes"].inputs["image_bytes"].dtype == tf.string.as_datatype_enum
+    status = c.status(MODEL).model_version_status
+    assert [(s.version, s.state) for s in status] == [(1, 30)]  # 30 = AVAILABLE
+    assert [p.label for p in c.classify(MODEL, exported["images"][:6])] == exported["reference"][:6]
+
+
+def test_classify_on_the_classification_signature(server, exported):
+    images, reference = exported["images"][:5], exported["reference"][:5]
+    body = {"signature_name": "classify", "examples": [{"image/encoded": b64(i)} for i in images]}
+    results = post(server, f"{MODEL}:classify", body).json()["results"]
+    assert [r[0][0] for r in results] == reference
+    assert all(len(r) == 5 and r[0][1] >= r[1][1] for r in results)
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name, request.model_spec.signature_name = MODEL, "classify"
+    for image in images:
+        request.input.example_list.examples.add().features.feature["image/encoded"].bytes_list.value.append(image)
+    response = client.GrpcClient(server.target).prediction.Classify(request, timeout=60)
+    assert [c.classes[0].label for c in response.result.classifications] == reference
+    assert response.model_spec.version.value == 1
+
+
+def test_grpc_errors_carry_tf_serving_codes(server):
+    c = client.GrpcClient(server.target)
+    stub = c.prediction
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 32, 32, 1), np.float64)))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "float64" in err.value.details()
+    request.model_spec.name = "nope"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(client.CnnkitError, match="NOT_FOUND"):
+        c.status(MODEL, version=9)
+
+
+BAD_REQUESTS = [
+    ("lenet5:predict", "{not json", 400, "JSON"),
+    ("lenet5:predict", {"signature": "x"}, 400, "instances"),
+    ("lenet5:predict", {"instances": [[1, 2, 3]]}, 400, "shape"),
+    ("lenet5:predict", {"instances": [[[[1]] * 32] * 32, [[[1]] * 31] * 32]}, 400, "ragged"),
+    ("lenet5:predict", {"instances": [[[["a"]] * 32] * 32]}, 400, "numbers"),
+    ("lenet5:predict", {"instances": [[[[0.5]] * 32] * 32], "signature_name": "serving_uint8"}, 400, "integers"),
+    ("lenet5:predict", {"instances": [[[[300]] * 32] * 32], "signature_name": "serving_uint8"}, 400, "range"),
+    ("lenet5:predict", {"instances": [{"b64": base64.b64encode(b"not an image").decode()}],
+                        "signature_name": "serving_bytes"}, 400, "Unknown image file format"),
+    ("lenet5:predict", {"instances": [{"b64": "%%%"}], "signature_name": "serving_bytes"}, 400, "base64"),
+    ("lenet5:predict", {"instances": [[[[1]] * 32] * 32], "signature_name": "nope"}, 400, "nope"),
+    ("lenet5:predict", {"instances": [[[[1]] * 32] * 32], "output_filter": ["nope"]}, 400, "nope"),
+    ("lenet5:classify", {"examples": [{"x": 1}]}, 400, "classification signature"),
+    ("lenet5:regress", {"examples": [{"x": 1}]}, 400, "regression"),
+    ("nope:predict", {"instances": [1]}, 404, "Servable not found"),
+    ("lenet5/versions/7:predict", {"instances": [1]}, 404, "Specific(lenet5, 7)"),
+    ("lenet5/versions/x:predict", {"instances": [1]}, 400, "version"),
+    ("lenet5:explode", {"instances": [1]}, 404, "Malformed request"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,message", BAD_REQUESTS, ids=[f"{i}" for i in range(len(BAD_REQUESTS))])
+def test_bad_requests_get_tf_serving_status_and_a_message(server, exported, path, body, status, message):
+    response = post(server, path, body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    ok = post(server, f"{MODEL}:predict", {"signature_name": "serving_bytes", "instances": [b64(exported["images"][0])]})
+    assert ok.status_code == 200  # still serving
+
+
+def test_body_over_the_limit_is_refused_with_413(server):
+    response = requests.post(f"{server.url}/v1/models/{MODEL}:predict", data=b" " * (2 << 20), timeout=60)
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+
+
+def test_no_request_reaches_outside_the_export_base(server, exported, tmp_path):
+    outside = tmp_path / "secret"
+    shutil.copytree(exported["path"], outside / "1")
+    for name in ("..%2F..%2Fsecret", "%2E%2E", "..", "lenet5%2F..%2F..%2Fsecret", "%2Fetc"):
+        for suffix in ("", "/metadata", "/versions/1"):
+            response = requests.get(f"{server.url}/v1/models/{name}{suffix}", timeout=30)
+            assert response.status_code == 404, (name, suffix)
+    assert client.RestClient(server.url).status(MODEL)  # the real model still answers
+
+
+def test_prometheus_metrics_at_tf_serving_path(server, exported):
+    client.RestClient(server.url).classify(MODEL, exported["images"][:2])
+    post(server, "nope:predict", {"instances": [1]})
+    text = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=30).text
+    assert re.search(r':tensorflow:serving:request_count_total\{entrypoint="REST",model_name="lenet5",status="OK"\} '
+                     r'[1-9]', text)
+    assert 'status="NOT_FOUND"' in text
+    assert re.search(r':tensorflow:serving:request_latency_bucket\{API="predict",entrypoint="REST",le="\+Inf",'
+                     r'model_name="lenet5"\} [1-9]', text)
+
+
+def _publish(base, source, version):
+    """Drop a version in the way `cnnkit export` does: build beside it, then one rename."""
+    tmp = os.path.join(base, f".partial-{version}")
+    shutil.copytree(source, tmp)
+    os.rename(tmp, os.path.join(base, str(version)))
+
+
+def test_versions_by_request_broken_versions_and_retirement(exported, tmp_path):
+    base = tmp_path / MODEL
+    _publish(str(base), exported["path"], 1)
+    with ModelServer(str(base), rest_port=0, grpc_port=0, poll_seconds=0.1) as s:  # one model's folder
+        rest = client.RestClient(f"http://127.0.0.1:{s.rest_port}")
+        os.makedirs(base / "3")
+        (base / "3" / "saved_model.pb").write_bytes(b"garbage")
+        _publish(str(base), exported["path"], 2)
+        deadline = time.time() + 30
+        while time.time() < deadline and len(rest.status(MODEL)["model_version_status"]) < 3:
+            time.sleep(0.1)
+        states = {int(v["version"]): v for v in rest.status(MODEL)["model_version_status"]}
+        assert states[3]["state"] == "END" and "failed to load" in states[3]["status"]["error_message"]
+        assert states[2]["state"] == "AVAILABLE" and states[1]["state"] == "AVAILABLE"
+        grpc_client = client.GrpcClient(f"127.0.0.1:{s.grpc_port}")
+        for asked, served in ((None, 2), (1, 1), (2, 2)):
+            response, _ = grpc_client.predict(MODEL, {"images": exported["pixels"][:1].astype(np.float32)}, asked)
+            assert response.model_spec.version.value == served
+        assert rest.classify(MODEL, exported["images"][:2], version=1)[0].label == exported["reference"][0]
+        # the broken version is fixed in place: it loads; keep_versions=2 then retires version 1
+        shutil.rmtree(base / "3")
+        _publish(str(base), exported["path"], 3)
+        _wait_for(rest, 1, "END")
+        assert rest.status(MODEL, 3)["model_version_status"][0]["state"] == "AVAILABLE"
+        assert rest.status(MODEL, 1)["model_version_status"][0]["state"] == "END"
+        with pytest.raises(client.CnnkitError, match="404"):
+            rest.classify(MODEL, exported["images"][:1], version=1)
+
+
+def _wait_for(rest, version, state, timeout=120):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if rest.status(MODEL, version)["model_version_status"][0]["state"] == state:
+                return
+        except client.CnnkitError:  # 404 until the watcher has seen the version
+            pass
+        assert time.time() < deadline, f"version {version} never reached {state}"
+        time.sleep(0.05)
+
+
+def test_32_concurrent_clients_and_a_hot_swap_lose_no_request(exported, tmp_path):
+    """32 clients over REST and gRPC with batching on; while they run, version 2 is published and
+    version 1 deleted. Each client makes at least 12 requests and goes on until the swap is done:
+    every request succeeds with the right answer, and batches form."""
+    base = tmp_path / "exports"
+    _publish(str(base / MODEL), exported["path"], 1)
+    batching = {"max_batch_size": 16, "timeout_s": 0.005, "threads": 2}
+    with ModelServer(str(base), rest_port=0, grpc_port=0, batching=batching, poll_seconds=0.05) as s:
+        url, target = f"http://127.0.0.1:{s.rest_port}", f"127.0.0.1:{s.grpc_port}"
+        images, reference = exported["images"], exported["reference"]
+        versions, failures, counts = set(), [], []
+        started, swapped = threading.Barrier(33), threading.Event()
+
+        def worker(n):
+            rng = random.Random(n)
+            rest, rpc = client.RestClient(url), client.GrpcClient(target)
+            started.wait()
+            done, deadline = 0, time.time() + 300
+            while (done < 12 or not swapped.is_set()) and time.time() < deadline:
+                i = rng.randrange(len(images))
+                try:
+                    if rng.random() < 0.5:
+                        (p,) = rest.classify(MODEL, [images[i]])
+                    else:
+                        response, out = rpc.predict(MODEL, {"image_bytes": np.array([images[i]], dtype=object)},
+                                                    signature="serving_bytes")
+                        versions.add(response.model_spec.version.value)
+                        p = client.Prediction(out["labels"][0].decode(), 0, [], MODEL)
+                    if p.label != reference[i]:
+                        failures.append(f"image {i}: {p.label} != {reference[i]}")
+                except Exception as err:
+                    failures.append(repr(err))
+                done += 1
+            counts.append(done)
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            futures = [pool.submit(worker, n) for n in range(32)]
+            started.wait()
+            rest = client.RestClient(url)
+            try:
+                _publish(str(base / MODEL), exported["path"], 2)
+                _wait_for(rest, 2, "AVAILABLE")
+                shutil.rmtree(base / MODEL / "1")
+                _wait_for(rest, 1, "END")
+            finally:
+                swapped.set()  # the clients stop even if the swap failed
+            for future in futures:
+                future.result()
+        assert failures == []
+        assert len(counts) == 32 and min(counts) >= 12
+        status = rest.status(MODEL)["model_version_status"]
+        assert {(v["version"], v["state"]) for v in status} == {("2", "AVAILABLE"), ("1", "END")}
+        assert versions == {1, 2}  # answered by both versions, across the swap
+        text = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=30).text
+        count = float(re.search(r'processed_batch_size_count\{model_name="lenet5"\} (\S+)', text).group(1))
+        assert count < sum(counts)  # fewer model calls than requests: requests were batched
+
+
+def test_a_corrupt_image_in_a_batch_fails_alone(exported):
+    with ModelServer(exported["base"], rest_port=0, grpc_port=None,
+                     batching={"max_batch_size": 32, "timeout_s": 0.2, "threads": 1}) as s:
+        url = f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict"
+        bodies = [{"signature_name": "serving_bytes", "instances": [b64(img)]} for img in exported["images"][:7]]
+        bodies.insert(3, {"signature_name": "serving_bytes", "instances": [b64(b"broken")]})
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda b: requests.post(url, json=b, timeout=60), bodies))
+    codes = [r.status_code for r in responses]
+    assert codes == [200, 200, 200, 400, 200, 200, 200, 200]
+    labels = [r.json()["predictions"][0]["labels"] for r in responses if r.status_code == 200]
+    assert labels == exported["reference"][:7]
+
+
+def test_sigterm_finishes_requests_in_flight(exported):
+    # a long batch timeout keeps the request in flight while SIGTERM arrives
+    proc, port, _, log = spawn_server(exported["base"], "--batching", "--batch-timeout-ms", "3000")
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict"
+        body = {"signature_name": "serving_bytes", "instances": [b64(exported["images"][0])]}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(requests.post, url, json=body, timeout=60)
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            response = pending.result()
+        assert response.status_code == 200
+        assert response.json()["predictions"][0]["labels"] == exported["reference"][0]
+        assert proc.wait(timeout=60) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.post(url, json=body, timeout=5)
+    finally:
+        proc.kill()
+    assert "received SIGTERM" in open(log).read()
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_predict_cli_runs_every_artifact_and_the_servers(exported, server):
+    files, reference = exported["files"][:4], exported["reference"][:4]
+    version = exported["path"]
+    for model in (exported["base"] + "/lenet5", os.path.join(version, "tflite", "model_float32.tflite"),
+                  os.path.join(version, "onnx", "model.onnx")):
+        out = cli("predict", *files, "--model", model, "--json")
+        assert out.returncode == 0, out.stderr
+        assert [p["label"] for p in json.loads(out.stdout)["predictions"]] == reference, model
+    for options in (["--server", server.url], ["--server", server.target, "--grpc"]):
+        out = cli("predict", *files, "--model", MODEL, "--top-k", "2", "--json", *options)
+        predictions = json.loads(out.stdout)["predictions"]
+        assert [p["label"] for p in predictions] == reference and len(predictions[0]["top"]) == 2
+    out = cli("predict", files[0], "--model", MODEL, "--server", server.url)
+    assert out.stdout.split("\n")[2].split()[1] == reference[0]  # the table's first row
+
+
+def test_predict_cli_reports_bad_input_and_keeps_the_rest(exported, server, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG but not really")
+    for options in ([], ["--server", server.url]):
+        model = MODEL if options else exported["base"]
+        out = cli("predict", exported["files"][0], str(broken), "--model", model, "--json", *options)
+        assert out.returncode == 2
+        result = json.loads(out.stdout)
+        assert [p["label"] for p in result["predictions"]] == exported["reference"][:1]
+        assert len(result["errors"]) == 1 and "broken.png" in result["errors"][0]
+    for args, message in ((["--model", str(tmp_path / "missing")], "does not exist"),
+                          (["--model", MODEL, "--server", "http://127.0.0.1:1"], "cannot reach"),
+                          (["--model", "nope", "--server", server.url], "404"),
+                          (["--model", MODEL, "--grpc"], "--grpc needs --server")):
+        out = cli("predict", exported["files"][0], *args)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serve_cli_refuses_an_empty_base(tmp_path):
+    out = cli("serve", str(tmp_path), "--port", "0", "--grpc-port", "0")
+    assert out.returncode == 2 and "no servable model" in out.stderr
+
+
+def test_emitted_configs_parse_with_tf_serving_protos(exported, tmp_path):
+    out = cli("serve", exported["base"], "--emit-config", "--output", str(tmp_path / "tfs"), "--keep-versions", "3",
+              "--max-batch-size", "64")
+    assert out.returncode == 0, out.stderr
+    parsed = config.load(str(tmp_path / "tfs"))
+    (entry,) = parsed["models.config"].model_config_list.config
+    assert (entry.name, entry.base_path, entry.model_platform) == (MODEL, "/models/lenet5", "tensorflow")
+    assert entry.model_version_policy.latest.num_versions == 3
+    batching = parsed["batching_parameters.txt"]
+    assert batching.max_batch_size.value == 64 and batching.batch_timeout_micros.value == 2000
+    assert parsed["monitoring.config"].prometheus_config.enable
+    assert parsed["monitoring.config"].prometheus_config.path == "/monitoring/prometheus/metrics"
+    service = parsed["docker-compose.yml"]["services"]["tfserving"]
+    assert service["volumes"] == [f"{os.path.abspath(exported['base'])}:/models:ro"]
+    container = parsed["k8s/deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models/lenet5", "port": 8501}
+    assert parsed["k8s/hpa.yaml"]["spec"]["scaleTargetRef"]["name"] == parsed["k8s/deployment.yaml"]["metadata"]["name"]
+    assert {p["port"] for p in parsed["k8s/service.yaml"]["spec"]["ports"]} == {8500, 8501}
+    dockerfile = open(tmp_path / "tfs" / "Dockerfile").read()
+    from importlib.metadata import version
+
+    assert f"ARG TF_SERVING_VERSION={version('tensorflow-serving-api')}" in dockerfile  # pinned to our TF
+    for flag in ("--model_config_file=/config/models.config", "--batching_parameters_file=",
+                 "--monitoring_config_file="):
+        assert flag in dockerfile
+
+
+def test_config_parsing_catches_a_typo(exported, tmp_path):
+    config.emit(exported["base"], str(tmp_path))
+    path = tmp_path / "batching_parameters.txt"
+    path.write_text(path.read_text().replace("max_batch_size", "max_batch_sise"))
+    with pytest.raises(Exception, match="max_batch_sise"):
+        config.load(str(tmp_path))
+    with pytest.raises(Exception):
+        tfserving_protos.parse("prometheus_config { enable: maybe }", tfserving_protos.MonitoringConfig)
+
+
+def _docker_unavailable():
+    if not shutil.which("docker"):
+        return "docker is not installed"
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    return None if probe.returncode == 0 else "the Docker daemon is not reachable (docker info failed)"
+
+
+@pytest.mark.skipif(_docker_unavailable() is not None, reason=str(_docker_unavailable()))
+def test_real_tf_serving_container_answers_the_same_clients(exported, tmp_path):
+    folder = str(tmp_path / "tfs")
+    config.emit(exported["base"], folder)
+    tag = "cnnkit-tfserving:test"
+    subprocess.run(["docker", "build", "-t", tag, folder], check=True, capture_output=True)
+    run = subprocess.run(["docker", "run", "-d", "--rm", "-p", "127.0.0.1::8501", "-p", "127.0.0.1::8500", "-v",
+                          f"{os.path.abspath(exported['base'])}:/models:ro", tag], check=True, capture_output=True,
+                         text=True)
+    container = run.stdout.strip()
+    try:
+        ports = {p: subprocess.run(["docker", "port", container, p], capture_output=True, text=True,
+                                   check=True).stdout.split(":")[-1].strip() for p in ("8501", "8500")}
+        rest = client.RestClient(f"http://127.0.0.1:{ports['8501']}")
+        deadline = time.time() + 120
+        while True:
+            try:
+                if rest.status(MODEL)["model_version_status"][0]["state"] == "AVAILABLE":
+                    break
+            except client.CnnkitError:
+                pass
+            assert time.time() < deadline, "TF Serving did not load the model"
+            time.sleep(1)
+        assert [p.label for p in rest.classify(MODEL, exported["images"])] == exported["reference"]
+        rpc = client.GrpcClient(f"127.0.0.1:{ports['8500']}")
+        assert [p.label for p in rpc.classify(MODEL, exported["images"])] == exported["reference"]
+    finally:
+        subprocess.run(["docker", "stop", container], capture_output=True)
