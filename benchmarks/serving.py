@@ -1,0 +1,70 @@
+"""Serving benchmark: requests/s and p50/p99 latency of the embedded server at 1, 8 and 32 concurrent
+clients, REST and gRPC, with and without server-side batching, for a tiny and a mid-size model.
+
+    python benchmarks/serving.py [--requests 40] [--models lenet5,mobilenet_v2@96]
+
+Exports the models (untrained weights: throughput does not depend on them) to a scratch folder, runs
+``cnnkit serve`` in a child process per setting and the load generator (``cnnkit bench serve``'s) in
+this one, then rewrites the serving section of benchmarks/RESULTS.md and writes
+benchmarks/results/serving.json.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from benchmarks._record import machine, replace_section  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=40, help="requests per client per setting")
+    parser.add_argument("--models", default="lenet5,mobilenet_v2@96", help="zoo names, @input size")
+    parser.add_argument("--concurrency", default="1,8,32")
+    args = parser.parse_args()
+
+    from cnnkit._quiet import import_tensorflow
+
+    import_tensorflow()
+    from export import export
+    from serving.loadgen import run_load, sample_images, spawn_server
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    images = sample_images()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for spec in args.models.split(","):
+            name, _, size = spec.partition("@")
+            base = os.path.join(scratch, name)
+            export(name, output=base, input_size=int(size) if size else None)
+            for batching in (False, True):
+                proc, rest_port, grpc_port, _ = spawn_server(base, *(["--batching"] if batching else []))
+                try:
+                    for protocol, url in (("rest", f"http://127.0.0.1:{rest_port}"),
+                                          ("grpc", f"127.0.0.1:{grpc_port}")):
+                        for c in levels:
+                            result = run_load(url, name, images, c, args.requests, grpc=protocol == "grpc")
+                            rows.append({"model": spec, "protocol": protocol, "batching": batching, **result})
+                            print(json.dumps(rows[-1]), flush=True)
+                finally:
+                    proc.terminate()
+                    proc.wait(60)
+    command = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "serving.json"), "w") as f:
+        json.dump({"machine": machine(), "command": command.strip(), "python": platform.python_version(),
+                   "rows": rows}, f, indent=1)
+    lines = ["| model | API | batching | clients | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['protocol']} | {'on' if r['batching'] else 'off'} | {r['concurrency']} "
+                     f"| {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+    replace_section("serving", f"`{command.strip()}` on {machine()}\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
