@@ -35,7 +35,10 @@ setup(
         "pillow>=10",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
+        # PyTorch (CPU build) for the static-vs-dynamic benchmark (benchmarks/static_vs_dynamic.py)
+        "bench": ["torch==2.13.0"],
+        # the tests check the PyTorch twins of the Keras models too
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["cnnkit=cnnkit.cli:main"]},
 )

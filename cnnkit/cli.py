@@ -50,6 +50,9 @@ def cli():
       cnnkit predict 7.png --model exports/lenet5          (or --server http://localhost:8501)
       cnnkit serve exports --emit-config Dockerfile, TF Serving configs, compose, Kubernetes
     Measure:
+      cnnkit bench train resnet18 --input-size 32   images/s eager vs graph vs XLA
+      cnnkit bench infer exports/lenet5/1           latency of every artifact and runtime
+      cnnkit bench data --data ./photos             is training input-bound?
       cnnkit bench serve http://localhost:8501 --model lenet5   requests/s, p50/p99 latency
     """
     handler = logging.StreamHandler(sys.stderr)

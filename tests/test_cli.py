@@ -8,7 +8,8 @@ import pytest
 from keras_cnns import get_model_info, list_models
 
 SUBCOMMANDS = ["models", "summary", "profile", "train", "evaluate", "finetune", "ensemble", "export", "validate",
-               "quickstart", "serve", "predict", "bench serve"]
+               "quickstart", "serve", "predict", "bench serve", "bench train",
+               "bench infer", "bench data"]
 
 
 def run(*args):

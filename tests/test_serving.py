@@ -281,6 +281,17 @@ def _wait_for(rest, version, state, timeout=120):
         time.sleep(0.05)
 
 
+def test_every_model_under_the_base_is_served(exported, tmp_path):
+    for name in ("digits", "lenet5"):
+        _publish(str(tmp_path / name), exported["path"], 1)
+    (tmp_path / "notes").mkdir()  # not a model: ignored
+    with ModelServer(str(tmp_path), rest_port=0, grpc_port=None) as s:
+        assert s.repository.names() == ["digits", "lenet5"]
+        rest = client.RestClient(f"http://127.0.0.1:{s.rest_port}")
+        for name in ("digits", "lenet5"):
+            assert [p.label for p in rest.classify(name, exported["images"][:3])] == exported["reference"][:3]
+
+
 def test_32_concurrent_clients_and_a_hot_swap_lose_no_request(exported, tmp_path):
     """32 clients over REST and gRPC with batching on; while they run, version 2 is published and
     version 1 deleted. Each client makes at least 12 requests and goes on until the swap is done:

@@ -443,14 +443,16 @@ def augment_image(image, seed, augment):
 
 
 def make_dataset(data, split_name, batch_size, preprocessing, training=False, augment=(), seed=0,
-                 target_fn=None, drop_remainder=False, options=None):
+                 target_fn=None, drop_remainder=False, options=None, parallel=True, prefetch=True, cache=False):
     """The tf.data pipeline of one split: (decode) -> shuffle -> augment -> batch -> normalise -> prefetch.
 
     Labels are one-hot (for label smoothing); ``target_fn`` may map them further (GoogLeNet's three
-    outputs). Parallel map and prefetch use AUTOTUNE.
+    outputs). ``parallel`` maps and ``prefetch`` use AUTOTUNE; ``cache`` keeps decoded images in memory
+    after the first pass (then shuffling happens after decoding). ``cnnkit bench data`` compares these.
     """
     import tensorflow as tf
 
+    calls = tf.data.AUTOTUNE if parallel else None
     split = data.split(split_name)
     num_classes = data.num_classes
     size, _, channels = data.input_shape
@@ -460,26 +462,31 @@ def make_dataset(data, split_name, batch_size, preprocessing, training=False, au
     else:
         images = tf.data.Dataset.from_tensor_slices(split.paths)
     ds = tf.data.Dataset.zip((images, labels))
+
+    def decode(ds):
+        return ds.map(lambda p, y: (decode_file(p, size, channels), y), num_parallel_calls=calls, deterministic=True)
+
+    if cache:
+        ds = (decode(ds) if split.x is None else ds).cache()
     if training:
         ds = ds.shuffle(min(len(split), 50_000), seed=seed, reshuffle_each_iteration=True)
-    if split.x is None:
-        ds = ds.map(lambda p, y: (decode_file(p, size, channels), y), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
+    if split.x is None and not cache:
+        ds = decode(ds)
     if training and augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
             lambda xy, s: (augment_image(tf.cast(xy[0], tf.float32), s, augment), xy[1]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            num_parallel_calls=calls, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
     def finish(x, y):
         target = tf.one_hot(y, num_classes)
         return normalise(x, preprocessing), (target_fn(target) if target_fn else target)
 
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(finish, num_parallel_calls=calls, deterministic=True)
     if options is not None:
         ds = ds.with_options(options)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
 
 
 def write_samples(data, folder, split="test", per_class=1):

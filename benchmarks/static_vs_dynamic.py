@@ -1,0 +1,116 @@
+"""Static vs dynamic graphs, measured: training images/s of the same architecture in TensorFlow (eager,
+tf.function graph, XLA) and PyTorch (eager, torch.compile), same batch, optimiser (SGD, momentum 0.9,
+lr 0.01) and input, all interleaved in one process.
+
+    pip install -e ".[bench]"      # PyTorch (CPU)
+    python benchmarks/static_vs_dynamic.py [--models resnet18,mobilenet_v2] [--batch-size 64] [--input-size 32]
+
+Rewrites the static-vs-dynamic section of benchmarks/RESULTS.md and writes
+benchmarks/results/static_vs_dynamic.json.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from benchmarks._record import machine, replace_section  # noqa: E402
+
+
+def torch_steppers(name, x, y, compiled_too=True, seed=0):
+    """{"torch eager": step, "torch.compile": step}, first-step seconds, trainable params."""
+    import torch
+
+    from benchmarks import torch_models
+
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    yt = torch.from_numpy(y.astype("int64"))
+    steppers, first_step = {}, {}
+    torch.manual_seed(seed)
+    reference = torch_models.create(name)
+    variants = [("torch eager", False)] + ([("torch.compile", True)] if compiled_too else [])
+    for label, compiled in variants:
+        model = torch_models.create(name)
+        model.load_state_dict(reference.state_dict())
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        forward = torch.compile(model) if compiled else model
+
+        def step(forward=forward, optimizer=optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(forward(xt), yt)
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        start = time.perf_counter()
+        step()
+        first_step[label] = time.perf_counter() - start
+        steppers[label] = step
+    return steppers, first_step, torch_models.trainable_params(reference)
+
+
+def compare(name, batch_size, input_size, steps, repeats, compiled_too=True):
+    from keras_cnns.analysis import count_trainable
+    from keras_cnns.training import bench
+
+    info, shape, steppers, first_step, models = bench.keras_steppers(name, bench.MODES, batch_size, input_size)
+    x, y = bench.batch_of(batch_size, shape, 10)
+    torch_steps, torch_first, torch_params = torch_steppers(name, x, y, compiled_too)
+    keras_params = count_trainable(models["graph"])
+    if torch_params != keras_params:
+        raise SystemExit(f"{name}: PyTorch has {torch_params:,} trainable parameters, Keras {keras_params:,}")
+    steppers.update({f"tf {k}": steppers.pop(k) for k in list(steppers)})
+    first_step.update({f"tf {k}": first_step.pop(k) for k in list(first_step)})
+    rates = bench.interleave({**steppers, **torch_steps}, batch_size, steps, repeats)
+    from keras_cnns.analysis import profile_model
+
+    macs = profile_model(models["graph"]).macs
+    return {"model": info.name, "input_shape": list(shape), "batch_size": batch_size, "params": keras_params,
+            "macs_per_image": macs,
+            "results": bench.summarize(rates, {**first_step, **torch_first}, macs, bench.matmul_peak_gflops())}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,mobilenet_v2")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    args = parser.parse_args()
+
+    from cnnkit._quiet import import_tensorflow
+
+    import_tensorflow()
+    import torch
+
+    records = [compare(m, args.batch_size, args.input_size, args.steps, args.repeats, not args.no_compile)
+               for m in args.models.split(",")]
+    command = ("python benchmarks/static_vs_dynamic.py " + " ".join(sys.argv[1:])).strip()
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "static_vs_dynamic.json"), "w") as f:
+        json.dump({"machine": machine(), "command": command, "torch": torch.__version__,
+                   "torch_threads": torch.get_num_threads(), "records": records}, f, indent=1)
+    lines = []
+    for r in records:
+        lines += [f"**{r['model']}** {tuple(r['input_shape'])}, batch {r['batch_size']}, {r['params']:,} trainable "
+                  "parameters in both frameworks", "",
+                  "| framework / mode | images/s (median) | min–max | first step s | GFLOP/s | of peak |",
+                  "|---|---|---|---|---|---|"]
+        for mode, v in r["results"].items():
+            lines.append(f"| {mode} | {v['images_per_s']} | {v['min']}–{v['max']} | {v['first_step_s']} "
+                         f"| {v['gflops']} | {v['fraction_of_peak']:.1%} |")
+        lines.append("")
+    replace_section("static_vs_dynamic", f"`{command}` on {machine()}, PyTorch {torch.__version__} "
+                    f"({torch.get_num_threads()} threads)\n\n" + "\n".join(lines).rstrip())
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Inference latency and throughput of every artifact of an export, on the same inputs, side by side.
+
+Runtimes: the Keras model (eager call), the SavedModel's ``probabilities`` signature (the static
+graph), the Keras model under XLA (``jit_compile``), each TFLite file in the LiteRT interpreter
+(XNNPACK) and each ONNX file in ONNX Runtime, at each batch size and (for LiteRT and ONNX Runtime)
+each thread count. TensorFlow's own thread pools are fixed when it starts, so its rows say "tf".
+Next to them: the arithmetic lower bound, MACs x 2 / the measured matmul peak.
+"""
+import os
+import statistics
+import time
+
+import numpy as np
+
+from export import onnx_format, tflite
+from export.exporter import keras_reference
+from export.savedmodel import load_probabilities
+
+
+def _sig(value):
+    return float(f"{value:.4g}")
+
+
+def _latency_ms(run, images, repeats, warmup=3):
+    for _ in range(warmup):
+        run(images)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(images)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _runtimes(export_dir, meta, threads):
+    """[(runtime name, threads label, callable float32 pixels -> probabilities)]."""
+    import tensorflow as tf
+
+    from keras_cnns.training.runs import load_model_file
+
+    model = load_model_file(os.path.join(export_dir, "keras", "model.keras"))
+    reference = keras_reference(model, meta["preprocessing"])
+    pre = meta["preprocessing"]
+    mean, std = tf.constant(pre["mean"], tf.float32), tf.constant(pre["std"], tf.float32)
+    xla = tf.function(lambda x: model((x * pre["scale"] - mean) / std, training=False), jit_compile=True)
+    runtimes = [("keras (eager)", "tf", reference),
+                ("savedmodel (graph)", "tf", load_probabilities(export_dir)),
+                ("keras + xla", "tf", lambda images: xla(tf.constant(images)).numpy())]
+    for artifact in meta["artifacts"]:
+        path = os.path.join(export_dir, artifact["path"])
+        for t in threads:
+            if artifact["kind"].startswith("tflite"):
+                runtimes.append((artifact["artifact"], str(t), tflite.Runner(path, threads=t)))
+            elif artifact["kind"].startswith("onnx"):
+                runtimes.append((artifact["artifact"], str(t), onnx_format.Runner(path, threads=t)))
+    return runtimes
+
+
+def bench_infer(export_dir, batch_sizes=(1, 32), threads=(1, 2), repeats=30, seed=0):
+    """{"export", "macs_per_image", "peak_gflops", "rows": [{runtime, threads, batch, latency_ms, images_per_s}]}."""
+    from keras_cnns.analysis import profile_model
+    from keras_cnns.errors import CnnkitError
+    from keras_cnns.training.bench import matmul_peak_gflops
+    from keras_cnns.training.runs import load_model_file, read_json
+
+    meta_path = os.path.join(export_dir, "export.json")
+    if not os.path.exists(meta_path):
+        raise CnnkitError(f"{export_dir} is not a cnnkit export version folder (no export.json); "
+                          "give e.g. exports/lenet5/1")
+    meta = read_json(meta_path)
+    shape = tuple(meta["input_shape"])
+    images = np.random.RandomState(seed).uniform(0, 255, (max(batch_sizes),) + shape).astype(np.float32)
+    rows = []
+    for name, thread_label, run in _runtimes(export_dir, meta, threads):
+        for batch in batch_sizes:
+            latency = _latency_ms(run, images[:batch], repeats)
+            rows.append({"runtime": name, "threads": thread_label, "batch": batch, "latency_ms": _sig(latency),
+                         "images_per_s": _sig(batch / latency * 1000)})
+    macs = profile_model(load_model_file(os.path.join(export_dir, "keras", "model.keras"))).macs
+    peak = matmul_peak_gflops()
+    for batch in batch_sizes:
+        bound = macs * 2 * batch / (peak * 1e9) * 1000
+        rows.append({"runtime": "lower bound (MACs / peak)", "threads": "-", "batch": batch,
+                     "latency_ms": _sig(bound), "images_per_s": _sig(batch / bound * 1000)})
+    return {"export": export_dir, "macs_per_image": macs, "peak_gflops": round(peak, 1), "rows": rows}
+
+
+def plot(result, path):
+    """Bar chart of the best latency per runtime at each batch size (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in result["rows"]})
+    names = list(dict.fromkeys(r["runtime"] for r in result["rows"]))
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 0.45 * len(names) + 1.5), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        best = [min(r["latency_ms"] for r in result["rows"] if r["runtime"] == n and r["batch"] == batch)
+                for n in names]
+        ax.barh(names, best, color=["tab:grey" if n.startswith("lower") else "tab:blue" for n in names])
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per batch (best thread count)")
+        ax.set_title(f"batch {batch}")
+        ax.invert_yaxis()
+    fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(result["export"]))) + " inference latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,93 @@
+"""`cnnkit bench train / infer`: the commands run on tiny settings and produce well-formed results (the
+numbers themselves live in benchmarks/RESULTS.md, never in a timed test)."""
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from export import export, plan_formats
+from export.bench import bench_infer, plot
+from keras_cnns.errors import CnnkitError
+from keras_cnns.training.bench import bench_train
+
+
+def test_bench_train_measures_every_mode_side_by_side():
+    result = bench_train("lenet5", ["eager", "graph", "xla"], batch_size=4, steps=2, repeats=2)
+    assert list(result["modes"]) == ["eager", "graph", "xla"]
+    assert result["macs_per_image"] == 416_520 and result["peak_gflops"] > 0  # LeNet-5's MACs at 32x32
+    for mode, r in result["modes"].items():
+        assert 0 < r["min"] <= r["images_per_s"] <= r["max"], mode
+        assert r["first_step_s"] > 0 and 0 < r["fraction_of_peak"]
+        assert r["gflops"] == pytest.approx(r["images_per_s"] * 416_520 * 6 / 1e9, rel=0.01)
+    assert result["modes"]["eager"]["traces"] == 0  # eager never traces
+    # the first step traces (twice: once more after creating the optimizer's variables); the 4 timed
+    # steps reuse that graph
+    assert 1 <= result["modes"]["graph"]["traces"] <= 2 and 1 <= result["modes"]["xla"]["traces"] <= 2
+
+
+def test_bench_train_rejects_unknown_modes():
+    with pytest.raises(CnnkitError, match="unknown mode"):
+        bench_train("lenet5", ["eager", "jit"], steps=1, repeats=1)
+
+
+def test_bench_infer_covers_every_artifact_and_the_lower_bound(tmp_path):
+    path, _ = export("lenet5", output=str(tmp_path), formats=plan_formats(tflite_out=True, onnx_out=True))
+    result = bench_infer(path, batch_sizes=(1, 4), threads=(1, 2), repeats=2)
+    seen = {(r["runtime"], r["threads"], r["batch"]) for r in result["rows"]}
+    for runtime in ("keras (eager)", "savedmodel (graph)", "keras + xla"):
+        assert {(runtime, "tf", 1), (runtime, "tf", 4)} <= seen
+    for runtime in ("tflite_float32", "onnx"):
+        assert {(runtime, t, b) for t in ("1", "2") for b in (1, 4)} <= seen
+    bounds = [r for r in result["rows"] if r["runtime"].startswith("lower bound")]
+    assert len(bounds) == 2 and bounds[1]["latency_ms"] == pytest.approx(4 * bounds[0]["latency_ms"], rel=0.01)
+    assert all(r["latency_ms"] > 0 and r["images_per_s"] > 0 for r in result["rows"])
+    chart = plot(result, str(tmp_path / "chart.png"))
+    assert Image.open(chart).size[0] > 0
+    with pytest.raises(CnnkitError, match="not a cnnkit export"):
+        bench_infer(str(tmp_path), repeats=1)
+
+
+def test_bench_cli_json():
+    out = subprocess.run([sys.executable, "-m", "cnnkit", "bench", "train", "lenet5", "--modes", "graph", "--steps",
+                          "1", "--repeats", "1", "--batch-size", "2", "--json"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert list(json.loads(out.stdout)["modes"]) == ["graph"]
+    out = subprocess.run([sys.executable, "-m", "cnnkit", "bench", "train", "lenet5", "--modes", "fast"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "unknown mode" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bench_data_compares_pipelines_with_the_training_rate(tmp_path):
+    folder = tmp_path / "photos"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (40, 40), (20 * i, 100 if label == "a" else 200, 0)).save(folder / label / f"{i}.png")
+    from keras_cnns.training.bench import PIPELINES, bench_data
+
+    for spec in ("digits", str(folder)):
+        result = bench_data(spec, "lenet5", batch_size=8, batches=3, steps=2)
+        assert list(result["pipelines"]) == [name for name, _ in PIPELINES]
+        assert all(rate > 0 for rate in result["pipelines"].values())
+        assert result["train_images_per_s"] > 0
+        assert result["input_bound"] == (result["pipelines"]["parallel map + prefetch (default)"]
+                                         < result["train_images_per_s"])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_pytorch_twins_have_the_keras_parameter_count(name):
+    """The static-vs-dynamic comparison is only fair on the same architecture: equal trainable parameters."""
+    import torch
+
+    import keras_cnns
+    from benchmarks import torch_models
+    from keras_cnns.analysis import count_trainable
+
+    keras_model = keras_cnns.inference_model(keras_cnns.create_model(name, num_classes=10, input_shape=(32, 32, 3)))
+    twin = torch_models.create(name)
+    assert torch_models.trainable_params(twin) == count_trainable(keras_model)
+    out = twin(torch.zeros(2, 3, 32, 32))
+    assert tuple(out.shape) == (2, 10)
