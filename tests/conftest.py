@@ -1,6 +1,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as keras_cnns sets it: test what users run
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
