@@ -1,5 +1,7 @@
 """Small helpers the CLI modules share: tables, KEY=VALUE options."""
 import ast
+import logging
+import sys
 
 from keras_cnns.errors import CnnkitError
 
@@ -29,3 +31,13 @@ def parse_options(pairs):
         except (ValueError, SyntaxError):
             options[key.strip()] = raw
     return options
+
+
+def log_to_stderr(logger_name, prefix):
+    """Route a library logger's INFO messages to stderr as ``PREFIX: message`` (stdout stays for results)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
+    logger = logging.getLogger(logger_name)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -4,13 +4,12 @@ User errors (unknown model, bad option, bad input size) print one line on stderr
 status 2 — never a traceback.
 """
 import json
-import logging
 import sys
 
 import click
 
 from cnnkit import __version__
-from cnnkit._common import parse_options, table
+from cnnkit._common import log_to_stderr, parse_options, table
 from cnnkit._quiet import import_tensorflow
 from keras_cnns.errors import CnnkitError
 
@@ -55,12 +54,7 @@ def cli():
       cnnkit bench data --data ./photos             is training input-bound?
       cnnkit bench serve http://localhost:8501 --model lenet5   requests/s, p50/p99 latency
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("cnnkit: %(message)s"))
-    library = logging.getLogger("keras_cnns")
-    library.handlers[:] = [handler]
-    library.setLevel(logging.INFO)
-    library.propagate = False
+    log_to_stderr("keras_cnns", "cnnkit")
 
 
 def _build(name, input_size, channels, num_classes, options):

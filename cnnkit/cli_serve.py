@@ -1,22 +1,11 @@
 """``cnnkit serve / predict``: thin wrappers over the :mod:`serving` package."""
 import json
-import logging
-import sys
 
 import click
 
-from cnnkit._common import table
+from cnnkit._common import log_to_stderr, table
 from cnnkit._quiet import import_tensorflow
 from cnnkit._quiet import stderr_silenced as native_logs_silenced
-
-
-def _log_to_stderr():
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("cnnkit serve: %(message)s"))
-    logger = logging.getLogger("serving")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 @click.command()
@@ -75,7 +64,7 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
     import_tensorflow()
     from serving.server import ModelServer
 
-    _log_to_stderr()
+    log_to_stderr("serving", "cnnkit serve")
     options = {"max_batch_size": max_batch_size, "timeout_s": batch_timeout_ms / 1000, "threads": batch_threads}
     server = ModelServer(export_base, host=host, rest_port=port, grpc_port=None if no_grpc else grpc_port,
                          batching=options if batching else None, keep_versions=keep_versions,

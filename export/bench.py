@@ -7,29 +7,17 @@ each thread count. TensorFlow's own thread pools are fixed when it starts, so it
 Next to them: the arithmetic lower bound, MACs x 2 / the measured matmul peak.
 """
 import os
-import statistics
-import time
 
 import numpy as np
 
 from export import onnx_format, tflite
 from export.exporter import keras_reference
+from export.parity import latency_ms
 from export.savedmodel import load_probabilities
 
 
 def _sig(value):
     return float(f"{value:.4g}")
-
-
-def _latency_ms(run, images, repeats, warmup=3):
-    for _ in range(warmup):
-        run(images)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(images)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def _runtimes(export_dir, meta, threads):
@@ -73,7 +61,7 @@ def bench_infer(export_dir, batch_sizes=(1, 32), threads=(1, 2), repeats=30, see
     rows = []
     for name, thread_label, run in _runtimes(export_dir, meta, threads):
         for batch in batch_sizes:
-            latency = _latency_ms(run, images[:batch], repeats)
+            latency = latency_ms(run, images[:batch], repeats)
             rows.append({"runtime": name, "threads": thread_label, "batch": batch, "latency_ms": _sig(latency),
                          "images_per_s": _sig(batch / latency * 1000)})
     macs = profile_model(load_model_file(os.path.join(export_dir, "keras", "model.keras"))).macs
