@@ -158,9 +158,11 @@ def test_a_new_export_is_the_next_version_and_leaves_the_old_one_alone(trained):
 
 
 def test_out_of_tolerance_fails_the_export_naming_the_artifact(trained, monkeypatch):
+    # A zero tolerance fails the TFLite artifact (its kernels round differently); the SavedModel graph may
+    # fail too under oneDNN's fused kernels, so the message is matched for the TFLite entry wherever it is.
     monkeypatch.setattr(parity, "FLOAT_TOLERANCE", 0.0)
     versions = sorted(os.listdir(trained["base"]))
-    with pytest.raises(CnnkitError, match="out of tolerance, nothing exported: tflite_float32"):
+    with pytest.raises(CnnkitError, match=r"out of tolerance, nothing exported: (.*; )?tflite_float32: max \|diff\|"):
         run_export(trained["run"], output=os.path.dirname(trained["base"]), formats=plan_formats(tflite_out=True))
     assert sorted(os.listdir(trained["base"])) == versions  # nothing published, nothing half-written
     report = validate(trained["path"])
