@@ -6,9 +6,12 @@
     c = client.connect("http://localhost:8501")            # or "localhost:8500" with grpc=True
     c.status("lenet5"); c.metadata("lenet5")
     c.classify("lenet5", [open("7.png", "rb").read()])     # -> [Prediction(label, score, top, ...)]
-    client.LocalModel("exports/lenet5/1").classify([...])  # SavedModel, .tflite or .onnx: no server
+    client.LocalModel("exports/lenet5/1").classify([...])  # no server: the export's fastest exact artifact
 
-``predict_files`` is what ``cnnkit predict`` prints.
+Given an export version, ``LocalModel`` runs the artifact that its parity report measured fastest at
+batch 1 among those that give the Keras model's answers (the SavedModel, float32 TFLite, float32
+ONNX; all within 1e-4) — quantized ones only when their file is named. ``predict_files`` is what
+``cnnkit predict`` prints.
 """
 import base64
 import dataclasses
@@ -20,6 +23,9 @@ import numpy as np
 from keras_cnns.errors import CnnkitError
 
 BYTES_SIGNATURE = "serving_bytes"
+#: --runtime choice -> the artifact kind it runs; these give the Keras model's answers (float tolerance)
+EXACT_KINDS = {"savedmodel": "savedmodel", "tflite": "tflite-float32", "onnx": "onnx"}
+RUNTIMES = ("auto",) + tuple(EXACT_KINDS)
 
 
 class InvalidInput(CnnkitError):
@@ -34,20 +40,22 @@ class Prediction:
     top: list
     model: str
     version: int = None
+    #: the artifact kind that answered, when run locally ("tflite-float32", ...)
+    runtime: str = None
 
     def as_dict(self):
         return {"label": self.label, "score": self.score, "model": self.model, "version": self.version,
-                "top": [{"label": label, "score": score} for label, score in self.top]}
+                "runtime": self.runtime, "top": [{"label": label, "score": score} for label, score in self.top]}
 
 
-def _predictions(model, version, top_labels, top_scores, top_k):
+def _predictions(model, version, top_labels, top_scores, top_k, runtime=None):
     def text(label):
         return label.decode("utf-8") if isinstance(label, bytes) else str(label)
 
     results = []
     for labels, scores in zip(top_labels, top_scores):
         top = [(text(label), float(score)) for label, score in zip(labels, scores)][:top_k]
-        results.append(Prediction(top[0][0], top[0][1], top, model, version))
+        results.append(Prediction(top[0][0], top[0][1], top, model, version, runtime))
     return results
 
 
@@ -182,37 +190,74 @@ def _newest_version(path):
     return os.path.join(path, str(max(versions(path))))
 
 
-class LocalModel:
-    """An exported artifact run in-process: a SavedModel folder (or a model folder of versions, newest
-    taken), a ``.tflite`` file (LiteRT) or an ``.onnx`` file (ONNX Runtime)."""
+def pick_artifact(version_dir, runtime="auto"):
+    """(kind, path) of the artifact of an export version that ``runtime`` (one of RUNTIMES) runs.
 
-    def __init__(self, path):
+    ``auto``: the lowest batch-1 latency in the version's parity report among the exact artifacts that
+    passed it; the SavedModel when there is no report (a SavedModel not written by cnnkit).
+    """
+    from keras_cnns.training.runs import read_json
+
+    report_path = os.path.join(version_dir, "report.json")
+    if runtime == "auto":
+        if not os.path.exists(report_path):
+            return "savedmodel", version_dir
+        meta = read_json(os.path.join(version_dir, "export.json"))
+        paths = {a["artifact"]: os.path.join(version_dir, a["path"]) for a in meta["artifacts"]}
+        rows = [r for r in read_json(report_path)["artifacts"]
+                if r["ok"] and r["kind"] in EXACT_KINDS.values() and r["artifact"] in paths]
+        best = min(rows, key=lambda r: r["latency_ms"], default=None)
+        return (best["kind"], paths[best["artifact"]]) if best else ("savedmodel", version_dir)
+    if runtime not in EXACT_KINDS:
+        raise CnnkitError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    kind = EXACT_KINDS[runtime]
+    if kind == "savedmodel":
+        return kind, version_dir
+    meta_path = os.path.join(version_dir, "export.json")
+    artifacts = read_json(meta_path)["artifacts"] if os.path.exists(meta_path) else []
+    found = [a for a in artifacts if a["kind"] == kind]
+    if not found:
+        flag = "--tflite" if runtime == "tflite" else "--onnx"
+        raise CnnkitError(f"{version_dir} has no {kind} artifact; export one with `cnnkit export RUN {flag}`")
+    return kind, os.path.join(version_dir, found[0]["path"])
+
+
+class LocalModel:
+    """An exported artifact run in-process: an export version folder (or a model folder of versions,
+    newest taken; ``runtime`` picks its artifact, see ``pick_artifact``), a ``.tflite`` file (LiteRT) or
+    an ``.onnx`` file (ONNX Runtime)."""
+
+    def __init__(self, path, runtime="auto"):
         if not os.path.exists(path):
             raise CnnkitError(f"model {path} does not exist; give an export (exports/NAME[/VERSION]) or a "
                               ".tflite/.onnx file")
-        if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
-            path = _newest_version(path)
-        self.path = path
         if os.path.isdir(path):
+            if not os.path.exists(os.path.join(path, "saved_model.pb")):
+                path = _newest_version(path)
+            self.kind, path = pick_artifact(path, runtime)
+        elif runtime != "auto":
+            raise CnnkitError(f"--runtime chooses among an export's artifacts; {path} is one file, run as it is")
+        else:
+            self.kind = {".tflite": "tflite", ".onnx": "onnx"}.get(os.path.splitext(path)[1])
+            if self.kind is None:
+                raise CnnkitError(f"cannot run {path}: expected a SavedModel folder, .tflite or .onnx")
+        self.path = path
+        if self.kind == "savedmodel":
             import tensorflow as tf
 
-            self.kind = "savedmodel"
             self._fn = tf.saved_model.load(path).signatures[BYTES_SIGNATURE]
             self.name = os.path.basename(os.path.dirname(os.path.abspath(path)))
             self.version = int(os.path.basename(path)) if os.path.basename(path).isdigit() else None
             return
         from export import exporter
 
-        self.kind = {".tflite": "tflite", ".onnx": "onnx"}.get(os.path.splitext(path)[1])
-        if self.kind is None:
-            raise CnnkitError(f"cannot run {path}: expected a SavedModel folder, .tflite or .onnx")
         version_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         exported = os.path.basename(version_dir).isdigit()
         self.version = int(os.path.basename(version_dir)) if exported else None
         self.name = os.path.basename(os.path.dirname(version_dir)) if exported else \
             os.path.splitext(os.path.basename(path))[0]
         self._run = exporter.runner_for(self.kind, path)
-        if self.kind == "tflite":
+        if self.kind.startswith("tflite"):
             from export.tflite import read_labels
 
             shape, classes = self._run.input["shape"], self._run.output["shape"][-1]
@@ -256,20 +301,22 @@ class LocalModel:
                 from serving.repository import op_error_message
 
                 raise InvalidInput(f"not a readable image: {op_error_message(err)}") from None
-            return _predictions(self.name, self.version, out["top_labels"].numpy(), out["scores"].numpy(), top_k)
+            return _predictions(self.name, self.version, out["top_labels"].numpy(), out["scores"].numpy(), top_k,
+                                self.kind)
         probabilities = self._run(np.stack([self._pixels(image) for image in images]))
         top = np.argsort(-probabilities, axis=1)[:, :top_k]
         return _predictions(self.name, self.version, [[self.labels[i] for i in row] for row in top],
-                            np.take_along_axis(probabilities, top, axis=1), top_k)
+                            np.take_along_axis(probabilities, top, axis=1), top_k, self.kind)
 
 
-def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5):
-    """Classify image files: on a server (``model`` is its name) or locally (``model`` is a path).
+def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5, runtime="auto"):
+    """Classify image files: on a server (``model`` is its name) or locally (``model`` is a path, run by
+    ``runtime``, see ``pick_artifact``).
 
     Returns [(path, Prediction or InvalidInput)]: an unreadable or corrupt file is reported in its row
     and the others are still classified; an unreachable server or unknown model raises.
     """
-    runner = connect(server, grpc) if server else LocalModel(model)
+    runner = connect(server, grpc) if server else LocalModel(model, runtime)
     results = []
     for path in paths:
         try:

@@ -41,16 +41,17 @@ def _encode(pixels, fmt):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """LeNet-5 trained briefly on digits, exported (SavedModel, TFLite, ONNX) to BASE/lenet5/1, and test
+    """LeNet-5 trained briefly on digits, exported (SavedModel, TFLite float32 and dynamic-range, ONNX) to BASE/lenet5/1, and test
     digits as PNG and JPEG bytes with the label the local SavedModel gives each (the reference answer)."""
     root = tmp_path_factory.mktemp("serving")
     result = train(TrainConfig(output=str(root / "run"), epochs=8))
     base = root / "exports"
-    path, _ = run_export(result.run_dir, output=str(base), formats=plan_formats(tflite_out=True, onnx_out=True))
+    path, _ = run_export(result.run_dir, output=str(base),
+                         formats=plan_formats(tflite_out=True, onnx_out=True) + ["tflite-dynamic"])
     data = load_data("digits", (32, 32, 1))
     pixels, truth = data.test.x[:24], data.test.y[:24]
     images = [_encode(p, "PNG" if i % 2 else "JPEG") for i, p in enumerate(pixels)]
-    local = client.LocalModel(path)
+    local = client.LocalModel(path, runtime="savedmodel")
     reference = [p.label for p in local.classify(images)]
     files = []
     for i, image in enumerate(images):
@@ -392,17 +393,53 @@ def cli(*args):
 def test_predict_cli_runs_every_artifact_and_the_servers(exported, server):
     files, reference = exported["files"][:4], exported["reference"][:4]
     version = exported["path"]
-    for model in (exported["base"] + "/lenet5", os.path.join(version, "tflite", "model_float32.tflite"),
-                  os.path.join(version, "onnx", "model.onnx")):
-        out = cli("predict", *files, "--model", model, "--json")
+    runs = [([exported["base"] + "/lenet5"], None)]
+    runs += [([version, "--runtime", runtime], kind) for runtime, kind in client.EXACT_KINDS.items()]
+    runs += [([os.path.join(version, "tflite", "model_float32.tflite")], "tflite"),
+             ([os.path.join(version, "onnx", "model.onnx")], "onnx")]
+    for args, kind in runs:
+        out = cli("predict", *files, "--model", *args, "--json")
         assert out.returncode == 0, out.stderr
-        assert [p["label"] for p in json.loads(out.stdout)["predictions"]] == reference, model
+        predictions = json.loads(out.stdout)["predictions"]
+        assert [p["label"] for p in predictions] == reference, args
+        assert kind is None or {p["runtime"] for p in predictions} == {kind}, args
     for options in (["--server", server.url], ["--server", server.target, "--grpc"]):
         out = cli("predict", *files, "--model", MODEL, "--top-k", "2", "--json", *options)
         predictions = json.loads(out.stdout)["predictions"]
         assert [p["label"] for p in predictions] == reference and len(predictions[0]["top"]) == 2
     out = cli("predict", files[0], "--model", MODEL, "--server", server.url)
     assert out.stdout.split("\n")[2].split()[1] == reference[0]  # the table's first row
+
+
+def test_local_predict_runs_the_fastest_exact_artifact_of_the_parity_report(exported, tmp_path):
+    version = tmp_path / "lenet5" / "1"
+    shutil.copytree(exported["path"], version)
+    report = json.loads((version / "report.json").read_text())
+    exact = [r for r in report["artifacts"] if r["kind"] in client.EXACT_KINDS.values()]
+    fastest = min(exact, key=lambda r: r["latency_ms"])
+    assert client.LocalModel(str(version)).kind == fastest["kind"]
+    # an artifact that failed parity is never chosen, nor a quantized one however fast
+    assert "tflite-dynamic" in {r["kind"] for r in report["artifacts"]}
+    for row in report["artifacts"]:
+        row["ok"] = row is not fastest
+        if row["kind"] == "tflite-dynamic":
+            row["latency_ms"] = 1e-6
+    (version / "report.json").write_text(json.dumps(report))
+    second = min((r for r in exact if r is not fastest), key=lambda r: r["latency_ms"])
+    local = client.LocalModel(str(version))
+    assert local.kind == second["kind"]
+    assert [p.label for p in local.classify(exported["images"][:6])] == exported["reference"][:6]
+    # an export without its report (or a bare SavedModel) runs the SavedModel
+    (version / "report.json").unlink()
+    assert client.LocalModel(str(version)).kind == "savedmodel"
+    shutil.rmtree(version / "onnx")
+    (version / "export.json").write_text(json.dumps(
+        {**json.loads((version / "export.json").read_text()), "artifacts": [{"artifact": "saved_model",
+                                                                              "kind": "savedmodel", "path": ""}]}))
+    with pytest.raises(client.CnnkitError, match="has no onnx artifact; export one with `cnnkit export RUN --onnx`"):
+        client.LocalModel(str(version), runtime="onnx")
+    with pytest.raises(client.CnnkitError, match="--runtime chooses among an export's artifacts"):
+        client.LocalModel(os.path.join(exported["path"], "onnx", "model.onnx"), runtime="tflite")
 
 
 def test_predict_cli_reports_bad_input_and_keeps_the_rest(exported, server, tmp_path):
@@ -418,7 +455,8 @@ def test_predict_cli_reports_bad_input_and_keeps_the_rest(exported, server, tmp_
     for args, message in ((["--model", str(tmp_path / "missing")], "does not exist"),
                           (["--model", MODEL, "--server", "http://127.0.0.1:1"], "cannot reach"),
                           (["--model", "nope", "--server", server.url], "404"),
-                          (["--model", MODEL, "--grpc"], "--grpc needs --server")):
+                          (["--model", MODEL, "--grpc"], "--grpc needs --server"),
+                          (["--model", MODEL, "--server", server.url, "--runtime", "onnx"], "--runtime picks a local")):
         out = cli("predict", exported["files"][0], *args)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
