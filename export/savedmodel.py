@@ -20,8 +20,11 @@ TOP_K = 5
 
 
 def build_module(source):
-    """A ``tf.Module`` holding the model and the four signature functions."""
+    """A ``tf.Module`` holding the model (batch norms folded into their convolutions: export/fold.py)
+    and the signature functions."""
     import tensorflow as tf
+
+    from export.fold import fold_batch_norms
 
     h, w, c = source.input_shape
     k = min(TOP_K, len(source.labels))
@@ -30,7 +33,7 @@ def build_module(source):
     class Serving(tf.Module):
         def __init__(self):
             super().__init__(name="cnnkit_serving")
-            self.model = source.model
+            self.model = fold_batch_norms(source.model)
             self.label_table = tf.constant(source.labels)
             self.mean = tf.constant(pre["mean"], tf.float32)
             self.std = tf.constant(pre["std"], tf.float32)

@@ -132,6 +132,59 @@ def test_training_only_parts_leave_the_serving_graph(tmp_path, model, options):
     assert first.shape == (3, 4)  # one output: no auxiliary heads
 
 
+def _conv_bn_model():
+    """Conv -> BN pairs that fold (plain, bias-free, depthwise with multiplier 2, BN without centre, inside a
+    nested model) and two that must not (a ReLU between them; a conv output used twice)."""
+    import tf_keras as keras
+
+    L = keras.layers
+    inner_in = keras.Input((8, 8, 6))
+    inner = keras.Model(inner_in, L.BatchNormalization(name="inner_bn")(L.Conv2D(6, 1, name="inner_conv")(inner_in)),
+                        name="inner")
+    x = inputs = keras.Input((8, 8, 3))
+    x = L.ReLU()(L.BatchNormalization(name="bn_plain")(L.Conv2D(4, 3, padding="same", use_bias=False)(x)))
+    x = L.BatchNormalization(center=False, name="bn_depthwise")(L.DepthwiseConv2D(3, depth_multiplier=2,
+                                                                                padding="same")(x))
+    x = L.BatchNormalization(name="bn_after_relu")(L.Conv2D(6, 1, activation="relu")(x))
+    shared = L.Conv2D(6, 1)(x)
+    x = L.Add()([L.BatchNormalization(name="bn_shared")(shared), shared])
+    x = inner(x)
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    rs = np.random.RandomState(0)
+    for bn in [l for l in model.layers if "bn" in l.name] + [inner.get_layer("inner_bn")]:
+        bn.set_weights([rs.uniform(0.5, 2.0, w.shape) if "variance" in w.name or "gamma" in w.name
+                        else rs.normal(0, 0.5, w.shape) for w in bn.weights])
+    return model
+
+
+def test_batch_norms_fold_into_their_convolutions_in_the_serving_graph(tmp_path):
+    import tensorflow as tf
+
+    from export.fold import fold_batch_norms
+
+    model = _conv_bn_model()
+    x = np.random.RandomState(1).normal(0, 1, (4, 8, 8, 3)).astype(np.float32)
+    before = model(x, training=False).numpy()
+    folded = fold_batch_norms(model)
+
+    def bns(m):
+        return sorted(l.name for l in m.layers if type(l).__name__ == "BatchNormalization")
+
+    assert bns(folded) == ["bn_after_relu", "bn_shared"] and bns(folded.get_layer("inner")) == []
+    np.testing.assert_allclose(folded(x, training=False).numpy(), before, atol=1e-6)
+    assert bns(model) == ["bn_after_relu", "bn_depthwise", "bn_plain", "bn_shared"]  # the original is untouched
+    np.testing.assert_array_equal(model(x, training=False).numpy(), before)
+    assert fold_batch_norms(folded) is folded  # nothing left to fold
+
+    source_file = str(tmp_path / "convbn.keras")
+    model.save(source_file)
+    path, report = run_export(source_file, output=str(tmp_path / "exports"))
+    graph = tf.saved_model.load(path).signatures["probabilities"].graph.as_graph_def()
+    ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
+    assert sum(op.startswith("FusedBatchNorm") for op in ops) == 2  # the two that cannot fold
+    assert report["artifacts"][1]["max_abs_diff"] <= 1e-5
+
+
 def test_tflite_files_carry_labels_use_builtin_ops_and_run_in_litert(trained):
     data = load_data("digits", (32, 32, 1))
     x = data.test.x[:8].astype(np.float32)
