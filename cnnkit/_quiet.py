@@ -27,14 +27,21 @@ def stderr_silenced():
         os.close(devnull)
 
 
-def import_tensorflow(multiworker=False):
+def import_tensorflow(multiworker=False, serving=False):
     """Import TensorFlow quietly.
 
     ``CNNKIT_CPU_DEVICES=N`` splits the CPU into N logical devices (to try ``--strategy mirrored`` on a
     machine without GPUs), and ``multiworker`` creates the MultiWorkerMirroredStrategy: both must
-    happen before TensorFlow starts its devices.
+    happen before TensorFlow starts its devices. ``serving``: oneDNN kernels off unless the user set
+    TF_ENABLE_ONEDNN_OPTS (measured: 2.3x the embedded server's requests/s with MobileNet v2 at one client,
+    benchmarks/RESULTS.md); TensorFlow reads the variable once, when it is first imported.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if serving and "tensorflow" not in sys.modules:
+        import keras_cnns
+
+        if keras_cnns.ONEDNN_DEFAULTED:
+            os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     with stderr_silenced():
         import tensorflow as tf
 

@@ -126,7 +126,7 @@ def bench_infer(export_dir, batch_sizes, threads, repeats, chart, as_json):
         click.echo(json.dumps(result))
         return
     click.echo(f"{export_dir}: {result['macs_per_image']:,} MACs per image; matmul peak {result['peak_gflops']} "
-               "GFLOP/s")
+               f"GFLOP/s; TensorFlow's oneDNN kernels {'on' if result['tf_onednn'] else 'off'}")
     click.echo(table(("runtime", "threads", "batch", "ms", "images/s"),
                      [(r["runtime"], r["threads"], r["batch"], r["latency_ms"], r["images_per_s"])
                       for r in result["rows"]], right=(2, 3, 4)))

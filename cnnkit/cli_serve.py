@@ -1,5 +1,7 @@
 """``cnnkit serve / predict``: thin wrappers over the :mod:`serving` package."""
 import json
+import logging
+import os
 
 import click
 
@@ -61,10 +63,13 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
             click.echo(f"  {path}")
         click.echo(f"build and run:  cd {output} && docker compose up --build")
         return
-    import_tensorflow()
+    import_tensorflow(serving=True)
     from serving.server import ModelServer
 
     log_to_stderr("serving", "cnnkit serve")
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")
+    logging.getLogger("serving").info("oneDNN kernels %s (TF_ENABLE_ONEDNN_OPTS=%s)",
+                                      "on" if onednn == "1" else "off", onednn)
     options = {"max_batch_size": max_batch_size, "timeout_s": batch_timeout_ms / 1000, "threads": batch_threads}
     server = ModelServer(export_base, host=host, rest_port=port, grpc_port=None if no_grpc else grpc_port,
                          batching=options if batching else None, keep_versions=keep_versions,
@@ -102,7 +107,7 @@ def predict(images, model, server, use_grpc, model_version, runtime, top_k, as_j
         raise CnnkitError("--version asks a server for a version; locally give the version folder as --model")
     if runtime != "auto" and server:
         raise CnnkitError("--runtime picks a local artifact; a server runs its SavedModel")
-    import_tensorflow()
+    import_tensorflow(serving=True)
     with native_logs_silenced():
         results = predict_files(images, model, server=server, grpc=use_grpc, version=model_version, top_k=top_k,
                                 runtime=runtime)

@@ -3,7 +3,8 @@
 Runtimes: the Keras model (eager call), the SavedModel's ``probabilities`` signature (the static
 graph), the Keras model under XLA (``jit_compile``), each TFLite file in the LiteRT interpreter
 (XNNPACK) and each ONNX file in ONNX Runtime, at each batch size and (for LiteRT and ONNX Runtime)
-each thread count. TensorFlow's own thread pools are fixed when it starts, so its rows say "tf".
+each thread count. TensorFlow's own thread pools and its oneDNN setting are fixed when it starts, so
+its rows say "tf" and the result says whether oneDNN was on (TF_ENABLE_ONEDNN_OPTS).
 Next to them: the arithmetic lower bound, MACs x 2 / the measured matmul peak.
 """
 import os
@@ -70,7 +71,8 @@ def bench_infer(export_dir, batch_sizes=(1, 32), threads=(1, 2), repeats=30, see
         bound = macs * 2 * batch / (peak * 1e9) * 1000
         rows.append({"runtime": "lower bound (MACs / peak)", "threads": "-", "batch": batch,
                      "latency_ms": _sig(bound), "images_per_s": _sig(batch / bound * 1000)})
-    return {"export": export_dir, "macs_per_image": macs, "peak_gflops": round(peak, 1), "rows": rows}
+    return {"export": export_dir, "macs_per_image": macs, "peak_gflops": round(peak, 1),
+            "tf_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1", "rows": rows}
 
 
 def plot(result, path):

@@ -11,7 +11,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # oneDNN kernels: TensorFlow turns them on by itself only on CPUs with AVX512-VNNI / AMX. On an AVX2 CPU
 # they made ResNet-18 training 1.7x faster (benchmarks/RESULTS.md). Must be set before TensorFlow is
-# imported; TF_ENABLE_ONEDNN_OPTS=0 opts out.
+# imported; TF_ENABLE_ONEDNN_OPTS=0 opts out. Serving runs small batches, where oneDNN is slower, so
+# `cnnkit serve` and `cnnkit predict` turn it off unless the user set the variable (cnnkit/_quiet.py).
+ONEDNN_DEFAULTED = "TF_ENABLE_ONEDNN_OPTS" not in os.environ
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from keras_cnns.errors import CnnkitError, UnknownModelError  # noqa: E402

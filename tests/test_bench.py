@@ -43,6 +43,7 @@ def test_bench_infer_covers_every_artifact_and_the_lower_bound(tmp_path):
     bounds = [r for r in result["rows"] if r["runtime"].startswith("lower bound")]
     assert len(bounds) == 2 and bounds[1]["latency_ms"] == pytest.approx(4 * bounds[0]["latency_ms"], rel=0.01)
     assert all(r["latency_ms"] > 0 and r["images_per_s"] > 0 for r in result["rows"])
+    assert result["tf_onednn"] is True  # tests run TensorFlow as cnnkit sets it up (conftest)
     chart = plot(result, str(tmp_path / "chart.png"))
     assert Image.open(chart).size[0] > 0
     with pytest.raises(CnnkitError, match="not a cnnkit export"):

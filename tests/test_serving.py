@@ -365,7 +365,8 @@ def test_a_corrupt_image_in_a_batch_fails_alone(exported):
     assert labels == exported["reference"][:7]
 
 
-def test_sigterm_finishes_requests_in_flight(exported):
+def test_sigterm_finishes_requests_in_flight(exported, monkeypatch):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")  # as a user's shell has it: serving's default applies
     # a long batch timeout keeps the request in flight while SIGTERM arrives
     proc, port, _, log = spawn_server(exported["base"], "--batching", "--batch-timeout-ms", "3000")
     try:
@@ -383,7 +384,19 @@ def test_sigterm_finishes_requests_in_flight(exported):
             requests.post(url, json=body, timeout=5)
     finally:
         proc.kill()
-    assert "received SIGTERM" in open(log).read()
+    text = open(log).read()
+    assert "received SIGTERM" in text and "oneDNN kernels off (TF_ENABLE_ONEDNN_OPTS=0)" in text
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "0"), ("1", "1"), ("0", "0")])
+def test_serving_turns_onednn_off_unless_the_user_set_it(user_value, expected):
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if user_value is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = user_value
+    code = ("import os, sys; import keras_cnns; from cnnkit._quiet import import_tensorflow; "
+            "import_tensorflow(serving=True); print(os.environ['TF_ENABLE_ONEDNN_OPTS'], 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == [expected, "True"], out.stderr[-2000:]
 
 
 def cli(*args):
