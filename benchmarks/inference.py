@@ -104,8 +104,8 @@ def main():
         path, _ = export(args.model, output=scratch, formats=plan_formats(everything=True), calibration_data="shapes",
                          input_size=args.input_size)
         result = bench_infer(path, BATCHES, (1, 2), args.repeats)
+        plot(result, os.path.join(HERE, "results", "inference.png"))
     result["export"] = f"{args.model} at {args.input_size}x{args.input_size}, untrained, `--all`"
-    plot(result, os.path.join(HERE, "results", "inference.png"))
     folding = {onednn: _folding_in_child(onednn, models, args.input_size, args.repeats) for onednn in ("1", "0")}
 
     command = "python benchmarks/inference.py" + "".join(
@@ -113,7 +113,8 @@ def main():
                                                       ("repeats", args.repeats)))
     body = [f"`{command}` on {machine()}", "",
             f"**{result['export']}**: {result['macs_per_image']:,} MACs per image, measured matmul peak "
-            f"{result['peak_gflops']} GFLOP/s. TensorFlow rows use its own thread pools (\"tf\").", "",
+            f"{result['peak_gflops']} GFLOP/s. TensorFlow rows use its own thread pools (\"tf\"), oneDNN "
+            f"{'on' if result['tf_onednn'] else 'off'}.", "",
             *_infer_table(result), "", "![inference latency](results/inference.png)", "",
             f"**Batch-norm folding** (`tf.function` of the Keras model, {args.input_size}x{args.input_size}, "
             "unfolded and folded interleaved; one process per oneDNN setting):", "", *_folding_table(folding)]

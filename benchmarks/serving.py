@@ -1,7 +1,7 @@
 """Serving benchmark: requests/s and p50/p99 latency of the embedded server at 1, 8 and 32 concurrent
-clients, REST and gRPC, with and without server-side batching, for a tiny and a mid-size model.
+clients, REST and gRPC, with and without server-side batching (and oneDNN), for a tiny and a mid-size model.
 
-    python benchmarks/serving.py [--requests 40] [--models lenet5,mobilenet_v2@96]
+    python benchmarks/serving.py [--requests 40] [--models lenet5,mobilenet_v2@96] [--onednn off,on]
 
 Exports the models (untrained weights: throughput does not depend on them) to a scratch folder, runs
 ``cnnkit serve`` in a child process per setting and the load generator (``cnnkit bench serve``'s) in
@@ -26,7 +26,11 @@ def main():
     parser.add_argument("--requests", type=int, default=40, help="requests per client per setting")
     parser.add_argument("--models", default="lenet5,mobilenet_v2@96", help="zoo names, @input size")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--onednn", default="off", help="TensorFlow's oneDNN kernels in the server: off (cnnkit "
+                                                        "serve's default), on, or off,on for both")
     args = parser.parse_args()
+    if not args.onednn or set(args.onednn.split(",")) - {"on", "off"}:
+        parser.error(f"--onednn takes off, on or off,on; got {args.onednn!r}")
 
     from cnnkit._quiet import import_tensorflow
 
@@ -42,14 +46,16 @@ def main():
             name, _, size = spec.partition("@")
             base = os.path.join(scratch, name)
             export(name, output=base, input_size=int(size) if size else None)
-            for batching in (False, True):
-                proc, rest_port, grpc_port, _ = spawn_server(base, *(["--batching"] if batching else []))
+            for batching, onednn in [(b, o) for b in (False, True) for o in args.onednn.split(",")]:
+                proc, rest_port, grpc_port, _ = spawn_server(base, *(["--batching"] if batching else []),
+                                                             env={"TF_ENABLE_ONEDNN_OPTS": str(int(onednn == "on"))})
                 try:
                     for protocol, url in (("rest", f"http://127.0.0.1:{rest_port}"),
                                           ("grpc", f"127.0.0.1:{grpc_port}")):
                         for c in levels:
                             result = run_load(url, name, images, c, args.requests, grpc=protocol == "grpc")
-                            rows.append({"model": spec, "protocol": protocol, "batching": batching, **result})
+                            rows.append({"model": spec, "protocol": protocol, "batching": batching, "onednn": onednn,
+                                         **result})
                             print(json.dumps(rows[-1]), flush=True)
                 finally:
                     proc.terminate()
@@ -59,9 +65,11 @@ def main():
     with open(os.path.join(HERE, "results", "serving.json"), "w") as f:
         json.dump({"machine": machine(), "command": command.strip(), "python": platform.python_version(),
                    "rows": rows}, f, indent=1)
-    lines = ["| model | API | batching | clients | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | API | batching | oneDNN | clients | req/s | p50 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['protocol']} | {'on' if r['batching'] else 'off'} | {r['concurrency']} "
+        lines.append(f"| {r['model']} | {r['protocol']} | {'on' if r['batching'] else 'off'} | {r['onednn']} "
+                     f"| {r['concurrency']} "
                      f"| {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
     replace_section("serving", f"`{command.strip()}` on {machine()}\n\n" + "\n".join(lines))
 

@@ -81,6 +81,7 @@ def plot(result, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     batches = sorted({r["batch"] for r in result["rows"]})
     names = list(dict.fromkeys(r["runtime"] for r in result["rows"]))
@@ -88,8 +89,11 @@ def plot(result, path):
     for ax, batch in zip(axes[0], batches):
         best = [min(r["latency_ms"] for r in result["rows"] if r["runtime"] == n and r["batch"] == batch)
                 for n in names]
-        ax.barh(names, best, color=["tab:grey" if n.startswith("lower") else "tab:blue" for n in names])
+        bars = ax.barh(names, best, color=["tab:grey" if n.startswith("lower") else "tab:blue" for n in names])
+        ax.bar_label(bars, labels=[f"{b:.4g}" for b in best], padding=2, fontsize=8)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(right=max(best) * 2)
         ax.set_xlabel("ms per batch (best thread count)")
         ax.set_title(f"batch {batch}")
         ax.invert_yaxis()

@@ -68,8 +68,9 @@ def run_load(url, model, images, concurrency, requests_per_client, grpc=False, w
             "first_error": errors[0] if errors else None}
 
 
-def spawn_server(base, *options, timeout=120):
+def spawn_server(base, *options, timeout=120, env=None):
     """``cnnkit serve BASE`` in a child process on free ports -> (process, REST port, gRPC port, log path).
+    ``env``: variables to set for the child on top of this process's environment.
 
     The load generator then competes with the server only for CPU, not for the GIL. The server's log
     (stderr) goes to a temporary file, so that it can never fill a pipe and stall the server.
@@ -83,7 +84,7 @@ def spawn_server(base, *options, timeout=120):
     log = tempfile.NamedTemporaryFile("w+", prefix="cnnkit-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", base, "--port", "0", "--grpc-port", "0",
                              "--json", *options], stdout=subprocess.PIPE, stderr=log, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     line = proc.stdout.readline()
