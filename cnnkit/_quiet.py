@@ -33,8 +33,8 @@ def import_tensorflow(multiworker=False, serving=False):
     ``CNNKIT_CPU_DEVICES=N`` splits the CPU into N logical devices (to try ``--strategy mirrored`` on a
     machine without GPUs), and ``multiworker`` creates the MultiWorkerMirroredStrategy: both must
     happen before TensorFlow starts its devices. ``serving``: oneDNN kernels off unless the user set
-    TF_ENABLE_ONEDNN_OPTS (measured: 2.3x the embedded server's requests/s with MobileNet v2 at one client,
-    benchmarks/RESULTS.md); TensorFlow reads the variable once, when it is first imported.
+    TF_ENABLE_ONEDNN_OPTS (measured: 1.3-2.9x the embedded server's requests/s with MobileNet v2 at one
+    client, benchmarks/RESULTS.md); TensorFlow reads the variable once, when it is first imported.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if serving and "tensorflow" not in sys.modules:

@@ -4,8 +4,8 @@ At inference a BatchNormalization right after a convolution is an affine map per
 ``y = (conv(x) + b - mean) * gamma / sqrt(var + eps) + beta``, so it folds into the convolution's
 kernel and bias. The folded graph is Conv2D + BiasAdd (+ activation), which every backend fuses well.
 Measured (benchmarks/RESULTS.md): with oneDNN on, TensorFlow fuses an unfolded Conv2D + FusedBatchNorm
-into one oneDNN convolution whose batch-norm post-ops take a slow generic path at batch 1, 27x slower
-than the folded graph on MobileNet v2.
+into one oneDNN convolution whose batch-norm post-ops take a slow generic path at batch 1: 6.5-26x
+slower than the folded graph (ResNet-18, MobileNet v2, EfficientNet-B0).
 
 Only a Conv2D or DepthwiseConv2D with a linear activation, channels-last, called once, whose output goes
 to nothing but one BatchNormalization is folded; the BatchNormalization becomes an Identity of the same

@@ -63,7 +63,8 @@ def compare(reference, artifacts, images, labels=None, batch_size=64):
     for name, kind, path, run in artifacts:
         got = predict(run)
         top1 = got.argmax(axis=1)
-        row = {"artifact": name, "kind": kind, "file": "saved_model.pb" if os.path.isdir(path) else os.path.basename(path), "bytes": _size(path),
+        row = {"artifact": name, "kind": kind, "bytes": _size(path),
+               "file": "saved_model.pb" if os.path.isdir(path) else os.path.basename(path),
                "max_abs_diff": float(np.abs(got - expected).max()),
                "top1_agreement": float((top1 == ref_top1).mean()),
                "accuracy": float((top1 == labels).mean()) if labels is not None else None,
