@@ -48,13 +48,12 @@ def main():
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = write_jpeg_folder(os.path.join(scratch, "jpegs"))
-        results.append(bench_data("digits", "lenet5", batches=args.batches))
+        results.append({**bench_data("digits", "lenet5", batches=args.batches), "data": "digits (in memory)",
+                        "input_size": 32})
         data._ram_budget = lambda: 0  # stream from disk, as a folder larger than a quarter of RAM is
         for model, size in (("lenet5", 32), ("mobilenet_v2", 96)):
-            results.append(bench_data(folder, model, input_size=size, batches=args.batches))
-    for r in results:
-        r["data"] = "digits (in memory)" if r["data"] == "digits" else "1,200 JPEG files, 256x256, from disk"
-        r["input_size"] = {"lenet5": 32, "mobilenet_v2": 96}[r["model"]]
+            results.append({**bench_data(folder, model, input_size=size, batches=args.batches),
+                            "data": "1,200 JPEG files, 256x256, from disk", "input_size": size})
 
     names = [name for name, _ in PIPELINES]
     body = [f"`python benchmarks/input_pipeline.py --batches {args.batches}` on {machine()}", "",

@@ -37,6 +37,8 @@ def _foldable_pairs(model):
 
 def _folded_weights(conv, bn):
     """[kernel, bias] of ``conv`` with ``bn`` folded in (computed in float64)."""
+    import tf_keras as keras
+
     weights = [w.astype(np.float64) for w in conv.get_weights()]
     kernel, bias = weights[0], (weights[1] if conv.use_bias else 0.0)
     bn_weights = [w.astype(np.float64) for w in bn.get_weights()]
@@ -45,7 +47,7 @@ def _folded_weights(conv, bn):
     mean, variance = bn_weights
     scale = gamma / np.sqrt(variance + bn.epsilon)
     # Conv2D kernel [kh, kw, in, out]; DepthwiseConv2D kernel [kh, kw, in, multiplier] (output in * m + j).
-    depthwise = conv.__class__.__name__ == "DepthwiseConv2D"
+    depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
     folded_kernel = kernel * scale.reshape(kernel.shape[2:] if depthwise else (-1,))
     folded_bias = (bias - mean) * scale + beta
     return [folded_kernel.astype(np.float32), folded_bias.astype(np.float32)]
