@@ -20,7 +20,7 @@ _fit_options = [
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
                  help="momentum/nesterov use rho 0.9; adam/adamw beta1 0.9, beta2 0.999."),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-                 help="Initial learning rate (default: 0.01 for sgd/momentum/nesterov/adagrad, 0.001 otherwise)."),
+                 help="Initial learning rate (default: 0.01 for sgd/momentum/nesterov/adagrad, 0.003 for adam/adamw, 0.001 for rmsprop)."),
     click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True,
                  help="rho of momentum / nesterov."),
     click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
@@ -44,8 +44,13 @@ _fit_options = [
                  help="L1 penalty on kernels (with --l2: elastic net)."),
     click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True, help="L2 penalty on kernels."),
     click.option("--bn-momentum", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                 help="Batch-norm moving-average momentum (default: the model's, 0.99); 0.9 for short runs on "
-                      "small data."),
+                 help="Batch-norm moving-average momentum for every batch-norm layer. Default: 1 - 10 / (steps per "
+                      "epoch), clipped to [0.9, 0.99] (0.9 below 100 steps an epoch, 0.99 from 1000)."),
+    click.option("--bn-recalibrate", type=click.Choice(("auto", "always", "never")), default="auto",
+                 show_default=True,
+                 help="Before every validation (so before each checkpoint), set batch-norm statistics to those of "
+                      "the un-augmented training split. auto: unless an epoch has 1000+ steps and the moving "
+                      "average spans at most a tenth of it."),
     click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True),
     click.option("--augment", default="", metavar="LIST", help="Comma list of flip, crop, noise, color."),
     click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",

@@ -25,14 +25,18 @@ def _prunable(layer):
 
 
 def _fine_tune(model, data, preprocessing, epochs, lr, callbacks=()):
+    """Fine-tune, then set the batch-norm statistics to the training split's: a few epochs on a small
+    split leave the moving averages behind the weights (keras_cnns/training/batchnorm.py)."""
     import tf_keras as keras
 
+    from keras_cnns.training.batchnorm import recalibrate
     from keras_cnns.training.data import make_dataset
 
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.CategoricalCrossentropy(),
                   metrics=["accuracy"])
     ds = make_dataset(data, "train", 32, preprocessing, training=True)
     model.fit(ds, epochs=epochs, callbacks=list(callbacks), verbose=0)
+    recalibrate(model, make_dataset(data, "train", 32, preprocessing, training=True, seed=1))
     return model
 
 

@@ -27,6 +27,8 @@ def test_small_input_forward_and_one_training_step(name):
 
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     before = [w.numpy().copy() for w in model.trainable_weights]
+    zero_scale = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization) and l.scale
+                  and not np.any(l.gamma.numpy())]
     with tf.GradientTape() as tape:
         outputs = model(x, training=True)
         outputs = outputs if isinstance(outputs, list) else [outputs]
@@ -39,6 +41,10 @@ def test_small_input_forward_and_one_training_step(name):
     changed = sum(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
     if any(isinstance(l, STOCHASTIC) for l in model.layers):
         assert changed > 0  # dropped blocks / paths legitimately get no update this step
+    elif zero_scale:  # residual branches that start as the identity: only their last scale moves at step 1
+        assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)
+                   if any(w is l.gamma for l in zero_scale))
+        assert changed >= (len(before) - 3 * 4 * len(zero_scale)) * 0.9  # expand, depthwise, project: 4 weights
     else:
         assert changed >= len(before) * 0.9
 

@@ -42,10 +42,12 @@ def conv_bn_act(
     activation="relu",
     use_bias=None,
     bn_epsilon=1e-5,
+    bn_gamma="ones",
 ):
     """Conv2D -> BatchNormalization -> Activation (each optional part a separate, named layer).
 
-    ``use_bias`` defaults to ``not batch_norm`` (a bias in front of BN is redundant).
+    ``use_bias`` defaults to ``not batch_norm`` (a bias in front of BN is redundant). ``bn_gamma``: the
+    batch norm's scale initializer ("zeros" starts a residual branch as the identity).
     """
     if use_bias is None:
         use_bias = not batch_norm
@@ -53,7 +55,7 @@ def conv_bn_act(
         filters, kernel_size, strides=strides, padding=padding, groups=groups, use_bias=use_bias, name=f"{name}_conv"
     )(x)
     if batch_norm:
-        x = layers.BatchNormalization(epsilon=bn_epsilon, name=f"{name}_bn")(x)
+        x = layers.BatchNormalization(epsilon=bn_epsilon, gamma_initializer=bn_gamma, name=f"{name}_bn")(x)
     if activation:
         x = layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x

@@ -60,30 +60,38 @@ def mobilenet_v1(num_classes=1000, input_shape=(224, 224, 3), include_top=True, 
     return keras.Model(inputs, pooled_head(x, num_classes, include_top, pooling, dropout, classifier_activation))
 
 
-def inverted_residual(x, filters, strides, expansion, name):
+def inverted_residual(x, filters, strides, expansion, name, zero_init_residual=False):
     in_channels = x.shape[-1]
+    residual = strides == 1 and in_channels == filters
     y = x
     if expansion != 1:
         y = conv_bn_act(y, expansion * in_channels, 1, name=f"{name}_expand", activation="relu6", bn_epsilon=1e-3)
     y = depthwise_bn_act(y, 3, name, strides)
-    y = conv_bn_act(y, filters, 1, name=f"{name}_project", activation=None, bn_epsilon=1e-3)  # linear bottleneck
-    if strides == 1 and in_channels == filters:
+    y = conv_bn_act(y, filters, 1, name=f"{name}_project", activation=None, bn_epsilon=1e-3,  # linear bottleneck
+                    bn_gamma="zeros" if residual and zero_init_residual else "ones")
+    if residual:
         y = layers.Add(name=f"{name}_add")([x, y])
     return y
 
 
 def mobilenet_v2(num_classes=1000, input_shape=(224, 224, 3), include_top=True, alpha=1.0, expansion=6,
                  resolution_multiplier=None, dropout=0.0, small_input=None, pooling=None,
-                 classifier_activation="softmax"):
+                 classifier_activation="softmax", zero_init_residual=True):
+    """``small_input`` (CIFAR practice): stride 1 in the first convolution and the first 24-channel block,
+    so a 32x32 input ends at 4x4, not 1x1. ``zero_init_residual``: each residual block's last batch-norm
+    scale starts at 0, so every block starts as the identity (Goyal et al. 2017); on a small data set
+    this is what lets the 17-block network generalise (see README: batch-norm statistics)."""
     inputs, small = _mobilenet_input(input_shape, alpha, resolution_multiplier, small_input)
     x = conv_bn_act(inputs, make_divisible(32 * alpha), 3, name="conv1", strides=1 if small else 2,
                     activation="relu6", bn_epsilon=1e-3)
     block = 0
-    for filters, strides, t, repeats in V2_LAYERS:
+    for stage, (filters, strides, t, repeats) in enumerate(V2_LAYERS):
+        if small and stage == 1:
+            strides = 1
         for r in range(repeats):
             block += 1
             x = inverted_residual(x, make_divisible(int(filters * alpha)), strides if r == 0 else 1,
-                                  t if t == 1 else expansion, f"block{block}")
+                                  t if t == 1 else expansion, f"block{block}", zero_init_residual)
     last = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
     x = conv_bn_act(x, last, 1, name="conv_last", activation="relu6", bn_epsilon=1e-3)
     return keras.Model(inputs, pooled_head(x, num_classes, include_top, pooling, dropout, classifier_activation))

@@ -67,6 +67,22 @@ class TerminateOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class RecalibrateBatchNorm(keras.callbacks.Callback):
+    """Before every validation (so before the checkpoints chosen by it are written), sets the batch-norm
+    statistics to those of the training split (``dataset``: un-augmented, shuffled); see batchnorm.py."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+        self.recalibrator = None
+
+    def on_test_begin(self, logs=None):
+        from keras_cnns.training.batchnorm import Recalibrator
+
+        self.recalibrator = self.recalibrator or Recalibrator(self.model)
+        self.recalibrator(self.dataset)
+
+
 class RunRecorder(keras.callbacks.Callback):
     """Owns ``history.csv`` and the ``last.keras`` / ``best.keras`` checkpoints of a run directory.
 

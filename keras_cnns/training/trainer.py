@@ -17,7 +17,9 @@ import time
 
 from keras_cnns.errors import CnnkitError
 from keras_cnns.training import runs
-from keras_cnns.training.callbacks import EpochLogs, RunRecorder, SnapshotSaver, TerminateOnNaN, read_history
+from keras_cnns.training import batchnorm
+from keras_cnns.training.callbacks import (EpochLogs, RecalibrateBatchNorm, RunRecorder, SnapshotSaver, TerminateOnNaN,
+                                           read_history)
 from keras_cnns.training.data import load_data, make_dataset, parse_augment
 from keras_cnns.training.optimizers import DEFAULT_LR, add_weight_penalty, make_optimizer
 from keras_cnns.training.schedules import build_schedule, cycle_end_epochs
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("graph", "eager", "xla")
 STRATEGIES = ("default", "mirrored", "multiworker")
+BN_RECALIBRATE = ("auto", "always", "never")
 PRECISIONS = {"float32": "float32", "mixed_float16": "mixed_float16", "float16": "mixed_float16",
               "mixed_bfloat16": "mixed_bfloat16", "bfloat16": "mixed_bfloat16"}
 #: GoogLeNet's auxiliary classifiers: their losses are weighted by 0.3 (Szegedy et al.)
@@ -57,9 +60,11 @@ class TrainConfig:
     l1: float = 0.0
     l2: float = 0.0
     dropout: float = None
-    #: batch-norm moving-average momentum for every BN layer (None: the model's own, 0.99); 0.9 lets
-    #: the inference statistics catch up in short runs on small data (a few hundred steps)
+    #: batch-norm moving-average momentum for every BN layer (None: chosen from the epoch's length, see
+    #: batchnorm.MOMENTUM_RULE)
     bn_momentum: float = None
+    #: re-estimate batch-norm statistics before every validation: auto (short epochs), always or never
+    bn_recalibrate: str = "auto"
     label_smoothing: float = 0.0
     augment: tuple = ()
     snapshots: int = 0
@@ -200,13 +205,22 @@ def _build(config, data):
             if config.dropout is not None and "no option dropout" in str(err):
                 raise CnnkitError(f"{config.model} has no dropout layer to set with --dropout") from None
             raise
-    if config.bn_momentum is not None:
-        import tf_keras as keras
-
-        for layer in model.submodules:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = config.bn_momentum
     return model, keras_cnns.inference_model(model)
+
+
+def _batch_norm_plan(model, config, steps_per_epoch):
+    """Set every batch-norm layer's momentum and decide on recalibration; the record for config.json."""
+    layers = batchnorm.batch_norm_layers(model, trainable_only=False)
+    if not layers:
+        return {"layers": 0, "recalibrate": False, "why": "the model has no batch-norm layers"}
+    momentum = config.bn_momentum or batchnorm.default_momentum(steps_per_epoch)
+    batchnorm.set_momentum(model, momentum)
+    recalibrate, why = batchnorm.needs_recalibration(steps_per_epoch, momentum)
+    if config.bn_recalibrate != "auto":
+        recalibrate, why = config.bn_recalibrate == "always", f"--bn-recalibrate {config.bn_recalibrate}"
+    return {"layers": len(layers), "momentum": momentum,
+            "momentum_from": "--bn-momentum" if config.bn_momentum else f"{steps_per_epoch} steps per epoch",
+            "recalibrate": recalibrate, "why": why}
 
 
 def _compile(model, config, steps_per_epoch):
@@ -252,7 +266,7 @@ def _t_mul(config):
     return 1.0 if config.snapshots else config.t_mul
 
 
-def _write_run_files(run_dir, config, data, model, preprocessing, resumed):
+def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_plan):
     from keras_cnns.analysis import count_trainable
 
     path = os.path.join(run_dir, "config.json")
@@ -272,6 +286,7 @@ def _write_run_files(run_dir, config, data, model, preprocessing, resumed):
                  "train": len(data.train), "val": len(data.val), "test": len(data.test), "in_memory": data.in_memory,
                  "skipped": [p for p, _ in data.skipped]},
         "preprocessing": preprocessing,
+        "batch_norm": bn_plan,
         "versions": _versions(),
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -313,11 +328,12 @@ def train(config, resume_dir=None, verbose=0, data=None):
     try:
         with strategy.scope():
             model, inference = _build(config, data)
+            bn_plan = _batch_norm_plan(model, config, steps_per_epoch)
             _compile(model, config, steps_per_epoch)
         # a fine-tuned model keeps the normalisation its features were learnt with
         pre = config.finetune["preprocessing"] if config.finetune else data.preprocessing
         if chief:
-            _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir))
+            _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir), bn_plan=bn_plan)
         main = model.output_names[0] if len(model.outputs) > 1 else None
         target_fn = (lambda t: {name: t for name in model.output_names}) if main else None
         options = None
@@ -331,6 +347,9 @@ def train(config, resume_dir=None, verbose=0, data=None):
         nan_guard = TerminateOnNaN()
         recorder = RunRecorder(run_dir, inference)
         callbacks = [EpochLogs(main), nan_guard]
+        if bn_plan["recalibrate"]:  # each worker pools the whole training split: the same statistics on all
+            callbacks.append(RecalibrateBatchNorm(make_dataset(data, "train", config.batch_size, pre, training=True,
+                                                               seed=config.seed + 1)))
         if config.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.gamma,
                                                                patience=2, min_lr=config.min_lr))
@@ -370,6 +389,12 @@ def train(config, resume_dir=None, verbose=0, data=None):
     from keras_cnns.training.evaluation import evaluate_run
 
     history = read_history(recorder.path)
+    check = None
+    if bn_plan["layers"] and history:  # does the saved (inference-mode) model do what training reported?
+        sample = make_dataset(data, "train", config.batch_size, pre, training=True, seed=config.seed + 2)
+        check = batchnorm.consistency_check(inference, sample, history[-1].get("accuracy"))
+        if check["warning"]:
+            log.warning("%s", check["warning"])
     plot_history(history, os.path.join(run_dir, "history.png"), title=f"{config.model} on {data.spec}")
     metrics = evaluate_run(run_dir, data=data)
     metrics.update({
@@ -378,6 +403,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
         "best_val_accuracy": recorder.best,
         "mode": config.mode, "traces": int(traces), "strategy": config.strategy, "replicas": replicas,
         "precision": config.precision_policy,
+        "batch_norm": {**bn_plan, "check": check},
         "train_seconds": round(seconds, 2),
         "train_images_per_second": round(len(data.train) * recorder.session_epochs / seconds, 1),
     })
