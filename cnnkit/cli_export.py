@@ -15,10 +15,12 @@ def _print_report(report):
     for r in report["artifacts"]:
         size = f"{r['bytes'] / 1024:,.1f} KiB" if r["bytes"] is not None else ""
         accuracy = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "n/a"
+        mp = r.get("mediapipe")
+        mediapipe = "" if mp is None else ("refused" if not mp["loads"] else f"{mp['top1_agreement']:.1%}")
         rows.append((r["artifact"], size, f"{r['max_abs_diff']:.1e}", f"{r['top1_agreement']:.1%}", accuracy,
-                     f"{r['latency_ms']:.2f}", "ok" if r["ok"] else "OUT OF TOLERANCE"))
-    click.echo(table(("artifact", "size", "max |diff|", "top-1 agree", "accuracy", "ms (batch 1)", "parity"), rows,
-                     right=(1, 2, 3, 4, 5)))
+                     f"{r['latency_ms']:.2f}", mediapipe, "ok" if r["ok"] else "OUT OF TOLERANCE"))
+    click.echo(table(("artifact", "size", "max |diff|", "top-1 agree", "accuracy", "ms (batch 1)", "MediaPipe",
+                      "parity"), rows, right=(1, 2, 3, 4, 5, 6)))
     for r in report["artifacts"]:
         notes = [f"{k.replace('_', ' ')} {v:.3g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
                  for k, v in r.items() if k in ("sparsity", "max_unique_values_per_kernel", "gzip_bytes")]
@@ -47,16 +49,19 @@ def _print_report(report):
 @click.option("--finetune-epochs", type=click.IntRange(min=1), default=4, show_default=True,
               help="Fine-tuning epochs for qat / --prune / --cluster (on the run's training data).")
 @click.option("--int8-io", type=click.Choice(("uint8", "int8")), default="uint8", show_default=True,
-              help="Input/output type of full-integer TFLite models.")
+              help="Input/output type of full-integer TFLite models (MediaPipe Tasks takes uint8, not int8).")
 @click.option("--calibration-data", metavar="SPEC", help="Images for int8 calibration (default: the run's data).")
 @click.option("--name", help="Model name in the export base (default: the model's).")
 @click.option("--version", type=click.IntRange(min=1), help="Version number (default: the next free one).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights file for a zoo model name SOURCE.")
 @click.option("--input-size", type=click.IntRange(min=1), help="Input side for a zoo model name SOURCE.")
 @click.option("--opset", type=click.IntRange(min=9), default=17, show_default=True, help="ONNX opset.")
+@click.option("--author", default="", help="Author field of the TFLite metadata.")
+@click.option("--license", "license_", default="", help="License field of the TFLite metadata.")
 @json_option
 def export_command(source, output, saved_model, tflite_out, onnx_out, everything, quantize, prune, cluster,
-                   finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, opset, as_json):
+                   finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, opset, author,
+                   license_, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 
     \b
@@ -73,7 +78,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
     with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
         path, report = export(source, output=output, formats=formats, calibration_data=calibration_data,
                               name=name, version=version, weights=weights, input_size=input_size, opset=opset,
-                              prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io)
+                              prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
+                              author=author, license=license_)
     if as_json:
         click.echo(json.dumps(report))
         return

@@ -90,10 +90,12 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
                                                "(REST) or host:8500 with --grpc.")
 @click.option("--grpc", "use_grpc", is_flag=True, help="Talk gRPC to --server.")
 @click.option("--version", "model_version", type=click.IntRange(min=1), help="Ask the server for this version.")
-@click.option("--runtime", type=click.Choice(("auto", "savedmodel", "tflite", "onnx")), default="auto",
+@click.option("--runtime", type=click.Choice(("auto", "savedmodel", "tflite", "onnx", "mediapipe")), default="auto",
               show_default=True,
               help="Locally, which artifact of an export runs: auto = the fastest that gives the Keras model's "
-                   "answers, by the batch-1 latency in the export's parity report.")
+                   "answers, by the batch-1 latency in the export's parity report; mediapipe = the float32 TFLite "
+                   "file (or the .tflite given) in MediaPipe Tasks' ImageClassifier from its metadata alone, the "
+                   "whole image resized by MediaPipe: what a phone app sees.")
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 5))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def predict(images, model, server, use_grpc, model_version, runtime, top_k, as_json):

@@ -4,7 +4,7 @@
 
     exports/lenet5/1/
       saved_model.pb, variables/, assets/labels.txt   the SavedModel TF Serving loads
-      tflite/model_float32.tflite ...                 TFLite variants (labels embedded)
+      tflite/model_float32.tflite ...                 TFLite variants (standard metadata and labels)
       onnx/model.onnx                                 ONNX
       keras/model.keras                               the Keras model the report compares against
       export.json                                     source, preprocessing, labels, artifacts
@@ -41,6 +41,11 @@ FORMATS = {
     "tflite-clustered": ("tflite_clustered", "tflite-clustered", "tflite/model_clustered.tflite"),
 }
 COMPRESSED = ("tflite-qat", "tflite-pruned", "tflite-clustered")
+#: ITU-R BT.601 luma weights (they sum to 1): RGB -> gray in the mobile form of a grayscale model
+LUMA = (0.299, 0.587, 0.114)
+#: MediaPipe Tasks must agree with LiteRT on the top-1 class of this share of (up to this many) images
+MEDIAPIPE_AGREEMENT = 0.99
+MEDIAPIPE_IMAGES = 200
 
 
 def next_version(base):
@@ -107,15 +112,17 @@ def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="n
 
 def export(source, output="exports", formats=("saved_model",), calibration_data=None, name=None, version=None,
            weights=None, input_size=None, opset=onnx_format.DEFAULT_OPSET, data_spec=None, prune=None, cluster=None,
-           finetune_epochs=4, int8_io="uint8"):
+           finetune_epochs=4, int8_io="uint8", author="", license=""):
     """Export SOURCE (run directory, zoo name, .keras/.h5 file or cnnkit export) into ``output/NAME/VERSION``;
     returns (version directory, report dict).
 
     ``prune`` (target sparsity) and ``cluster`` (clusters per kernel) go with the formats
     ``tflite-pruned`` / ``tflite-clustered``; they and ``tflite-qat`` fine-tune ``finetune_epochs``
     on the run's training data. ``int8_io``: input/output type of full-integer TFLite (uint8 or int8).
+    ``author`` and ``license`` go into the TFLite metadata.
     """
     src = load_source(source, weights=weights, input_size=input_size)
+    src.author, src.license = author, license
     name = name or src.name
     base = os.path.join(output, name)
     os.makedirs(base, exist_ok=True)
@@ -177,6 +184,30 @@ def _compress(src, formats, data, prune, cluster, epochs):
     return out
 
 
+def rgb_input(model):
+    """A grayscale model as an RGB-input model whose graph converts to gray first (ITU-R 601 luma as a
+    fixed 1x1 convolution; its weights sum to 1, so it commutes with the per-channel normalisation in
+    front of it). MediaPipe Tasks and the TFLite Task Library take RGB images only."""
+    import tf_keras as keras
+
+    h, w, _ = model.inputs[0].shape[1:]
+    inputs = keras.Input((h, w, 3), name="image")
+    luma = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="rgb_to_gray")
+    x = luma(inputs)
+    luma.set_weights([np.array(LUMA, np.float32).reshape(1, 1, 3, 1)])
+    return keras.Model(inputs, model(x), name=f"{model.name}_rgb")
+
+
+def _tflite(graph, fmt, variant, representative, int8_io, src, version, path):
+    if representative is not None and src.input_shape[-1] == 1:  # the RGB-input mobile graph calibrates on RGB
+        representative = np.repeat(representative[..., :1], 3, axis=-1)
+    content = tflite.convert(graph, variant, representative, int8_io)
+    description = (f"{src.name}: image classifier of {len(src.labels)} classes exported by cnnkit ({fmt}) from "
+                   f"{src.origin}" + (f", trained on {src.data_spec}" if src.data_spec else ""))
+    tflite.write(tflite.add_metadata(content, src.labels, 3 if src.input_shape[-1] == 1 else src.input_shape[-1],
+                                     src.name, description, version, author=src.author, license=src.license), path)
+
+
 def _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed, int8_io):
     import dataclasses
 
@@ -184,6 +215,7 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
     from keras_cnns.training.runs import save_model_atomic, write_json
 
     artifacts = []
+    gray = src.input_shape[-1] == 1
     with tempfile.TemporaryDirectory() as scratch:  # the asset keeps its file name: labels.txt
         labels_file = os.path.join(scratch, "labels.txt")
         with open(labels_file, "w", encoding="utf-8") as f:
@@ -191,6 +223,10 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
         savedmodel.save(src, tmp, labels_file)
         os.makedirs(os.path.join(tmp, "keras"))
         save_model_atomic(src.model, os.path.join(tmp, "keras", "model.keras"))
+        mobile = tmp  # the graph TFLite files come from: RGB input for a grayscale model
+        if gray and any(f.startswith("tflite") for f in formats):
+            mobile = savedmodel.save(dataclasses.replace(src, model=rgb_input(src.model)),
+                                     os.path.join(scratch, "mobile"), labels_file)
         for fmt in formats:
             artifact, kind, rel = FORMATS[fmt]
             path = os.path.join(tmp, rel) if rel else tmp
@@ -200,14 +236,13 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
             if fmt in compressed:  # its own SavedModel (scratch), then TFLite; int8 too when asked for
                 model, details = compressed[fmt]
                 graph = os.path.join(scratch, fmt)
-                savedmodel.save(dataclasses.replace(src, model=model), graph, labels_file)
+                savedmodel.save(dataclasses.replace(src, model=rgb_input(model) if gray else model), graph,
+                                labels_file)
                 variant = "qat" if fmt == "tflite-qat" else ("int8" if "tflite-int8" in formats else "float32")
-                content = tflite.convert(graph, variant, representative, int8_io)
-                tflite.write(tflite.add_labels(content, src.labels), path)
+                _tflite(graph, fmt, variant, representative, int8_io, src, version, path)
                 details = {**details, "tflite_variant": variant, "gzip_bytes": gzip_size(path)}
             elif fmt.startswith("tflite"):
-                content = tflite.convert(tmp, fmt.split("-", 1)[1], representative, int8_io)
-                tflite.write(tflite.add_labels(content, src.labels), path)
+                _tflite(mobile, fmt, fmt.split("-", 1)[1], representative, int8_io, src, version, path)
             elif fmt == "onnx":
                 onnx_format.convert(tmp, path, opset)
             elif fmt == "onnx-int8":
@@ -216,6 +251,11 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
                     onnx_format.convert(tmp, os.path.join(scratch, "float.onnx"), opset)
                     float_onnx = os.path.join(scratch, "float.onnx")
                 onnx_format.quantize_int8(float_onnx, path, representative)
+            if fmt.startswith("tflite") and gray:
+                details = {**details, "input": "RGB (the graph converts to gray: MediaPipe Tasks and the TFLite "
+                                              "Task Library take RGB images only)"}
+            if int8_io == "int8" and (fmt == "tflite-int8" or details.get("tflite_variant") == "int8"):
+                details = {**details, "int8_io": True}
             artifacts.append({"artifact": artifact, "kind": kind, "path": rel, **details})
     write_json(os.path.join(tmp, "export.json"), {
         "name": name, "version": version, "source": src.origin, "input_shape": list(src.input_shape),
@@ -223,6 +263,40 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
         "val_split": src.val_split, "test_split": src.test_split, "artifacts": artifacts, "onnx_opset": opset,
     })
     return validate(tmp, images=images, labels=labels, raise_on_failure=True)
+
+
+def _mediapipe_text(check):
+    if not check or check["ok"]:
+        return ""
+    if not check["loads"]:
+        return f"; {check['error']}"
+    return (f"; MediaPipe Tasks agrees with LiteRT on {check['top1_agreement']:.1%} of {check['images']} images "
+            f"(needs {MEDIAPIPE_AGREEMENT:.0%}), category names {', '.join(check['names']) or 'none'}")
+
+
+def _path_of(meta, artifact):
+    return next(a["path"] for a in meta["artifacts"] if a["artifact"] == artifact)
+
+
+def mediapipe_check(path, images, row, count=MEDIAPIPE_IMAGES):
+    """Does the ``.tflite`` load and classify in MediaPipe Tasks' ImageClassifier from its metadata alone,
+    and agree with LiteRT? {"loads", "top1_agreement", "names", "images", "ok", "error"}."""
+    images = images[:count]
+    try:
+        runner = tflite.MediaPipeRunner(path)
+    except CnnkitError as err:
+        asked = row.get("int8_io")  # int8 input was asked for (--int8-io int8): for runtimes other than MediaPipe
+        return {"loads": False, "ok": bool(asked), "error": str(err) + (
+            " (int8 input was asked for with --int8-io int8; MediaPipe Tasks takes uint8 or float32)" if asked else "")}
+    got = runner(images).argmax(axis=1)
+    runner.close()
+    litert = tflite.Runner(path)
+    want = np.concatenate([litert(images[i:i + 64]) for i in range(0, len(images), 64)]).argmax(axis=1)
+    agreement = float((got == want).mean())
+    names = sorted(runner.names)
+    return {"loads": True, "images": int(len(images)), "top1_agreement": agreement, "names": names[:20],
+            "ok": agreement >= MEDIAPIPE_AGREEMENT and set(names) <= set(runner.labels) and bool(names),
+            "error": None}
 
 
 def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_failure=False):
@@ -248,6 +322,9 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
               for a in meta["artifacts"]}
     for row in rows:
         row.update(extras.get(row["artifact"], {}))
+        if row["kind"].startswith("tflite"):
+            row["mediapipe"] = mediapipe_check(os.path.join(export_dir, _path_of(meta, row["artifact"])), images, row)
+            row["ok"] = row["ok"] and row["mediapipe"]["ok"]
     report = {"name": meta["name"], "version": meta["version"], "images": int(len(images)),
               "labelled": labels is not None, "artifacts": rows, "ok": all(r["ok"] for r in rows)}
     if any(r["kind"].startswith("tflite") for r in rows):
@@ -262,6 +339,7 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     failed = [r["artifact"] for r in rows if not r["ok"]]
     if failed and raise_on_failure:
         details = "; ".join(f"{r['artifact']}: max |diff| {r['max_abs_diff']:.2e}, top-1 agreement "
-                            f"{r['top1_agreement']:.1%} ({r['tolerance']})" for r in rows if not r["ok"])
+                            f"{r['top1_agreement']:.1%} ({r['tolerance']})" + _mediapipe_text(r.get("mediapipe"))
+                            for r in rows if not r["ok"])
         raise CnnkitError(f"out of tolerance, nothing exported: {details}")
     return report

@@ -81,13 +81,23 @@ def compare(reference, artifacts, images, labels=None, batch_size=64):
     return rows
 
 
+def _mediapipe(check):
+    """The report's MediaPipe Tasks column: loads from metadata alone? agrees with LiteRT? which names?"""
+    if check is None:
+        return ""
+    if not check["loads"]:
+        return "refused: " + check["error"].split(": ", 1)[-1]
+    names = ", ".join(check["names"][:5]) + (" ..." if len(check["names"]) > 5 else "")
+    return f"{check['top1_agreement']:.1%} of {check['images']} agree with LiteRT; {names}"
+
+
 def markdown(rows, title):
     lines = [f"# {title}", "", "| artifact | file | size | max abs diff | top-1 agreement | accuracy | latency (batch 1) "
-             "| tolerance | ok |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
+             "| tolerance | MediaPipe Tasks | ok |", "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
     for r in rows:
         size = f"{r['bytes'] / 1024:.1f} KiB" if r["bytes"] is not None else ""
         accuracy = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "n/a"
         lines.append(f"| {r['artifact']} | {r['file'] or ''} | {size} | {r['max_abs_diff']:.2e} | "
                      f"{r['top1_agreement']:.2%} | {accuracy} | {r['latency_ms']:.2f} ms | {r['tolerance'] or ''} | "
-                     f"{'yes' if r['ok'] else 'NO'} |")
+                     f"{_mediapipe(r.get('mediapipe'))} | {'yes' if r['ok'] else 'NO'} |")
     return "\n".join(lines) + "\n"

@@ -20,6 +20,9 @@ class ExportSource:
     data_spec: str = None
     val_split: float = 0.15
     test_split: float = 0.15
+    #: written into the TFLite metadata
+    author: str = ""
+    license: str = ""
 
     @property
     def input_shape(self):

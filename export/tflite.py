@@ -2,8 +2,10 @@
 
 Variants: ``float32``; ``float16`` (weights in half precision); ``dynamic`` (int8 weights, float
 activations); ``int8`` (full integer: uint8 pixel input, uint8 output, calibrated on representative
-images; ``io_type="int8"`` for int8 in/out); ``qat`` (integer kernels with the ranges a quantization-aware model learnt; float in/out). Only TFLite builtin ops are allowed (no Flex ops that bloat a mobile app), and the labels
-travel inside the file as a metadata entry ``labels.txt``.
+images; ``io_type="int8"`` for int8 in/out); ``qat`` (integer kernels with the ranges a quantization-aware model learnt; float in/out). Only TFLite builtin ops are
+allowed (no Flex ops that bloat a mobile app). Every file carries the standard TFLite Model Metadata
+(image properties, normalisation, the labels as the output's label file: see metadata.py), so MediaPipe
+Tasks and the TFLite Task Library run it with no code; :class:`MediaPipeRunner` runs it that way.
 """
 import contextlib
 import io
@@ -13,7 +15,8 @@ import numpy as np
 from keras_cnns.errors import CnnkitError
 
 VARIANTS = ("float32", "float16", "dynamic", "int8", "qat")
-LABELS_METADATA = "labels.txt"
+#: the metadata entry in which cnnkit before 0.2 stored the labels (still read)
+LEGACY_LABELS_METADATA = "labels.txt"
 
 
 def convert(saved_model_dir, variant, representative=None, io_type="uint8"):
@@ -73,31 +76,28 @@ def op_names(content):
                    for code in _model_t(content).operatorCodes})
 
 
-def add_labels(content, labels):
-    """The model with ``labels`` (one per line) embedded as the metadata entry ``labels.txt``."""
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
+def add_metadata(content, labels, channels, name, description="", version="", author="", license=""):
+    """The model with standard TFLite Model Metadata and ``labels`` packed as its output's label file."""
+    from export import metadata
 
-    model = _model_t(content)
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(("\n".join(labels) + "\n").encode("utf-8"), np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = LABELS_METADATA
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = (model.metadata or []) + [entry]
-    builder = flatbuffers.Builder(len(content) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    meta = metadata.image_classifier_metadata(name, labels, channels, description, version, author, license)
+    return metadata.populate(content, meta, {metadata.LABELS_FILE: ("\n".join(labels) + "\n").encode("utf-8")})
 
 
 def read_labels(path):
-    """The labels embedded by :func:`add_labels`, or None."""
+    """The class names of a ``.tflite``: its standard metadata's label file, else the entry written by
+    cnnkit before 0.2; None when it has neither."""
+    from export import metadata
+
     with open(path, "rb") as f:
-        model = _model_t(f.read())
+        content = f.read()
+    found = metadata.labels(content)
+    if found is not None:
+        return found
+    model = _model_t(content)
     for entry in model.metadata or []:
         name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if name == LABELS_METADATA:
+        if name == LEGACY_LABELS_METADATA:
             return bytes(model.buffers[entry.buffer].data).decode("utf-8").splitlines()
     return None
 
@@ -129,7 +129,7 @@ class Runner:
         self._batch = None
 
     def __call__(self, images):
-        images = np.asarray(images, np.float32)
+        images = _channels(np.asarray(images, np.float32), self.input["shape"][-1])
         if self._batch != len(images):
             self.interpreter.resize_tensor_input(self.input["index"], images.shape)
             self.interpreter.allocate_tensors()
@@ -148,6 +148,54 @@ class Runner:
             scale, zero = self.output["quantization"]
             result = (result.astype(np.float32) - zero) * scale
         return result
+
+
+def _channels(images, channels):
+    """Grayscale images for an RGB-input model (the mobile form of a grayscale model) repeat their channel."""
+    if images.shape[-1] == 1 and channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    return images
+
+
+class MediaPipeRunner:
+    """Runs a ``.tflite`` the way a phone app does with MediaPipe Tasks' ``ImageClassifier``: from the
+    file's metadata alone (normalisation, labels), on uint8 RGB images. Returns the probabilities in label
+    order, like :class:`Runner`, and keeps the category names MediaPipe reported in ``names``."""
+
+    def __init__(self, path):
+        try:
+            import mediapipe as mp
+            from mediapipe.tasks.python import BaseOptions, vision
+        except ImportError:
+            raise CnnkitError("the mediapipe runtime needs the mediapipe package: pip install mediapipe==1.2.2") from None
+        self._mp = mp
+        self.labels = read_labels(path) or []
+        options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=path),
+                                                max_results=len(self.labels) or -1)
+        try:
+            self.classifier = vision.ImageClassifier.create_from_options(options)
+        except Exception as err:  # MediaPipe raises RuntimeError/ValueError with its status message
+            raise CnnkitError(f"MediaPipe Tasks refuses {path}: {str(err).splitlines()[0]}") from None
+        self.names = set()
+
+    def close(self):
+        """Close before the interpreter exits: MediaPipe's own ``__del__`` fails during shutdown."""
+        self.classifier.close()
+
+    def scores(self, image):
+        """One uint8 RGB image of any size (MediaPipe resizes it) -> probabilities in label order."""
+        out = np.zeros(len(self.labels), np.float32)
+        index = {name: i for i, name in enumerate(self.labels)}
+        frame = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+        for category in self.classifier.classify(frame).classifications[0].categories:
+            self.names.add(category.category_name)
+            if category.category_name in index:
+                out[index[category.category_name]] = category.score
+        return out
+
+    def __call__(self, images):
+        images = _channels(np.asarray(images, np.float32), 3)
+        return np.stack([self.scores(image) for image in np.clip(np.round(images), 0, 255).astype(np.uint8)])
 
 
 def write(content, path):

@@ -25,7 +25,8 @@ from keras_cnns.errors import CnnkitError
 BYTES_SIGNATURE = "serving_bytes"
 #: --runtime choice -> the artifact kind it runs; these give the Keras model's answers (float tolerance)
 EXACT_KINDS = {"savedmodel": "savedmodel", "tflite": "tflite-float32", "onnx": "onnx"}
-RUNTIMES = ("auto",) + tuple(EXACT_KINDS)
+#: mediapipe: the float32 TFLite file through MediaPipe Tasks' ImageClassifier, from its metadata alone
+RUNTIMES = ("auto",) + tuple(EXACT_KINDS) + ("mediapipe",)
 
 
 class InvalidInput(CnnkitError):
@@ -208,18 +209,18 @@ def pick_artifact(version_dir, runtime="auto"):
                 if r["ok"] and r["kind"] in EXACT_KINDS.values() and r["artifact"] in paths]
         best = min(rows, key=lambda r: r["latency_ms"], default=None)
         return (best["kind"], paths[best["artifact"]]) if best else ("savedmodel", version_dir)
-    if runtime not in EXACT_KINDS:
+    if runtime not in RUNTIMES:
         raise CnnkitError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    kind = EXACT_KINDS[runtime]
+    kind = EXACT_KINDS.get(runtime, "tflite-float32")
     if kind == "savedmodel":
         return kind, version_dir
     meta_path = os.path.join(version_dir, "export.json")
     artifacts = read_json(meta_path)["artifacts"] if os.path.exists(meta_path) else []
     found = [a for a in artifacts if a["kind"] == kind]
     if not found:
-        flag = "--tflite" if runtime == "tflite" else "--onnx"
+        flag = "--onnx" if runtime == "onnx" else "--tflite"
         raise CnnkitError(f"{version_dir} has no {kind} artifact; export one with `cnnkit export RUN {flag}`")
-    return kind, os.path.join(version_dir, found[0]["path"])
+    return ("mediapipe" if runtime == "mediapipe" else kind), os.path.join(version_dir, found[0]["path"])
 
 
 class LocalModel:
@@ -235,8 +236,11 @@ class LocalModel:
             if not os.path.exists(os.path.join(path, "saved_model.pb")):
                 path = _newest_version(path)
             self.kind, path = pick_artifact(path, runtime)
+        elif runtime == "mediapipe" and path.endswith(".tflite"):
+            self.kind = "mediapipe"
         elif runtime != "auto":
-            raise CnnkitError(f"--runtime chooses among an export's artifacts; {path} is one file, run as it is")
+            raise CnnkitError(f"--runtime chooses among an export's artifacts (or mediapipe for a .tflite); {path} "
+                              "is one file, run as it is")
         else:
             self.kind = {".tflite": "tflite", ".onnx": "onnx"}.get(os.path.splitext(path)[1])
             if self.kind is None:
@@ -256,6 +260,12 @@ class LocalModel:
         self.version = int(os.path.basename(version_dir)) if exported else None
         self.name = os.path.basename(os.path.dirname(version_dir)) if exported else \
             os.path.splitext(os.path.basename(path))[0]
+        if self.kind == "mediapipe":
+            from export.tflite import MediaPipeRunner
+
+            self._run = MediaPipeRunner(path)
+            self.labels = self._run.labels
+            return
         self._run = exporter.runner_for(self.kind, path)
         if self.kind.startswith("tflite"):
             from export.tflite import read_labels
@@ -276,6 +286,16 @@ class LocalModel:
 
             return read_json(meta)["labels"]
         return None
+
+    @staticmethod
+    def _rgb(image):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(image)) as img:
+                return np.asarray(img.convert("RGB"), np.uint8)
+        except (UnidentifiedImageError, OSError) as err:
+            raise InvalidInput(f"not a readable image: {err}") from None
 
     def _pixels(self, image):
         """Decode and resize like the SavedModel's ``serving_bytes`` does (antialiased bilinear)."""
@@ -303,7 +323,10 @@ class LocalModel:
                 raise InvalidInput(f"not a readable image: {op_error_message(err)}") from None
             return _predictions(self.name, self.version, out["top_labels"].numpy(), out["scores"].numpy(), top_k,
                                 self.kind)
-        probabilities = self._run(np.stack([self._pixels(image) for image in images]))
+        if self.kind == "mediapipe":  # MediaPipe resizes the whole image itself, as on a phone
+            probabilities = np.stack([self._run.scores(self._rgb(image)) for image in images])
+        else:
+            probabilities = self._run(np.stack([self._pixels(image) for image in images]))
         top = np.argsort(-probabilities, axis=1)[:, :top_k]
         return _predictions(self.name, self.version, [[self.labels[i] for i in row] for row in top],
                             np.take_along_axis(probabilities, top, axis=1), top_k, self.kind)
@@ -331,4 +354,6 @@ def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5, 
         except InvalidInput as err:
             prediction = InvalidInput(f"{path}: {err}")
         results.append((path, prediction))
+    if getattr(runner, "kind", None) == "mediapipe":
+        runner._run.close()
     return results

@@ -105,35 +105,6 @@ def test_the_check_names_a_model_that_is_worse_at_inference_than_in_training():
     assert "below the last epoch's training accuracy" in bad["warning"] and "batch-norm statistics" in bad["warning"]
 
 
-def write_photos(root, per_class=90, size=48, seed=1):
-    """A small folder of PNG photos in 3 classes: coloured discs, bars and crosses on noisy backgrounds."""
-    from PIL import Image
-
-    rng = np.random.RandomState(seed)
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5
-    for name in ("disc", "bar", "cross"):
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        for i in range(per_class):
-            r = rng.uniform(0.2, 0.35) * size
-            cx, cy = rng.uniform(r, size - r, 2)
-            u, v = (xx - cx, yy - cy) if rng.randint(2) else (yy - cy, xx - cx)  # horizontal or vertical
-            if name == "disc":
-                mask = u ** 2 + v ** 2 <= r ** 2
-            elif name == "bar":
-                mask = (np.abs(u) <= r) & (np.abs(v) <= r * 0.25)
-            else:
-                mask = ((np.abs(u) <= r) & (np.abs(v) <= r * 0.22)) | ((np.abs(v) <= r) & (np.abs(u) <= r * 0.22))
-            image = np.where(mask[..., None], rng.uniform(130, 255, 3), rng.uniform(0, 110, 3))
-            image = image + rng.normal(0, 12, (size, size, 3))
-            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(os.path.join(root, name, f"{i:03d}.png"))
-    return str(root)
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return write_photos(tmp_path_factory.mktemp("photos"))
-
-
 def _train_accuracy(run_dir, photos):
     """Inference-mode accuracy of the saved last epoch's model on its own training split."""
     model = load_model_file(os.path.join(run_dir, "last.keras"))

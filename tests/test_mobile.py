@@ -1,0 +1,156 @@
+"""The mobile contract: every .tflite carries standard TFLite Model Metadata and runs in MediaPipe Tasks'
+ImageClassifier from that metadata alone, with the class names of the training folders."""
+import io
+import os
+import subprocess
+import sys
+import zipfile
+
+import mediapipe as mp
+import numpy as np
+import pytest
+from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
+from mediapipe.tasks.python import BaseOptions, vision
+from PIL import Image
+
+from export import metadata, plan_formats, tflite
+from export import export as run_export
+from keras_cnns.training import TrainConfig, train
+
+CLASSES = ["bar", "cross", "disc"]  # the photo folders, sorted
+
+
+@pytest.fixture(scope="module")
+def rgb_export(tmp_path_factory, photos):
+    """A model trained on a folder of PNG and JPEG photos, exported to every TFLite variant."""
+    root = tmp_path_factory.mktemp("mobile")
+    run = train(TrainConfig(model="resnet20_cifar", data=photos, input_size=32, epochs=8, output=str(root / "run")))
+    formats = plan_formats(everything=True, prune=0.5, cluster=16)
+    path, report = run_export(run.run_dir, output=str(root / "exports"), formats=formats, prune=0.5, cluster=16,
+                              finetune_epochs=2, author="Test Author", license="Apache-2.0")
+    return path, report
+
+
+def _mediapipe(path):
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=path), max_results=3)
+    return vision.ImageClassifier.create_from_options(options)
+
+
+def test_every_tflite_variant_carries_standard_metadata(rgb_export):
+    path, report = rgb_export
+    files = sorted(os.listdir(os.path.join(path, "tflite")))
+    assert files == ["model_clustered.tflite", "model_dynamic.tflite", "model_float16.tflite", "model_float32.tflite",
+                     "model_int8.tflite", "model_pruned.tflite"]
+    for name in files:
+        content = open(os.path.join(path, "tflite", name), "rb").read()
+        meta = metadata.read(content)
+        assert meta.name == b"resnet20_cifar" and meta.version == b"1"
+        assert meta.author == b"Test Author" and meta.license == b"Apache-2.0" and b"3 classes" in meta.description
+        (graph,) = meta.subgraphMetadata
+        (image,), (scores,) = graph.inputTensorMetadata, graph.outputTensorMetadata
+        assert image.content.contentPropertiesType == schema.ContentProperties.ImageProperties
+        assert image.content.contentProperties.colorSpace == schema.ColorSpaceType.RGB
+        (unit,) = image.processUnits
+        assert unit.optionsType == schema.ProcessUnitOptions.NormalizationOptions
+        assert list(unit.options.mean) == [0.0] and list(unit.options.std) == [1.0]  # the graph normalises
+        assert list(image.stats.min) == [0.0] and list(image.stats.max) == [255.0]
+        (labels,) = scores.associatedFiles
+        assert labels.type == schema.AssociatedFileType.TENSOR_AXIS_LABELS and labels.name == b"labels.txt"
+        # packed the schema's way: a zip archive appended to the model
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            assert archive.read("labels.txt").decode().split() == CLASSES
+        assert tflite.read_labels(os.path.join(path, "tflite", name)) == CLASSES
+
+
+def test_every_variant_classifies_in_mediapipe_tasks_with_the_folder_names(rgb_export, photos):
+    path, report = rgb_export
+    rows = {r["artifact"]: r for r in report["artifacts"] if r["kind"].startswith("tflite")}
+    assert len(rows) == 6 and report["ok"]
+    for name, row in rows.items():
+        check = row["mediapipe"]
+        assert check["loads"] and check["top1_agreement"] >= 0.99, (name, check)
+        assert check["images"] > 0 and set(check["names"]) <= set(CLASSES) and check["names"]
+    # and directly, as an app would: a real photo, MediaPipe's own resizing, names from the metadata
+    photo = np.asarray(Image.open(os.path.join(photos, "disc", "000.jpg")).convert("RGB"))
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        with _mediapipe(os.path.join(path, "tflite", name)) as classifier:
+            categories = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=photo)) \
+                .classifications[0].categories
+        assert len(categories) == 3 and {c.category_name for c in categories} == set(CLASSES)
+        assert abs(sum(c.score for c in categories) - 1) < 0.05
+
+
+def test_grayscale_models_ship_an_rgb_input_graph_for_mobile(tmp_path):
+    """MediaPipe Tasks takes RGB only ("Only RGB color space is supported"): LeNet-5's TFLite files take RGB
+    and convert to gray in the graph, and still agree with the Keras model."""
+    run = train(TrainConfig(epochs=2, output=str(tmp_path / "run")))
+    path, report = run_export(run.run_dir, output=str(tmp_path / "exports"), formats=plan_formats(quantize="int8"))
+    rows = {r["artifact"]: r for r in report["artifacts"]}
+    for name in ("tflite_float32", "tflite_int8"):
+        assert rows[name]["ok"] and rows[name]["mediapipe"]["loads"] and "RGB" in rows[name]["input"]
+        assert set(rows[name]["mediapipe"]["names"]) <= {str(d) for d in range(10)}
+    assert rows["tflite_float32"]["max_abs_diff"] <= 1e-4  # gray(RGB of a gray image) is the gray image
+    runner = tflite.Runner(os.path.join(path, "tflite", "model_float32.tflite"))
+    assert list(runner.input["shape"]) == [1, 32, 32, 3]
+    gray = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(runner(gray), runner(np.repeat(gray, 3, axis=-1)))
+    meta = metadata.read(open(os.path.join(path, "tflite", "model_int8.tflite"), "rb").read())
+    assert meta.subgraphMetadata[0].inputTensorMetadata[0].content.contentProperties.colorSpace == \
+        schema.ColorSpaceType.RGB
+
+
+def test_int8_input_is_reported_as_not_for_mediapipe_but_kept(rgb_export, tmp_path):
+    run_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(rgb_export[0]))), "run")
+    path, report = run_export(run_dir, output=str(tmp_path), formats=plan_formats(quantize="int8"), int8_io="int8")
+    row = next(r for r in report["artifacts"] if r["artifact"] == "tflite_int8")
+    assert report["ok"] and row["int8_io"] and not row["mediapipe"]["loads"]
+    assert "uint8 or float32" in row["mediapipe"]["error"]
+    assert "refused" in open(os.path.join(path, "report.md")).read()
+
+
+def _legacy_file(content, labels):
+    """A .tflite as cnnkit 0.1 wrote it: no standard metadata, the labels in a metadata entry 'labels.txt'."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as tfl
+
+    model = tfl.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    model.metadata = [m for m in model.metadata or [] if m.name not in (b"TFLITE_METADATA", "TFLITE_METADATA")]
+    buffer = tfl.BufferT()
+    buffer.data = np.frombuffer(("\n".join(labels) + "\n").encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = tfl.MetadataT()
+    entry.name, entry.buffer = "labels.txt", len(model.buffers) - 1
+    model.metadata.append(entry)
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def test_labels_of_an_export_written_by_the_previous_version_are_still_found(rgb_export, tmp_path):
+    content = open(os.path.join(rgb_export[0], "tflite", "model_float32.tflite"), "rb").read()
+    old = tmp_path / "old.tflite"
+    old.write_bytes(_legacy_file(content, CLASSES))
+    assert metadata.read(old.read_bytes()) is None
+    assert tflite.read_labels(str(old)) == CLASSES
+    # and metadata can be added to it later; populating again replaces, never duplicates
+    meta = metadata.image_classifier_metadata("m", CLASSES, 3)
+    twice = metadata.populate(metadata.populate(old.read_bytes(), meta, {"labels.txt": b"a\nb\nc\n"}), meta,
+                              {"labels.txt": b"bar\ncross\ndisc\n"})
+    assert metadata.labels(twice) == CLASSES
+
+
+def test_predict_runtime_mediapipe_shows_what_the_phone_sees(rgb_export, photos):
+    path, _ = rgb_export
+    image = os.path.join(photos, "cross", "001.png")
+    out = subprocess.run([sys.executable, "-m", "cnnkit", "predict", image, "--model", os.path.dirname(path),
+                          "--runtime", "mediapipe", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    import json
+
+    (result,) = json.loads(out.stdout)["predictions"]
+    assert result["runtime"] == "mediapipe" and result["label"] in CLASSES
+    local = subprocess.run([sys.executable, "-m", "cnnkit", "predict", image, "--model",
+                            os.path.join(path, "tflite", "model_float32.tflite"), "--json"], capture_output=True,
+                           text=True, timeout=300)
+    assert json.loads(local.stdout)["predictions"][0]["label"] == result["label"]
