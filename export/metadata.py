@@ -34,34 +34,35 @@ def _schema():
     return schema
 
 
+def _tensor(m, name, description, kind, properties, low, high):
+    """A ``TensorMetadataT`` with its content properties (``kind``: a ContentProperties member) and range."""
+    tensor = m.TensorMetadataT()
+    tensor.name, tensor.description = name, description
+    tensor.content = m.ContentT()
+    tensor.content.contentPropertiesType = kind
+    tensor.content.contentProperties = properties
+    tensor.stats = m.StatsT()
+    tensor.stats.min, tensor.stats.max = [low], [high]
+    return tensor
+
+
 def image_classifier_metadata(name, labels, channels, description="", version="", author="", license=""):
     """The ``ModelMetadata`` flatbuffer (bytes) of an image classifier with one input and one output."""
     import flatbuffers
 
     m = _schema()
-    image = m.TensorMetadataT()
-    image.name = "image"
-    image.description = f"{'RGB' if channels == 3 else 'grayscale'} image, pixel values 0..255"
-    image.content = m.ContentT()
-    image.content.contentPropertiesType = m.ContentProperties.ImageProperties
-    image.content.contentProperties = m.ImagePropertiesT()
-    image.content.contentProperties.colorSpace = m.ColorSpaceType.RGB if channels == 3 else m.ColorSpaceType.GRAYSCALE
+    properties = m.ImagePropertiesT()
+    properties.colorSpace = m.ColorSpaceType.RGB if channels == 3 else m.ColorSpaceType.GRAYSCALE
+    image = _tensor(m, "image", f"{'RGB' if channels == 3 else 'grayscale'} image, pixel values 0..255",
+                    m.ContentProperties.ImageProperties, properties, 0.0, 255.0)
     norm = m.ProcessUnitT()
     norm.optionsType = m.ProcessUnitOptions.NormalizationOptions
     norm.options = m.NormalizationOptionsT()
     norm.options.mean, norm.options.std = [0.0], [1.0]  # the graph normalises: feed pixels as they are
     image.processUnits = [norm]
-    image.stats = m.StatsT()
-    image.stats.min, image.stats.max = [0.0], [255.0]
 
-    scores = m.TensorMetadataT()
-    scores.name = "probabilities"
-    scores.description = f"probability of each of the {len(labels)} classes"
-    scores.content = m.ContentT()
-    scores.content.contentPropertiesType = m.ContentProperties.FeatureProperties
-    scores.content.contentProperties = m.FeaturePropertiesT()
-    scores.stats = m.StatsT()
-    scores.stats.min, scores.stats.max = [0.0], [1.0]
+    scores = _tensor(m, "probabilities", f"probability of each of the {len(labels)} classes",
+                     m.ContentProperties.FeatureProperties, m.FeaturePropertiesT(), 0.0, 1.0)
     label_file = m.AssociatedFileT()
     label_file.name = LABELS_FILE
     label_file.description = "class names, one per line, in output order"
