@@ -58,10 +58,13 @@ def _print_report(report):
 @click.option("--opset", type=click.IntRange(min=9), default=17, show_default=True, help="ONNX opset.")
 @click.option("--author", default="", help="Author field of the TFLite metadata.")
 @click.option("--license", "license_", default="", help="License field of the TFLite metadata.")
+@click.option("--max-megapixels", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True,
+              help="Pixel budget of one encoded image sent to the SavedModel (serving_bytes, classify): a larger "
+                   "width x height in the file's header is refused before decoding (InvalidArgument).")
 @json_option
 def export_command(source, output, saved_model, tflite_out, onnx_out, everything, quantize, prune, cluster,
                    finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, opset, author,
-                   license_, as_json):
+                   license_, max_megapixels, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 
     \b
@@ -79,7 +82,7 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
         path, report = export(source, output=output, formats=formats, calibration_data=calibration_data,
                               name=name, version=version, weights=weights, input_size=input_size, opset=opset,
                               prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
-                              author=author, license=license_)
+                              author=author, license=license_, max_megapixels=max_megapixels)
     if as_json:
         click.echo(json.dumps(report))
         return

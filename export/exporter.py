@@ -112,17 +112,20 @@ def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="n
 
 def export(source, output="exports", formats=("saved_model",), calibration_data=None, name=None, version=None,
            weights=None, input_size=None, opset=onnx_format.DEFAULT_OPSET, data_spec=None, prune=None, cluster=None,
-           finetune_epochs=4, int8_io="uint8", author="", license=""):
+           finetune_epochs=4, int8_io="uint8", author="", license="", max_megapixels=savedmodel.MAX_MEGAPIXELS):
     """Export SOURCE (run directory, zoo name, .keras/.h5 file or cnnkit export) into ``output/NAME/VERSION``;
     returns (version directory, report dict).
 
     ``prune`` (target sparsity) and ``cluster`` (clusters per kernel) go with the formats
     ``tflite-pruned`` / ``tflite-clustered``; they and ``tflite-qat`` fine-tune ``finetune_epochs``
     on the run's training data. ``int8_io``: input/output type of full-integer TFLite (uint8 or int8).
-    ``author`` and ``license`` go into the TFLite metadata.
+    ``author`` and ``license`` go into the TFLite metadata. ``max_megapixels``: the SavedModel refuses an
+    encoded image whose header declares more pixels than this, before decoding it.
     """
+    if not max_megapixels > 0:
+        raise CnnkitError(f"--max-megapixels must be > 0, got {max_megapixels}")
     src = load_source(source, weights=weights, input_size=input_size)
-    src.author, src.license = author, license
+    src.author, src.license, src.max_megapixels = author, license, float(max_megapixels)
     name = name or src.name
     base = os.path.join(output, name)
     os.makedirs(base, exist_ok=True)
@@ -261,6 +264,7 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
         "name": name, "version": version, "source": src.origin, "input_shape": list(src.input_shape),
         "labels": src.labels, "preprocessing": src.preprocessing, "data": src.data_spec,
         "val_split": src.val_split, "test_split": src.test_split, "artifacts": artifacts, "onnx_opset": opset,
+        "max_megapixels": src.max_megapixels,
     })
     return validate(tmp, images=images, labels=labels, raise_on_failure=True)
 

@@ -11,12 +11,69 @@ Signatures (all take pixel values 0..255 and normalise inside the graph):
   Classify API and REST ``:classify``: ``inputs``, serialized ``tf.train.Example`` s with the encoded
   image in feature ``image/encoded`` -> ``classes`` (top-k label strings) and ``scores``;
 - ``probabilities``: float32 images -> probabilities only: what TFLite and ONNX are derived from.
+
+Encoded images are checked before they are decoded: the width and height in the file's header (JPEG,
+PNG, GIF, BMP, WebP) must fit the export's pixel budget (``max_megapixels``, 40 by default), or the
+request fails with InvalidArgument ("image is 20000x20000, over the 40 MP limit") at the cost of reading
+a header. A tiny file that decodes to gigabytes cannot take the server down, under TF Serving too.
+GIFs decode their first frame only.
 """
 import os
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 IMAGE_FEATURE = "image/encoded"
 TOP_K = 5
+#: default pixel budget of an encoded image, in megapixels (a 12 MP phone photo fits three times over)
+MAX_MEGAPIXELS = 40.0
+
+
+def image_size(data):
+    """tf op: (width, height) int64 that an encoded image's header declares, read without decoding;
+    (0, 0) for a format it does not know (the decoder then refuses it). JPEG dimensions come from
+    ``tf.io.extract_jpeg_shape``, which reads the markers up to the frame header."""
+    import tensorflow as tf
+
+    padded = tf.strings.substr(data, 0, 32) + tf.constant(b"\0" * 32)  # a short file reads as zeros
+    b = tf.cast(tf.io.decode_raw(padded, tf.uint8)[:32], tf.int64)
+
+    def le(start, count, bits=None):  # little-endian unsigned integer of ``count`` bytes
+        value = tf.reduce_sum(b[start:start + count] * tf.constant([256 ** i for i in range(count)], tf.int64))
+        return value % (2 ** bits) if bits else value
+
+    def be(start, count):
+        return tf.reduce_sum(b[start:start + count] * tf.constant([256 ** i for i in reversed(range(count))], tf.int64))
+
+    def starts(magic, at=0):
+        return tf.equal(tf.strings.substr(padded, at, len(magic)), magic)
+
+    def signed32(value):
+        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+
+    vp8l = (le(21, 4) % 2 ** 14 + 1, le(21, 4) // 2 ** 14 % 2 ** 14 + 1)
+    sizes = [  # (is this format, (width, height))
+        (starts(b"\x89PNG\r\n\x1a\n"), (be(16, 4), be(20, 4))),
+        (starts(b"GIF8"), (le(6, 2), le(8, 2))),
+        (starts(b"BM"), (signed32(le(18, 4)), signed32(le(22, 4)))),
+        (starts(b"RIFF") & starts(b"WEBPVP8X", 8), (le(24, 3) + 1, le(27, 3) + 1)),
+        (starts(b"RIFF") & starts(b"WEBPVP8L", 8), vp8l),
+        (starts(b"RIFF") & starts(b"WEBPVP8 ", 8), (le(26, 2, 14), le(28, 2, 14))),
+    ]
+    width, height = tf.constant(0, tf.int64), tf.constant(0, tf.int64)
+    for is_format, (w, h) in sizes:
+        width, height = tf.where(is_format, w, width), tf.where(is_format, h, height)
+    jpeg = tf.cond(starts(b"\xff\xd8\xff"), lambda: tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)[:2],
+                   lambda: tf.zeros([2], tf.int64))
+    return tf.where(starts(b"\xff\xd8\xff"), jpeg[1], width), tf.where(starts(b"\xff\xd8\xff"), jpeg[0], height)
+
+
+def check_pixel_budget(data, max_megapixels):
+    """tf op that fails with InvalidArgument when ``data``'s header declares more than the budget."""
+    import tensorflow as tf
+
+    width, height = image_size(data)
+    limit = int(max_megapixels * 1e6)
+    message = tf.strings.format("image is {}x{}, over the {} MP limit", (width, height, max_megapixels))
+    return tf.debugging.Assert(width * height <= limit, [message])
 
 
 def build_module(source):
@@ -29,6 +86,7 @@ def build_module(source):
     h, w, c = source.input_shape
     k = min(TOP_K, len(source.labels))
     pre = source.preprocessing
+    budget = source.max_megapixels
 
     class Serving(tf.Module):
         def __init__(self):
@@ -61,7 +119,8 @@ def build_module(source):
 
         def _decode(self, image_bytes):
             def decode(data):
-                image = tf.io.decode_image(data, channels=c, expand_animations=False)
+                with tf.control_dependencies([check_pixel_budget(data, budget)]):
+                    image = tf.io.decode_image(data, channels=c, expand_animations=False)
                 image.set_shape([None, None, c])
                 return tf.image.resize(tf.cast(image, tf.float32), (h, w), antialias=True)
 

@@ -23,6 +23,8 @@ class ExportSource:
     #: written into the TFLite metadata
     author: str = ""
     license: str = ""
+    #: pixel budget of one encoded image in the SavedModel's serving_bytes / classify (savedmodel.py)
+    max_megapixels: float = 40.0
 
     @property
     def input_shape(self):

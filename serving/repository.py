@@ -40,7 +40,10 @@ def op_error_message(err):
     noise = ("Graph execution error", "Detected at node", "<stack traces", "[[", "Op:")
     lines = [line.strip() for line in err.message.splitlines()]
     causes = [line for line in lines if line and not line.startswith(noise)]
-    return causes[0] if causes else lines[0]
+    cause = causes[0] if causes else lines[0]
+    if cause.startswith("assertion failed: [") and cause.endswith("]"):  # a check in the graph (the pixel budget)
+        cause = cause[len("assertion failed: ["):-1]
+    return cause
 
 
 def _coerce(name, value, spec):
