@@ -29,6 +29,17 @@ from cnnkit._quiet import stderr_silenced as native_logs_silenced
               help="How often EXPORT_BASE is rescanned for new or removed versions.")
 @click.option("--max-body-mb", default=64, show_default=True, type=click.IntRange(min=1),
               help="Larger request bodies are refused with 413.")
+@click.option("--workers", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Request threads per API (REST, gRPC). Memory in flight is at most about workers x (10 x "
+                   "--max-body-mb, what a body of JSON numbers takes parsed; or one image being decoded: the "
+                   "export's --max-megapixels x 15 bytes) plus the loaded models.")
+@click.option("--queue", default=64, show_default=True, type=click.IntRange(min=0),
+              help="Connections (REST) or calls (gRPC) that may wait for a worker; beyond them the server "
+                   "answers 503 / RESOURCE_EXHAUSTED at once (overloaded, retry).")
+@click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a REST request (headers and body) may take to arrive; a slower client is dropped.")
+@click.option("--idle-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a kept-alive REST connection may idle between requests.")
 @click.option("--emit-config", is_flag=True,
               help="Do not serve: write TF Serving deployment files (Dockerfile, models.config, batching and "
                    "monitoring configs, docker-compose.yml, Kubernetes manifests) for EXPORT_BASE to --output.")
@@ -37,7 +48,8 @@ from cnnkit._quiet import stderr_silenced as native_logs_silenced
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object on stdout: the files written, or the ports and models once serving.")
 def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size, batch_timeout_ms, batch_threads,
-          keep_versions, poll_seconds, max_body_mb, emit_config, output, as_json):
+          keep_versions, poll_seconds, max_body_mb, workers, queue, read_timeout, idle_timeout, emit_config, output,
+          as_json):
     """Serve every model under EXPORT_BASE (or one model's folder) with TF Serving's REST and gRPC APIs.
 
     \b
@@ -73,7 +85,8 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
     options = {"max_batch_size": max_batch_size, "timeout_s": batch_timeout_ms / 1000, "threads": batch_threads}
     server = ModelServer(export_base, host=host, rest_port=port, grpc_port=None if no_grpc else grpc_port,
                          batching=options if batching else None, keep_versions=keep_versions,
-                         poll_seconds=poll_seconds, max_body_bytes=max_body_mb << 20)
+                         poll_seconds=poll_seconds, max_body_bytes=max_body_mb << 20, workers=workers, queue=queue,
+                         read_timeout=read_timeout, idle_timeout=idle_timeout)
     server.start()
     if as_json:
         click.echo(json.dumps({"host": host, "rest_port": server.rest_port, "grpc_port": server.grpc_port,

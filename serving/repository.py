@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 
+from export.savedmodel import IMAGE_FEATURE
 from serving.batching import Batcher
 from serving.errors import ServingError, invalid, not_found
 
@@ -124,6 +125,11 @@ class Servable:
                 out = fn(**{k: tf.constant(v) for k, v in batch.items()})
             except tf.errors.OpError as err:
                 raise invalid(op_error_message(err)) from None
+            except UnicodeDecodeError:  # TensorFlow's message quoted the raw bytes of a malformed input
+                raise invalid(f"signature {signature} could not parse its input: "
+                              + ("not a serialized tf.train.Example (send images to serving_bytes, or an Example "
+                                 f"with the image in {IMAGE_FEATURE!r})" if signature == "classify" else
+                                 "malformed binary data")) from None
             return {k: v.numpy() for k, v in out.items()}
 
         batcher = self._batcher(signature, run)

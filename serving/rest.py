@@ -12,10 +12,12 @@ Binary inputs travel as ``{"b64": "..."}``; binary outputs whose name ends in ``
 same way. Errors are ``{"error": "..."}`` with the HTTP status TF Serving gives the error's code.
 """
 import base64
+import concurrent.futures
 import http.server
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -139,8 +141,6 @@ def classify_json(servable, body):
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cnnkit-serving"
-    #: an idle keep-alive connection is closed after this many seconds
-    timeout = 30
     #: TCP_NODELAY: with Nagle's algorithm on, the body written after the headers waits for the client's
     #: delayed ACK, which measured 48 ms per request at one client instead of 2-3 ms
     disable_nagle_algorithm = True
@@ -150,7 +150,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        self._answered = False
         self.server.track(self, True)
+
+    def handle_one_request(self):
+        """Wait for a request's first byte (a new connection: up to the read deadline; a kept-alive one: up
+        to the idle timeout), then read it under the server's read deadline."""
+        server = self.server
+        self.connection.settimeout(server.idle_timeout if self._answered else server.read_timeout)
+        self._answered = True
+        try:
+            if not self.connection.recv(1, socket.MSG_PEEK):
+                self.close_connection = True
+                return
+        except OSError:  # idle too long, or reset
+            self.close_connection = True
+            return
+        self.connection.settimeout(server.read_timeout)
+        server.reading(self, True)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.reading(self, False)
 
     def finish(self):
         self.server.track(self, False)
@@ -195,6 +216,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status = "RESOURCE_EXHAUSTED"
             self.close_connection = True
             self._error(413, str(err))
+        except RecursionError:  # a structure nested too deeply for the conversions after parsing
+            status = "INVALID_ARGUMENT"
+            self._error(400, "the request is nested too deeply")
         except Exception as err:  # a bug, not the client's fault: report it and keep serving
             status = "INTERNAL"
             log.exception("%s %s failed", method, self.path)
@@ -238,20 +262,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 chunk = self.rfile.read(min(1 << 16, remaining))
                 remaining = remaining - len(chunk) if chunk else 0
             raise _TooLarge(f"request body of {length} bytes is over the limit of {self.server.max_body_bytes}")
-        raw = self.rfile.read(length)
+        raw = self._read_exactly(length)
+        self.server.reading(self, False)
         try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise invalid(f"JSON Parse error: {err}") from None
+            return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError; an integer of over 4300 digits
+            raise invalid(f"JSON Parse error: {str(err)[:200]}") from None
+        except RecursionError:
+            raise invalid("JSON Parse error: nested too deeply") from None
+
+    def _read_exactly(self, length):
+        chunks, remaining = [], length
+        while remaining > 0:
+            chunk = self.rfile.read(min(1 << 20, remaining))
+            if not chunk:
+                self.close_connection = True
+                raise invalid(f"the request body ended after {length - remaining} of {length} bytes")
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
 
     def _error(self, code, message):
         self._send(code, json.dumps({"error": message}).encode("utf-8"))
 
     def _send(self, code, payload, content_type="application/json"):
+        self.server.reading(self, False)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
-        if self.close_connection or self.server.draining:
+        if self.server.draining or self.server.waiting():  # others queue for a worker: hand this one over
+            self.close_connection = True
+        if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
@@ -261,23 +302,90 @@ class _TooLarge(Exception):
     pass
 
 
-class RestServer(http.server.ThreadingHTTPServer):
-    """One thread per connection; ``stop`` lets requests in flight finish, then closes idle connections."""
+def _no_constant(name):
+    raise invalid(f"JSON Parse error: {name} is not a number TF Serving accepts")
 
-    daemon_threads = False
-    block_on_close = True
+
+def _finite_float(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise invalid(f"JSON Parse error: number {text[:40]} is out of range")
+    return value
+
+
+OVERLOADED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+
+
+class RestServer(http.server.HTTPServer):
+    """A fixed pool of ``workers`` threads serves connections; up to ``queue`` more wait for one; beyond that
+    a connection is answered 503 at once and closed. A request must arrive whole (headers and body) within
+    ``read_timeout`` seconds of its first byte, or its connection is dropped; a keep-alive connection idles
+    at most ``idle_timeout`` seconds, and is closed after a response whenever connections are waiting.
+    ``stop`` lets requests in flight finish, then closes idle connections."""
+
     allow_reuse_address = True
     #: listen backlog; socketserver's default of 5 resets connections when many clients connect at once
     request_queue_size = 1024
 
-    def __init__(self, address, repository, metrics, max_body_bytes):
+    def __init__(self, address, repository, metrics, max_body_bytes, workers=16, queue=64, read_timeout=10.0,
+                 idle_timeout=10.0):
         super().__init__(address, Handler)
         self.repository = repository
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.workers, self.queue = workers, queue
+        self.read_timeout, self.idle_timeout = read_timeout, idle_timeout
         self.draining = False
         self._connections = {}  # handler -> busy?
+        self._reading = {}  # handler -> time its request's first byte arrived
+        self._rejected = []  # (socket, time) answered 503: closed once the client had time to read it
+        self._waiting = 0
+        self._slots = threading.BoundedSemaphore(workers + queue)
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rest")
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="rest-reaper", daemon=True)
+        self._reaper.start()
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._overloaded(request)
+            return
+        with self._lock:
+            self._waiting += 1
+        self._pool.submit(self._work, request, client_address)
+
+    def _work(self, request, client_address):
+        with self._lock:
+            self._waiting -= 1
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # a client that vanished mid-request: nothing to answer
+            log.debug("connection from %s ended with an error", client_address, exc_info=True)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def _overloaded(self, request):
+        self.metrics.observe(self.repository.label(None), "predict", ENTRYPOINT, "UNAVAILABLE", 0.0)
+        body = json.dumps({"error": f"overloaded: {self.workers} requests in progress and {self.queue} waiting; "
+                                    "retry"}).encode()
+        try:
+            request.settimeout(1.0)
+            request.sendall(OVERLOADED % (len(body), body))
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        with self._lock:
+            self._rejected.append((request, time.monotonic()))
+
+    def waiting(self):
+        with self._lock:
+            return self._waiting
+
+    def handle_error(self, request, client_address):
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
 
     def track(self, handler, open_):
         with self._lock:
@@ -285,10 +393,41 @@ class RestServer(http.server.ThreadingHTTPServer):
                 self._connections[handler] = False
             else:
                 self._connections.pop(handler, None)
+                self._reading.pop(handler, None)
 
     def busy(self, handler, busy):
         with self._lock:
             self._connections[handler] = busy
+
+    def reading(self, handler, started):
+        with self._lock:
+            if started:
+                self._reading[handler] = time.monotonic()
+            else:
+                self._reading.pop(handler, None)
+
+    def _reap(self):
+        """Drop connections whose request did not arrive in time; close answered-503 sockets."""
+        while not self._stopped.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                late = [h for h, since in self._reading.items() if now - since > self.read_timeout]
+                for h in late:
+                    self._reading.pop(h, None)
+                done = [(s, t) for s, t in self._rejected if now - t > 0.5]
+                self._rejected = [(s, t) for s, t in self._rejected if now - t <= 0.5]
+            for handler in late:
+                log.info("dropping %s: its request did not arrive within %gs", handler.client_address[0],
+                         self.read_timeout)
+                _shutdown(handler.connection)
+            for sock, _ in done:
+                try:
+                    sock.setblocking(False)
+                    while sock.recv(1 << 16):  # read away what the client sent, so closing sends no reset
+                        pass
+                except OSError:
+                    pass
+                sock.close()
 
     def stop(self):
         """Stop accepting, let in-flight requests finish, close idle keep-alive connections, join."""
@@ -297,8 +436,14 @@ class RestServer(http.server.ThreadingHTTPServer):
         with self._lock:
             idle = [h for h, busy in self._connections.items() if not busy]
         for handler in idle:
-            try:
-                handler.connection.shutdown(2)  # SHUT_RDWR wakes a thread waiting for the next request
-            except OSError:
-                pass
+            _shutdown(handler.connection)  # wakes a thread waiting for the next request
+        self._pool.shutdown(wait=True)
+        self._stopped.set()
         self.server_close()
+
+
+def _shutdown(sock):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -17,6 +17,9 @@ from serving.rest import RestServer
 
 log = logging.getLogger("serving")
 DEFAULT_MAX_BODY_MB = 64
+#: request workers per API (REST and gRPC each), and connections (REST) / calls (gRPC) that may wait for one
+DEFAULT_WORKERS = 16
+DEFAULT_QUEUE = 64
 
 
 class ModelServer:
@@ -24,10 +27,16 @@ class ModelServer:
 
     Port 0 picks a free port (read ``rest_port`` / ``grpc_port`` after ``start``); ``grpc_port=None``
     turns gRPC off. ``batching``: None, or {"max_batch_size", "timeout_s", "threads"}.
+
+    Bounded work: each API has ``workers`` threads and lets ``queue`` more connections (REST) or calls (gRPC)
+    wait; beyond that REST answers 503 and gRPC RESOURCE_EXHAUSTED at once. A REST request must arrive
+    whole within ``read_timeout`` seconds (a stalled or slow client is dropped) and a kept-alive connection
+    idles at most ``idle_timeout`` seconds.
     """
 
     def __init__(self, base, host="127.0.0.1", rest_port=8501, grpc_port=8500, batching=None, keep_versions=2,
-                 poll_seconds=1.0, max_body_bytes=DEFAULT_MAX_BODY_MB << 20, grace_seconds=30):
+                 poll_seconds=1.0, max_body_bytes=DEFAULT_MAX_BODY_MB << 20, grace_seconds=30,
+                 workers=DEFAULT_WORKERS, queue=DEFAULT_QUEUE, read_timeout=10.0, idle_timeout=10.0):
         self.metrics = Metrics()
         self.repository = ModelRepository(base, keep_versions=keep_versions, batching=batching,
                                           on_batch=self._record_batch)
@@ -37,6 +46,7 @@ class ModelServer:
         self.poll_seconds = poll_seconds
         self.max_body_bytes = max_body_bytes
         self.grace_seconds = grace_seconds
+        self.workers, self.queue, self.read_timeout, self.idle_timeout = workers, queue, read_timeout, idle_timeout
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads = []
@@ -53,14 +63,16 @@ class ModelServer:
             raise CnnkitError(f"no servable model under {self.repository.base}: expected NAME/VERSION folders with "
                               "saved_model.pb (what `cnnkit export` writes)")
         try:
-            self._rest = RestServer((self.host, self.rest_port), self.repository, self.metrics, self.max_body_bytes)
+            self._rest = RestServer((self.host, self.rest_port), self.repository, self.metrics, self.max_body_bytes,
+                                    self.workers, self.queue, self.read_timeout, self.idle_timeout)
         except OSError as err:
             raise CnnkitError(f"cannot listen on {self.host}:{self.rest_port}: {err.strerror}") from None
         self.rest_port = self._rest.server_address[1]
         if self.grpc_port is not None:
             options = [("grpc.max_receive_message_length", self.max_body_bytes),
                        ("grpc.max_send_message_length", self.max_body_bytes), ("grpc.so_reuseport", 0)]
-            self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=32), options=options)
+            self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=self.workers), options=options,
+                                     maximum_concurrent_rpcs=self.workers + self.queue)
             add_services(self._grpc, self.repository, self.metrics)
             port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
             if port == 0:

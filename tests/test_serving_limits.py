@@ -1,0 +1,250 @@
+"""The embedded server under hostile input and overload: bad JSON is a 400, stalled and slow clients are
+dropped, work beyond the pool and its queue is refused at once (503), and under a mixed load of good and
+hostile clients the good ones get correct answers while threads and memory stay bounded."""
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import signal
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from export import export as run_export
+from export import plan_formats
+from keras_cnns.training import TrainConfig, train
+from serving.loadgen import spawn_server
+from serving.server import ModelServer
+
+MODEL = "lenet5"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """LeNet-5 trained briefly on digits, exported as a SavedModel, and PNG digits with their answers."""
+    root = tmp_path_factory.mktemp("limits")
+    result = train(TrainConfig(output=str(root / "run"), epochs=3))
+    run_export(result.run_dir, output=str(root / "exports"), formats=plan_formats())
+    return str(root / "exports")
+
+
+def _png(seed):
+    pixels = np.random.RandomState(seed).randint(0, 255, (32, 32), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _body(images):
+    return {"signature_name": "serving_bytes", "instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
+
+
+def _threads(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("Threads:")))
+
+
+def _peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) / 1024
+
+
+HOSTILE_JSON = [
+    ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+    ('{"instances": ' + "[" * 5000 + "1" + "]" * 5000 + "}", "nested too deeply"),
+    ('{"instances": [[[[NaN]]]]}', "NaN"),
+    ('{"instances": [[[[Infinity]]]]}', "Infinity"),
+    ('{"instances": [[[[1e999]]]]}', "out of range"),
+    ('{"instances": [[[[' + "9" * 5000 + "]]]]}", "JSON Parse error"),
+    ('{"instances": [[[[{"a": [1, {"b": null}]}]]]]}', "numbers"),
+    ('{"instances": "x"}', "non-empty list"),
+]
+
+
+@pytest.mark.parametrize("text, message", HOSTILE_JSON, ids=[str(i) for i in range(len(HOSTILE_JSON))])
+def test_bad_json_is_always_a_short_400(base, text, message):
+    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5) as server:
+        url = f"http://127.0.0.1:{server.rest_port}/v1/models/{MODEL}:predict"
+        response = requests.post(url, data=text, timeout=60)
+        assert response.status_code == 400, response.text[:300]
+        error = response.json()["error"]
+        assert message in error and len(error) < 300
+        assert not any(internal in error for internal in ("Traceback", "RecursionError", "ValueError", "File \""))
+        assert requests.post(url, json=_body([_png(0)]), timeout=60).status_code == 200
+
+
+def test_stalled_clients_are_dropped_and_excess_connections_get_503_at_once(base):
+    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, workers=2, queue=2, read_timeout=1.0) as s:
+        stalled = []
+        for _ in range(4):  # half a request each: two hold the workers, two wait in the queue
+            sock = socket.create_connection(("127.0.0.1", s.rest_port))
+            sock.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nContent-Le".encode())
+            stalled.append(sock)
+        time.sleep(0.2)
+        started = time.monotonic()
+        response = requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict", json=_body([_png(1)]),
+                                 timeout=30)
+        assert response.status_code == 503 and "overloaded" in response.json()["error"]
+        assert response.headers["Retry-After"] == "1" and time.monotonic() - started < 0.5  # refused at once
+        assert _threads(os.getpid()) < 60  # no thread per connection
+        # the stalled ones are dropped after the read timeout (the queued two once they got a worker)
+        for sock in stalled:
+            sock.settimeout(10)
+            try:
+                assert sock.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+        assert time.monotonic() - started < 5
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ok = requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict", json=_body([_png(1)]),
+                               timeout=30)
+            if ok.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert ok.status_code == 200
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_slow_body_is_dropped_at_the_read_timeout(base):
+    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, read_timeout=1.0) as s:
+        sock = socket.create_connection(("127.0.0.1", s.rest_port))
+        sock.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n".encode())
+        started, closed_at = time.monotonic(), None
+        sock.settimeout(0.3)
+        for _ in range(30):  # 10 bytes every 0.3 s: every piece arrives in time, the whole body never does
+            try:
+                sock.sendall(b" " * 10)
+                if sock.recv(1024) == b"":
+                    closed_at = time.monotonic()
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                closed_at = time.monotonic()
+                break
+        assert closed_at is not None and closed_at - started < 4  # dropped at the 1 s read timeout
+        sock.close()
+        # a client that disconnects before its answer costs nothing either
+        quitter = socket.create_connection(("127.0.0.1", s.rest_port))
+        body = json.dumps(_body([_png(2)])).encode()
+        quitter.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                        + body)
+        quitter.close()
+        response = requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict", json=_body([_png(2)]),
+                                 timeout=30)
+        assert response.status_code == 200
+
+
+def _bomb():
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def test_64_clients_with_8_hostile_ones_good_answers_bounded_threads_and_memory_then_sigterm_drains(base):
+    proc, port, _, log = spawn_server(base, "--workers", "8", "--queue", "64", "--read-timeout", "2")
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict"
+        images = [_png(i) for i in range(8)]
+        reference = [requests.post(url, json=_body([image]), timeout=60).json()["predictions"][0]["labels"]
+                     for image in images]
+        idle_threads = _threads(proc.pid)
+        hostile = [lambda: requests.post(url, json=_body([_bomb()]), timeout=60),
+                   lambda: requests.post(url, data="[" * 100_000, timeout=60),
+                   lambda: requests.post(url, data=b"\xff\xfe garbage", timeout=60),
+                   lambda: requests.post(url, json=_body([b"not an image"]), timeout=60)]
+
+        def client(n):
+            session = requests.Session()
+            results = []
+            for k in range(6):
+                if n < 8:
+                    results.append(("bad", hostile[(n + k) % len(hostile)]().status_code))
+                else:
+                    i = (n + k) % len(images)
+                    r = session.post(url, json=_body([images[i]]), timeout=60)
+                    results.append(("good", r.status_code, r.json()["predictions"][0]["labels"] == reference[i]
+                                    if r.status_code == 200 else None))
+            return results
+
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            futures = [pool.submit(client, n) for n in range(64)]
+            peak_threads = idle_threads
+            while not all(f.done() for f in futures):
+                peak_threads = max(peak_threads, _threads(proc.pid))
+                time.sleep(0.05)
+            results = [r for f in futures for r in f.result()]
+        good = [r for r in results if r[0] == "good"]
+        bad = [r for r in results if r[0] == "bad"]
+        assert len(good) == 56 * 6 and all(r[1] == 200 and r[2] for r in good)
+        assert len(bad) == 8 * 6 and all(400 <= r[1] < 500 for r in bad)
+        assert peak_threads <= idle_threads + 8 + 4  # the REST pool is fixed: no thread per connection
+        assert _peak_rss_mb(proc.pid) < 1500  # one decoded 20000x20000 bomb alone would be 1200 MB more
+
+        # SIGTERM while clients are still sending: requests in flight finish, the process exits 0
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(requests.post, url, json=_body([images[0]]), timeout=60) for _ in range(8)]
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            answered = []
+            for f in futures:
+                try:
+                    answered.append(f.result().status_code)
+                except requests.ConnectionError:
+                    answered.append("refused")  # sent after the listener closed
+        assert proc.wait(timeout=60) == 0
+        assert all(a in (200, 503, "refused") for a in answered) and 200 in answered
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.unlink(log)
+
+
+def test_images_sent_to_the_classify_signature_are_a_400_and_grpc_overload_is_resource_exhausted(base):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(buffer, "JPEG")
+    jpeg = buffer.getvalue()
+    with ModelServer(base, rest_port=0, grpc_port=0, poll_seconds=5, workers=1, queue=0) as server:
+        body = {"signature_name": "classify", "instances": [{"b64": base64.b64encode(jpeg).decode()}]}
+        response = requests.post(f"http://127.0.0.1:{server.rest_port}/v1/models/{MODEL}:predict", json=body,
+                                 timeout=60)
+        assert response.status_code == 400 and "not a serialized tf.train.Example" in response.json()["error"]
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = MODEL, "classify"
+        request.inputs["inputs"].CopyFrom(tf.make_tensor_proto([jpeg]))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(request, timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "UnicodeDecodeError" not in err.value.details()
+        # one worker, no queue: concurrent calls beyond it are refused at once, not queued without bound
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = MODEL, "serving_bytes"
+        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([_png(i) for i in range(64)]))
+
+        def call(_):
+            try:
+                stub.Predict(request, timeout=60)
+                return "ok"
+            except grpc.RpcError as e:
+                return e.code()
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(call, range(32)))
+        assert "ok" in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        assert set(codes) <= {"ok", grpc.StatusCode.RESOURCE_EXHAUSTED}
