@@ -16,7 +16,8 @@ Encoded images are checked before they are decoded: the width and height in the 
 PNG, GIF, BMP, WebP) must fit the export's pixel budget (``max_megapixels``, 40 by default), or the
 request fails with InvalidArgument ("image is 20000x20000, over the 40 MP limit") at the cost of reading
 a header. A tiny file that decodes to gigabytes cannot take the server down, under TF Serving too.
-GIFs decode their first frame only.
+GIFs are classified by their first frame, but TensorFlow inflates every frame: a GIF's frames are counted
+by walking its blocks, and more than 100, or frames x width x height over the budget, are refused too.
 """
 import os
 
@@ -25,6 +26,8 @@ IMAGE_FEATURE = "image/encoded"
 TOP_K = 5
 #: default pixel budget of an encoded image, in megapixels (a 12 MP phone photo fits three times over)
 MAX_MEGAPIXELS = 40.0
+#: frames a GIF may hold (all of them are inflated, though only the first is used)
+MAX_GIF_FRAMES = 100
 
 
 def image_size(data):
@@ -66,14 +69,58 @@ def image_size(data):
     return tf.where(starts(b"\xff\xd8\xff"), jpeg[1], width), tf.where(starts(b"\xff\xd8\xff"), jpeg[0], height)
 
 
-def check_pixel_budget(data, max_megapixels):
-    """tf op that fails with InvalidArgument when ``data``'s header declares more than the budget."""
+def gif_frames(data, limit):
+    """tf op: how many images (frames) a GIF holds, counted by walking its blocks without decoding, up to
+    ``limit + 1``. TensorFlow's GIF decoder inflates every frame even when only the first is returned, so
+    an animation of many frames is a bomb however small each frame is."""
+    import tensorflow as tf
+
+    raw = tf.io.decode_raw(data, tf.uint8)
+    size = tf.size(raw)
+
+    def at(i):
+        return tf.cast(tf.gather(raw, tf.minimum(i, size - 1)), tf.int32)
+
+    def color_table(flags):
+        return tf.where(tf.bitwise.bitwise_and(flags, 0x80) > 0,
+                        3 * tf.bitwise.left_shift(2, tf.bitwise.bitwise_and(flags, 7)), 0)
+
+    def skip_sub_blocks(pos):  # data sub-blocks: a size byte, that many bytes, ... until a size of 0
+        return tf.while_loop(lambda p: (p < size) & (at(p) > 0), lambda p: [p + at(p) + 1],
+                             [pos], maximum_iterations=size)[0] + 1
+
+    def step(pos, frames):
+        block = at(pos)
+        image = block == 0x2C  # image descriptor: 10 bytes, local colour table, LZW code size, sub-blocks
+        start = tf.where(image, pos + 10 + color_table(at(pos + 9)) + 1, pos + 2)  # extension: label, sub-blocks
+        return [skip_sub_blocks(start), frames + tf.cast(image, tf.int32)]
+
+    def more(pos, frames):
+        return (pos < size) & (frames <= limit) & ((at(pos) == 0x2C) | (at(pos) == 0x21))
+
+    pos = 13 + color_table(at(10))
+    return tf.while_loop(more, step, [pos, tf.constant(0)], maximum_iterations=size)[1]
+
+
+def check_pixel_budget(data, max_megapixels, max_frames=MAX_GIF_FRAMES):
+    """tf op that fails with InvalidArgument when ``data``'s header declares more pixels than the budget,
+    or (a GIF) more frames than ``max_frames`` or frames x width x height over the budget."""
     import tensorflow as tf
 
     width, height = image_size(data)
     limit = int(max_megapixels * 1e6)
     message = tf.strings.format("image is {}x{}, over the {} MP limit", (width, height, max_megapixels))
-    return tf.debugging.Assert(width * height <= limit, [message])
+    size_ok = tf.debugging.Assert(width * height <= limit, [message])
+    is_gif = tf.equal(tf.strings.substr(data + b"\0\0\0\0", 0, 4), b"GIF8")
+    with tf.control_dependencies([size_ok]):
+        frames = tf.cond(is_gif, lambda: gif_frames(data, max_frames), lambda: tf.constant(1))
+    total = tf.cast(frames, tf.int64) * width * height
+    count = tf.where(frames > max_frames, f"over {max_frames}", tf.strings.as_string(frames))
+    message = tf.strings.join(["GIF has ", count, " frames of ", tf.strings.as_string(width), "x",
+                               tf.strings.as_string(height), f": over the limit of {max_frames} frames and "
+                               f"{max_megapixels:g} MP in all"])
+    return tf.debugging.Assert((frames <= max_frames) & (total <= limit), [message])
+
 
 
 def build_module(source):

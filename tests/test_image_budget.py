@@ -16,7 +16,7 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from export import export as run_export
-from export.savedmodel import image_size
+from export.savedmodel import gif_frames, image_size
 from serving.server import ModelServer
 
 
@@ -80,6 +80,21 @@ def test_truncated_and_unknown_headers_read_as_zero_or_fail_cleanly():
         image_size(tf.constant(b"\xff\xd8\xff\xe0 truncated"))
 
 
+def _animation(frames, size=(100, 80)):
+    images = [Image.fromarray(np.full(size[::-1], (i * 37) % 256, np.uint8)).convert("P") for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "GIF", save_all=frames > 1, append_images=images[1:], duration=10, loop=0)
+    return buffer.getvalue()
+
+
+def test_gif_frames_are_counted_by_walking_the_blocks():
+    for frames in (1, 2, 7):
+        assert int(gif_frames(tf.constant(_animation(frames)), 100)) == frames
+    assert int(gif_frames(tf.constant(_animation(150)), 100)) == 101  # stops counting past the limit
+    assert int(gif_frames(tf.constant(b"GIF89a"), 100)) == 0  # truncated: nothing to walk
+    assert int(gif_frames(tf.constant(_animation(3)[:60]), 100)) == 1
+
+
 @pytest.fixture(scope="module")
 def budget_export(tmp_path_factory):
     """An untrained RGB zoo model exported with a 1 MP budget (SavedModel only)."""
@@ -93,14 +108,21 @@ def test_the_savedmodel_itself_refuses_bombs_before_decoding(budget_export):
     serve = tf.saved_model.load(budget_export[1]).signatures["serving_bytes"]
     ok = serve(image_bytes=tf.constant([_pil("PNG", (1000, 1000)), _pil("JPEG", (1000, 1000))]))  # exactly 1 MP passes
     assert ok["probabilities"].shape == (2, 1000)
+    animations = [_animation(300, (1000, 1000)), _animation(3, (1000, 1000))]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for fmt, bomb in BOMBS.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"image is \d+x\d+, over the 1 MP limit"):
             serve(image_bytes=tf.constant([bomb]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="image is 1001x1000, over the 1 MP limit"):
         serve(image_bytes=tf.constant([_png(1001, 1000)]))
+    # TensorFlow inflates every frame of a GIF: 300 frames of 1000x1000 (a 1 MB file) would take 300 MB
+    with pytest.raises(tf.errors.InvalidArgumentError, match="GIF has over 100 frames of 1000x1000"):
+        serve(image_bytes=tf.constant(animations[:1]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="GIF has 3 frames of 1000x1000: over the limit"):
+        serve(image_bytes=tf.constant(animations[1:]))
     # decoding any one of them would take gigabytes (20000x20000x3 is 1.2 GB); refusing took next to nothing
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100
+    assert serve(image_bytes=tf.constant([_animation(5, (64, 64))]))["probabilities"].shape == (1, 1000)
 
 
 def test_the_server_answers_400_and_invalid_argument_and_keeps_serving(budget_export):
