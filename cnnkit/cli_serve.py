@@ -40,6 +40,9 @@ from cnnkit._quiet import stderr_silenced as native_logs_silenced
               help="Seconds a REST request (headers and body) may take to arrive; a slower client is dropped.")
 @click.option("--idle-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds a kept-alive REST connection may idle between requests.")
+@click.option("--queue-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="A REST connection that waited longer for a worker is answered 503 (its client has most likely "
+                   "given up).")
 @click.option("--emit-config", is_flag=True,
               help="Do not serve: write TF Serving deployment files (Dockerfile, models.config, batching and "
                    "monitoring configs, docker-compose.yml, Kubernetes manifests) for EXPORT_BASE to --output.")
@@ -48,8 +51,8 @@ from cnnkit._quiet import stderr_silenced as native_logs_silenced
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object on stdout: the files written, or the ports and models once serving.")
 def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size, batch_timeout_ms, batch_threads,
-          keep_versions, poll_seconds, max_body_mb, workers, queue, read_timeout, idle_timeout, emit_config, output,
-          as_json):
+          keep_versions, poll_seconds, max_body_mb, workers, queue, read_timeout, idle_timeout, queue_timeout,
+          emit_config, output, as_json):
     """Serve every model under EXPORT_BASE (or one model's folder) with TF Serving's REST and gRPC APIs.
 
     \b
@@ -86,7 +89,7 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
     server = ModelServer(export_base, host=host, rest_port=port, grpc_port=None if no_grpc else grpc_port,
                          batching=options if batching else None, keep_versions=keep_versions,
                          poll_seconds=poll_seconds, max_body_bytes=max_body_mb << 20, workers=workers, queue=queue,
-                         read_timeout=read_timeout, idle_timeout=idle_timeout)
+                         read_timeout=read_timeout, idle_timeout=idle_timeout, queue_timeout=queue_timeout)
     server.start()
     if as_json:
         click.echo(json.dumps({"host": host, "rest_port": server.rest_port, "grpc_port": server.grpc_port,

@@ -321,7 +321,8 @@ class RestServer(http.server.HTTPServer):
     """A fixed pool of ``workers`` threads serves connections; up to ``queue`` more wait for one; beyond that
     a connection is answered 503 at once and closed. A request must arrive whole (headers and body) within
     ``read_timeout`` seconds of its first byte, or its connection is dropped; a keep-alive connection idles
-    at most ``idle_timeout`` seconds, and is closed after a response whenever connections are waiting.
+    at most ``idle_timeout`` seconds, and is closed after a response whenever connections are waiting; a
+    connection that waited over ``queue_timeout`` seconds for a worker is answered 503 when it gets one.
     ``stop`` lets requests in flight finish, then closes idle connections."""
 
     allow_reuse_address = True
@@ -329,13 +330,13 @@ class RestServer(http.server.HTTPServer):
     request_queue_size = 1024
 
     def __init__(self, address, repository, metrics, max_body_bytes, workers=16, queue=64, read_timeout=10.0,
-                 idle_timeout=10.0):
+                 idle_timeout=10.0, queue_timeout=10.0):
         super().__init__(address, Handler)
         self.repository = repository
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.workers, self.queue = workers, queue
-        self.read_timeout, self.idle_timeout = read_timeout, idle_timeout
+        self.read_timeout, self.idle_timeout, self.queue_timeout = read_timeout, idle_timeout, queue_timeout
         self.draining = False
         self._connections = {}  # handler -> busy?
         self._reading = {}  # handler -> time its request's first byte arrived
@@ -354,11 +355,15 @@ class RestServer(http.server.HTTPServer):
             return
         with self._lock:
             self._waiting += 1
-        self._pool.submit(self._work, request, client_address)
+        self._pool.submit(self._work, request, client_address, time.monotonic())
 
-    def _work(self, request, client_address):
+    def _work(self, request, client_address, queued_at):
         with self._lock:
             self._waiting -= 1
+        if time.monotonic() - queued_at > self.queue_timeout:  # its client has most likely given up: refuse
+            self._overloaded(request)
+            self._slots.release()
+            return
         try:
             self.finish_request(request, client_address)
         except Exception:  # a client that vanished mid-request: nothing to answer
@@ -369,8 +374,8 @@ class RestServer(http.server.HTTPServer):
 
     def _overloaded(self, request):
         self.metrics.observe(self.repository.label(None), "predict", ENTRYPOINT, "UNAVAILABLE", 0.0)
-        body = json.dumps({"error": f"overloaded: {self.workers} requests in progress and {self.queue} waiting; "
-                                    "retry"}).encode()
+        body = json.dumps({"error": f"overloaded: {self.workers} requests in progress and up to {self.queue} "
+                                    f"waiting (at most {self.queue_timeout:g} s); retry"}).encode()
         try:
             request.settimeout(1.0)
             request.sendall(OVERLOADED % (len(body), body))

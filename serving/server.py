@@ -30,13 +30,15 @@ class ModelServer:
 
     Bounded work: each API has ``workers`` threads and lets ``queue`` more connections (REST) or calls (gRPC)
     wait; beyond that REST answers 503 and gRPC RESOURCE_EXHAUSTED at once. A REST request must arrive
-    whole within ``read_timeout`` seconds (a stalled or slow client is dropped) and a kept-alive connection
-    idles at most ``idle_timeout`` seconds.
+    whole within ``read_timeout`` seconds (a stalled or slow client is dropped), a kept-alive connection
+    idles at most ``idle_timeout`` seconds, and one that waited over ``queue_timeout`` seconds for a worker
+    is answered 503 (gRPC calls carry their clients' own deadlines).
     """
 
     def __init__(self, base, host="127.0.0.1", rest_port=8501, grpc_port=8500, batching=None, keep_versions=2,
                  poll_seconds=1.0, max_body_bytes=DEFAULT_MAX_BODY_MB << 20, grace_seconds=30,
-                 workers=DEFAULT_WORKERS, queue=DEFAULT_QUEUE, read_timeout=10.0, idle_timeout=10.0):
+                 workers=DEFAULT_WORKERS, queue=DEFAULT_QUEUE, read_timeout=10.0, idle_timeout=10.0,
+                 queue_timeout=10.0):
         self.metrics = Metrics()
         self.repository = ModelRepository(base, keep_versions=keep_versions, batching=batching,
                                           on_batch=self._record_batch)
@@ -47,6 +49,7 @@ class ModelServer:
         self.max_body_bytes = max_body_bytes
         self.grace_seconds = grace_seconds
         self.workers, self.queue, self.read_timeout, self.idle_timeout = workers, queue, read_timeout, idle_timeout
+        self.queue_timeout = queue_timeout
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads = []
@@ -64,7 +67,8 @@ class ModelServer:
                               "saved_model.pb (what `cnnkit export` writes)")
         try:
             self._rest = RestServer((self.host, self.rest_port), self.repository, self.metrics, self.max_body_bytes,
-                                    self.workers, self.queue, self.read_timeout, self.idle_timeout)
+                                    self.workers, self.queue, self.read_timeout, self.idle_timeout,
+                                    self.queue_timeout)
         except OSError as err:
             raise CnnkitError(f"cannot listen on {self.host}:{self.rest_port}: {err.strerror}") from None
         self.rest_port = self._rest.server_address[1]

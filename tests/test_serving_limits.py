@@ -112,6 +112,23 @@ def test_stalled_clients_are_dropped_and_excess_connections_get_503_at_once(base
             sock.close()
 
 
+def test_a_connection_that_waited_too_long_for_a_worker_is_answered_503(base):
+    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, workers=1, queue=4, read_timeout=2.0,
+                     queue_timeout=0.5) as s:
+        blocker = socket.create_connection(("127.0.0.1", s.rest_port))
+        blocker.sendall(b"POST /v1")  # holds the only worker until the read timeout (2 s) drops it
+        time.sleep(0.2)
+        started = time.monotonic()
+        late = requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict", json=_body([_png(3)]),
+                             timeout=30)
+        assert late.status_code == 503 and "at most 0.5 s" in late.json()["error"]
+        assert 1.5 < time.monotonic() - started < 5  # answered when it reached a worker, not served stale
+        fresh = requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict", json=_body([_png(3)]),
+                              timeout=30)
+        assert fresh.status_code == 200
+        blocker.close()
+
+
 def test_a_slow_body_is_dropped_at_the_read_timeout(base):
     with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, read_timeout=1.0) as s:
         sock = socket.create_connection(("127.0.0.1", s.rest_port))
