@@ -26,13 +26,13 @@ def _pil(fmt, size=(53, 37), **options):
     return buffer.getvalue()
 
 
-def _png(width, height):
+def _png(width, height, pixel_data=b"\0" * 4000):
     """A 1 KB PNG that declares width x height: its IDAT holds a few compressed rows only."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4000)) + \
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(pixel_data)) + \
         chunk(b"IEND", b"")
 
 
@@ -109,6 +109,7 @@ def test_the_savedmodel_itself_refuses_bombs_before_decoding(budget_export):
     ok = serve(image_bytes=tf.constant([_pil("PNG", (1000, 1000)), _pil("JPEG", (1000, 1000))]))  # exactly 1 MP passes
     assert ok["probabilities"].shape == (2, 1000)
     animations = [_animation(300, (1000, 1000)), _animation(3, (1000, 1000))]
+    liar = _png(100, 100, b"\0" * 100_000_000)  # the header says 100x100; the data inflates to 100 MB
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for fmt, bomb in BOMBS.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"image is \d+x\d+, over the 1 MP limit"):
@@ -120,6 +121,10 @@ def test_the_savedmodel_itself_refuses_bombs_before_decoding(budget_export):
         serve(image_bytes=tf.constant(animations[:1]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="GIF has 3 frames of 1000x1000: over the limit"):
         serve(image_bytes=tf.constant(animations[1:]))
+    try:  # a header that lies low: the decoder goes by the header and never inflates the rest
+        assert serve(image_bytes=tf.constant([liar]))["probabilities"].shape == (1, 1000)
+    except tf.errors.InvalidArgumentError as err:
+        assert "PNG" in str(err)
     # decoding any one of them would take gigabytes (20000x20000x3 is 1.2 GB); refusing took next to nothing
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100
     assert serve(image_bytes=tf.constant([_animation(5, (64, 64))]))["probabilities"].shape == (1, 1000)
