@@ -114,6 +114,11 @@ def create_model(name, num_classes=None, input_shape=None, include_top=True, **o
     if unknown:
         allowed = sorted(k for k in accepted if k not in ("num_classes", "input_shape", "include_top"))
         raise CnnkitError(f"{info.name} has no option {', '.join(unknown)}; its options are: {', '.join(allowed)}")
+    for key, value in merged.items():  # a number option given a word (-o alpha=abc) is the user's mistake
+        default = accepted[key].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None and \
+                (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CnnkitError(f"option {key} of {info.name} takes a number (default {default}), got {value!r}")
     shape = _normalise_input_shape(input_shape, info.input_shape)
     model = info.builder(num_classes=num_classes, input_shape=shape, include_top=include_top, **merged)
     model._name = info.name

@@ -99,6 +99,9 @@ def test_evaluate_and_finetune_from_the_command_line(tmp_path):
     assert os.path.exists(os.path.join(src, "confusion.png"))
     evaluated = one_json(run("evaluate", src, "--json"))
     assert evaluated["samples"] == 269 and len(evaluated["confusion_matrix"]) == 10
+    wrong = run("evaluate", os.path.join(src, "best.keras"))
+    assert wrong.returncode == 2 and "is a model file of the run" in wrong.stderr and "give the run directory" in \
+        wrong.stderr
 
     out = run("finetune", src, "--data", "shapes:10", "--epochs", "1", "--output", str(tmp_path / "ft"))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -114,6 +117,9 @@ def test_evaluate_and_finetune_from_the_command_line(tmp_path):
     (["train", "lenet5", "--strategy", "multiworker"], "needs TF_CONFIG"),
     (["train", "--resume", "."], "is not a run directory"),
     (["evaluate", "no-such-run"], "run directory no-such-run does not exist"),
+    (["profile", "mobilenet", "-o", "alpha=abc"], "option alpha of mobilenet takes a number (default 1.0), got 'abc'"),
+    (["predict", "x.png", "--model", "m", "--server", "localhost:8501"], "REST needs http://localhost:8501"),
+    (["predict", "x.png", "--model", "m", "--server", "http://localhost:8500", "--grpc"], "not a URL"),
     (["finetune", "model.onnx", "--data", "digits"], "must be a run directory or a .keras/.h5 model file"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message):

@@ -112,6 +112,9 @@ def update_latest(run_dir):
 
 def resolve_run_dir(path):
     """A run directory the user named (``runs/latest`` included); a clear error when it is not a run."""
+    if os.path.isfile(path) and os.path.exists(os.path.join(os.path.dirname(path) or ".", "config.json")):
+        raise CnnkitError(f"{path} is a model file of the run {os.path.dirname(path) or '.'}; give the run "
+                          "directory (its best.keras is used)")
     if not os.path.isdir(path):
         raise CnnkitError(f"run directory {path} does not exist")
     if not os.path.exists(os.path.join(path, "config.json")):
