@@ -121,11 +121,6 @@ def predict(images, model, server, use_grpc, model_version, runtime, top_k, as_j
 
     if use_grpc and not server:
         raise CnnkitError("--grpc needs --server HOST:PORT")
-    if server and use_grpc and "://" in server:
-        raise CnnkitError(f"--grpc takes --server HOST:PORT (e.g. localhost:8500), not a URL: {server}")
-    if server and not use_grpc and not server.startswith(("http://", "https://")):
-        raise CnnkitError(f"--server {server} is not a URL: REST needs http://{server} (or add --grpc for gRPC "
-                          "on HOST:PORT)")
     if model_version and not server:
         raise CnnkitError("--version asks a server for a version; locally give the version folder as --model")
     if runtime != "auto" and server:

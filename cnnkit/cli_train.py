@@ -43,6 +43,7 @@ _fit_options = [
     click.option("--l1", type=click.FloatRange(min=0), default=0.0, show_default=True,
                  help="L1 penalty on kernels (with --l2: elastic net)."),
     click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True, help="L2 penalty on kernels."),
+    # the rule of keras_cnns.training.batchnorm.default_momentum (importing it here would start TensorFlow)
     click.option("--bn-momentum", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                  help="Batch-norm moving-average momentum for every batch-norm layer. Default: 1 - 10 / (steps per "
                       "epoch), clipped to [0.9, 0.99] (0.9 below 100 steps an epoch, 0.99 from 1000)."),

@@ -207,8 +207,8 @@ def _tflite(graph, fmt, variant, representative, int8_io, src, version, path):
     content = tflite.convert(graph, variant, representative, int8_io)
     description = (f"{src.name}: image classifier of {len(src.labels)} classes exported by cnnkit ({fmt}) from "
                    f"{src.origin}" + (f", trained on {src.data_spec}" if src.data_spec else ""))
-    tflite.write(tflite.add_metadata(content, src.labels, 3 if src.input_shape[-1] == 1 else src.input_shape[-1],
-                                     src.name, description, version, author=src.author, license=src.license), path)
+    tflite.write(tflite.add_metadata(content, src.labels, src.name, description, version, author=src.author,
+                                     license=src.license), path)
 
 
 def _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed, int8_io):
@@ -278,24 +278,21 @@ def _mediapipe_text(check):
             f"(needs {MEDIAPIPE_AGREEMENT:.0%}), category names {', '.join(check['names']) or 'none'}")
 
 
-def _path_of(meta, artifact):
-    return next(a["path"] for a in meta["artifacts"] if a["artifact"] == artifact)
-
-
-def mediapipe_check(path, images, row, count=MEDIAPIPE_IMAGES):
+def mediapipe_check(path, litert, images, int8_io=False, count=MEDIAPIPE_IMAGES):
     """Does the ``.tflite`` load and classify in MediaPipe Tasks' ImageClassifier from its metadata alone,
-    and agree with LiteRT? {"loads", "top1_agreement", "names", "images", "ok", "error"}."""
+    and agree with ``litert`` (its LiteRT runner)? {"loads", "top1_agreement", "names", "images", "ok", "error"}.
+    ``int8_io``: int8 input was asked for (--int8-io int8), for runtimes other than MediaPipe: a refusal is
+    reported, not a failure."""
     images = images[:count]
     try:
         runner = tflite.MediaPipeRunner(path)
     except CnnkitError as err:
-        asked = row.get("int8_io")  # int8 input was asked for (--int8-io int8): for runtimes other than MediaPipe
-        return {"loads": False, "ok": bool(asked), "error": str(err) + (
-            " (int8 input was asked for with --int8-io int8; MediaPipe Tasks takes uint8 or float32)" if asked else "")}
+        return {"loads": False, "ok": int8_io, "error": str(err) + (
+            " (int8 input was asked for with --int8-io int8; MediaPipe Tasks takes uint8 or float32)" if int8_io
+            else "")}
     got = runner(images).argmax(axis=1)
     runner.close()
-    litert = tflite.Runner(path)
-    want = np.concatenate([litert(images[i:i + 64]) for i in range(0, len(images), 64)]).argmax(axis=1)
+    want = litert(images).argmax(axis=1)
     agreement = float((got == want).mean())
     names = sorted(runner.names)
     return {"loads": True, "images": int(len(images)), "top1_agreement": agreement, "names": names[:20],
@@ -324,10 +321,11 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     rows = parity.compare(keras_reference(model, meta["preprocessing"]), runners, images, labels)
     extras = {a["artifact"]: {k: v for k, v in a.items() if k not in ("artifact", "kind", "path")}
               for a in meta["artifacts"]}
+    by_name = {name: (path, run) for name, _, path, run in runners}
     for row in rows:
         row.update(extras.get(row["artifact"], {}))
-        if row["kind"].startswith("tflite"):
-            row["mediapipe"] = mediapipe_check(os.path.join(export_dir, _path_of(meta, row["artifact"])), images, row)
+        if row["kind"].startswith("tflite"):  # the phone's runtime, next to LiteRT's answers
+            row["mediapipe"] = mediapipe_check(*by_name[row["artifact"]], images, bool(row.get("int8_io")))
             row["ok"] = row["ok"] and row["mediapipe"]["ok"]
     report = {"name": meta["name"], "version": meta["version"], "images": int(len(images)),
               "labelled": labels is not None, "artifacts": rows, "ok": all(r["ok"] for r in rows)}

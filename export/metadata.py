@@ -46,15 +46,16 @@ def _tensor(m, name, description, kind, properties, low, high):
     return tensor
 
 
-def image_classifier_metadata(name, labels, channels, description="", version="", author="", license=""):
-    """The ``ModelMetadata`` flatbuffer (bytes) of an image classifier with one input and one output."""
+def image_classifier_metadata(name, labels, description="", version="", author="", license=""):
+    """The ``ModelMetadata`` flatbuffer (bytes) of an image classifier with one RGB input and one output
+    (MediaPipe Tasks refuses grayscale: cnnkit's mobile graphs take RGB, see exporter.rgb_input)."""
     import flatbuffers
 
     m = _schema()
     properties = m.ImagePropertiesT()
-    properties.colorSpace = m.ColorSpaceType.RGB if channels == 3 else m.ColorSpaceType.GRAYSCALE
-    image = _tensor(m, "image", f"{'RGB' if channels == 3 else 'grayscale'} image, pixel values 0..255",
-                    m.ContentProperties.ImageProperties, properties, 0.0, 255.0)
+    properties.colorSpace = m.ColorSpaceType.RGB
+    image = _tensor(m, "image", "RGB image, pixel values 0..255", m.ContentProperties.ImageProperties,
+                    properties, 0.0, 255.0)
     norm = m.ProcessUnitT()
     norm.optionsType = m.ProcessUnitOptions.NormalizationOptions
     norm.options = m.NormalizationOptionsT()
@@ -81,14 +82,9 @@ def image_classifier_metadata(name, labels, channels, description="", version=""
     return bytes(builder.Output())
 
 
-def _model(content):
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
-
-
-def _entry_name(entry):
-    return entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+def name_of(item):
+    """A flatbuffer object's ``name``: bytes when read from a file, str when set in Python."""
+    return item.name.decode() if isinstance(item.name, bytes) else item.name
 
 
 def populate(content, metadata, files):
@@ -98,10 +94,12 @@ def populate(content, metadata, files):
     import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
 
-    model = _model(content)
+    from export.tflite import model_t
+
+    model = model_t(content)
     buffer = schema.BufferT()
     buffer.data = list(metadata)
-    entry = next((e for e in model.metadata or [] if _entry_name(e) == METADATA_NAME), None)
+    entry = next((e for e in model.metadata or [] if name_of(e) == METADATA_NAME), None)
     if entry is None:
         model.buffers.append(buffer)
         entry = schema.MetadataT()
@@ -121,10 +119,12 @@ def populate(content, metadata, files):
 
 def read(content):
     """The ``ModelMetadataT`` of a ``.tflite`` (bytes), or None."""
+    from export.tflite import model_t
+
     m = _schema()
-    model = _model(content)
+    model = model_t(content)
     for entry in model.metadata or []:
-        if _entry_name(entry) == METADATA_NAME:
+        if name_of(entry) == METADATA_NAME:
             data = bytearray(model.buffers[entry.buffer].data)
             if not m.ModelMetadata.ModelMetadataBufferHasIdentifier(data, 0):
                 raise CnnkitError("the model's TFLITE_METADATA is not a ModelMetadata flatbuffer")
@@ -153,7 +153,6 @@ def labels(content):
     for tensor in meta.subgraphMetadata[0].outputTensorMetadata or []:
         for file in tensor.associatedFiles or []:
             if file.type == m.AssociatedFileType.TENSOR_AXIS_LABELS:
-                name = file.name.decode() if isinstance(file.name, bytes) else file.name
-                data = associated_file(content, name)
+                data = associated_file(content, name_of(file))
                 return data.decode("utf-8").splitlines() if data is not None else None
     return None

@@ -61,12 +61,14 @@ def image_size(data):
         (starts(b"RIFF") & starts(b"WEBPVP8L", 8), vp8l),
         (starts(b"RIFF") & starts(b"WEBPVP8 ", 8), (le(26, 2, 14), le(28, 2, 14))),
     ]
+    is_jpeg = starts(b"\xff\xd8\xff")  # height, width from the frame header, found by walking the markers
+    jpeg = tf.cond(is_jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)[:2],
+                   lambda: tf.zeros([2], tf.int64))
+    sizes.append((is_jpeg, (jpeg[1], jpeg[0])))
     width, height = tf.constant(0, tf.int64), tf.constant(0, tf.int64)
     for is_format, (w, h) in sizes:
         width, height = tf.where(is_format, w, width), tf.where(is_format, h, height)
-    jpeg = tf.cond(starts(b"\xff\xd8\xff"), lambda: tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)[:2],
-                   lambda: tf.zeros([2], tf.int64))
-    return tf.where(starts(b"\xff\xd8\xff"), jpeg[1], width), tf.where(starts(b"\xff\xd8\xff"), jpeg[0], height)
+    return width, height
 
 
 def gif_frames(data, limit):

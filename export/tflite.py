@@ -55,7 +55,7 @@ def convert(saved_model_dir, variant, representative=None, io_type="uint8"):
     return content
 
 
-def _model_t(content):
+def model_t(content):
     from tensorflow.lite.python import schema_py_generated as schema
 
     return schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
@@ -63,7 +63,7 @@ def _model_t(content):
 
 def check_builtin_only(content):
     """Raise if the model holds a custom or Flex (select TF) op."""
-    custom = sorted({(code.customCode or b"").decode() for code in _model_t(content).operatorCodes if code.customCode})
+    custom = sorted({(code.customCode or b"").decode() for code in model_t(content).operatorCodes if code.customCode})
     if custom:
         raise CnnkitError(f"the TFLite model needs non-builtin ops: {', '.join(custom)}")
 
@@ -73,14 +73,14 @@ def op_names(content):
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     return sorted({names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
-                   for code in _model_t(content).operatorCodes})
+                   for code in model_t(content).operatorCodes})
 
 
-def add_metadata(content, labels, channels, name, description="", version="", author="", license=""):
+def add_metadata(content, labels, name, description="", version="", author="", license=""):
     """The model with standard TFLite Model Metadata and ``labels`` packed as its output's label file."""
     from export import metadata
 
-    meta = metadata.image_classifier_metadata(name, labels, channels, description, version, author, license)
+    meta = metadata.image_classifier_metadata(name, labels, description, version, author, license)
     return metadata.populate(content, meta, {metadata.LABELS_FILE: ("\n".join(labels) + "\n").encode("utf-8")})
 
 
@@ -94,10 +94,9 @@ def read_labels(path):
     found = metadata.labels(content)
     if found is not None:
         return found
-    model = _model_t(content)
+    model = model_t(content)
     for entry in model.metadata or []:
-        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if name == LEGACY_LABELS_METADATA:
+        if metadata.name_of(entry) == LEGACY_LABELS_METADATA:
             return bytes(model.buffers[entry.buffer].data).decode("utf-8").splitlines()
     return None
 
@@ -170,6 +169,7 @@ class MediaPipeRunner:
             raise CnnkitError("the mediapipe runtime needs the mediapipe package: pip install mediapipe==1.2.2") from None
         self._mp = mp
         self.labels = read_labels(path) or []
+        self._index = {name: i for i, name in enumerate(self.labels)}
         options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=path),
                                                 max_results=len(self.labels) or -1)
         try:
@@ -185,12 +185,11 @@ class MediaPipeRunner:
     def scores(self, image):
         """One uint8 RGB image of any size (MediaPipe resizes it) -> probabilities in label order."""
         out = np.zeros(len(self.labels), np.float32)
-        index = {name: i for i, name in enumerate(self.labels)}
         frame = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
         for category in self.classifier.classify(frame).classifications[0].categories:
             self.names.add(category.category_name)
-            if category.category_name in index:
-                out[index[category.category_name]] = category.score
+            if category.category_name in self._index:
+                out[self._index[category.category_name]] = category.score
         return out
 
     def __call__(self, images):

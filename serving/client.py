@@ -172,6 +172,12 @@ class GrpcClient:
 
 
 def connect(url, grpc=False, timeout=60):
+    """A client of a model server: REST at an ``http(s)://`` URL, or gRPC at ``HOST:PORT``."""
+    if grpc and "://" in url:
+        raise CnnkitError(f"--grpc takes --server HOST:PORT (e.g. localhost:8500), not a URL: {url}")
+    if not grpc and not url.startswith(("http://", "https://")):
+        raise CnnkitError(f"--server {url} is not a URL: REST needs http://{url} (or add --grpc for gRPC on "
+                          "HOST:PORT)")
     return GrpcClient(url, timeout) if grpc else RestClient(url, timeout)
 
 
@@ -287,29 +293,15 @@ class LocalModel:
             return read_json(meta)["labels"]
         return None
 
-    @staticmethod
-    def _rgb(image):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(image)) as img:
-                return np.asarray(img.convert("RGB"), np.uint8)
-        except (UnidentifiedImageError, OSError) as err:
-            raise InvalidInput(f"not a readable image: {err}") from None
-
     def _pixels(self, image):
         """Decode and resize like the SavedModel's ``serving_bytes`` does (antialiased bilinear)."""
-        from PIL import Image, UnidentifiedImageError
-
         h, w, c = self.input_shape
-        try:
-            with Image.open(io.BytesIO(image)) as img:
-                img = img.convert("L" if c == 1 else "RGB")
-                if img.size != (w, h):
-                    img = img.resize((w, h), Image.BILINEAR)
-                return np.asarray(img, np.float32).reshape(h, w, c)
-        except (UnidentifiedImageError, OSError) as err:
-            raise InvalidInput(f"not a readable image: {err}") from None
+        return _decode(image, "L" if c == 1 else "RGB", (w, h)).astype(np.float32).reshape(h, w, c)
+
+    def close(self):
+        """Free a MediaPipe classifier now (its own ``__del__`` fails once the interpreter shuts down)."""
+        if self.kind == "mediapipe":
+            self._run.close()
 
     def classify(self, images, top_k=5):
         if self.kind == "savedmodel":
@@ -324,12 +316,26 @@ class LocalModel:
             return _predictions(self.name, self.version, out["top_labels"].numpy(), out["scores"].numpy(), top_k,
                                 self.kind)
         if self.kind == "mediapipe":  # MediaPipe resizes the whole image itself, as on a phone
-            probabilities = np.stack([self._run.scores(self._rgb(image)) for image in images])
+            probabilities = np.stack([self._run.scores(_decode(image, "RGB")) for image in images])
         else:
             probabilities = self._run(np.stack([self._pixels(image) for image in images]))
         top = np.argsort(-probabilities, axis=1)[:, :top_k]
         return _predictions(self.name, self.version, [[self.labels[i] for i in row] for row in top],
                             np.take_along_axis(probabilities, top, axis=1), top_k, self.kind)
+
+
+def _decode(data, mode, size=None):
+    """Encoded image bytes -> uint8 array in PIL ``mode``, resized to ``size`` (w, h) when given."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert(mode)
+            if size and img.size != size:
+                img = img.resize(size, Image.BILINEAR)
+            return np.asarray(img)
+    except (UnidentifiedImageError, OSError) as err:
+        raise InvalidInput(f"not a readable image: {err}") from None
 
 
 def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5, runtime="auto"):
@@ -354,6 +360,6 @@ def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5, 
         except InvalidInput as err:
             prediction = InvalidInput(f"{path}: {err}")
         results.append((path, prediction))
-    if getattr(runner, "kind", None) == "mediapipe":
-        runner._run.close()
+    if not server:
+        runner.close()
     return results

@@ -216,7 +216,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status = "RESOURCE_EXHAUSTED"
             self.close_connection = True
             self._error(413, str(err))
-        except RecursionError:  # a structure nested too deeply for the conversions after parsing
+        except RecursionError:  # nested too deeply for the JSON parser or the conversions after it
             status = "INVALID_ARGUMENT"
             self._error(400, "the request is nested too deeply")
         except Exception as err:  # a bug, not the client's fault: report it and keep serving
@@ -268,8 +268,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
         except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError; an integer of over 4300 digits
             raise invalid(f"JSON Parse error: {str(err)[:200]}") from None
-        except RecursionError:
-            raise invalid("JSON Parse error: nested too deeply") from None
 
     def _read_exactly(self, length):
         chunks, remaining = [], length
@@ -286,7 +284,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(code, json.dumps({"error": message}).encode("utf-8"))
 
     def _send(self, code, payload, content_type="application/json"):
-        self.server.reading(self, False)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -367,7 +364,7 @@ class RestServer(http.server.HTTPServer):
         try:
             self.finish_request(request, client_address)
         except Exception:  # a client that vanished mid-request: nothing to answer
-            log.debug("connection from %s ended with an error", client_address, exc_info=True)
+            self.handle_error(request, client_address)
         finally:
             self.shutdown_request(request)
             self._slots.release()

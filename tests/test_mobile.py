@@ -133,7 +133,7 @@ def test_labels_of_an_export_written_by_the_previous_version_are_still_found(rgb
     assert metadata.read(old.read_bytes()) is None
     assert tflite.read_labels(str(old)) == CLASSES
     # and metadata can be added to it later; populating again replaces, never duplicates
-    meta = metadata.image_classifier_metadata("m", CLASSES, 3)
+    meta = metadata.image_classifier_metadata("m", CLASSES)
     twice = metadata.populate(metadata.populate(old.read_bytes(), meta, {"labels.txt": b"a\nb\nc\n"}), meta,
                               {"labels.txt": b"bar\ncross\ndisc\n"})
     assert metadata.labels(twice) == CLASSES

@@ -112,6 +112,18 @@ def test_stalled_clients_are_dropped_and_excess_connections_get_503_at_once(base
             sock.close()
 
 
+def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(base):
+    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, idle_timeout=0.5) as s:
+        sock = socket.create_connection(("127.0.0.1", s.rest_port))
+        sock.sendall(f"GET /v1/models/{MODEL} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # answered, and kept alive (no one was waiting)
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # then closed by the server once idle
+        assert 0.3 < time.monotonic() - started < 3
+        sock.close()
+
+
 def test_a_connection_that_waited_too_long_for_a_worker_is_answered_503(base):
     with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, workers=1, queue=4, read_timeout=2.0,
                      queue_timeout=0.5) as s:

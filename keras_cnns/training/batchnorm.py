@@ -9,18 +9,13 @@ depth and frozen layers run as at inference. The per-batch moments are pooled ex
 population variance of the layer's inputs over every image), like PyTorch's ``swa_utils.update_bn``.
 """
 import contextlib
-import logging
 import math
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
 #: an epoch of at least this many steps with a moving average of <= a tenth of an epoch needs no recalibration
 LONG_EPOCH_STEPS = 1000
 MOMENTUM_RANGE = (0.9, 0.99)
-MOMENTUM_RULE = ("when not set, momentum = 1 - 10 / (steps per epoch), clipped to [0.9, 0.99] (0.9 below 100 "
-                 "steps per epoch, 0.99 from 1000)")
 #: inference-mode accuracy on the training split this far (in accuracy points) below training-mode accuracy
 #: is reported as a likely batch-norm (or dropout) problem
 GAP_WARNING = 0.05
@@ -35,16 +30,13 @@ def _bn_base():
 def batch_norm_layers(model, trainable_only=True):
     """Every batch-norm layer of ``model`` at any depth (nested models, tfmot wrappers), each once."""
     base = _bn_base()
-    found = {}
-    for layer in [model, *model.submodules]:
-        if isinstance(layer, base) and layer.built and (layer.trainable or not trainable_only):
-            found.setdefault(id(layer), layer)
-    return list(found.values())
+    return [layer for layer in model.submodules
+            if isinstance(layer, base) and layer.built and (layer.trainable or not trainable_only)]
 
 
 def default_momentum(steps_per_epoch):
-    """The batch-norm momentum for an epoch of ``steps_per_epoch`` steps (see :data:`MOMENTUM_RULE`): the
-    moving average then spans about a tenth of an epoch, so it forgets the start of each epoch."""
+    """The batch-norm momentum for an epoch of ``steps_per_epoch`` steps when none is set: 1 - 10 / steps,
+    clipped to :data:`MOMENTUM_RANGE`. The moving average then spans about a tenth of an epoch."""
     low, high = MOMENTUM_RANGE
     return round(min(high, max(low, 1.0 - 10.0 / max(1, steps_per_epoch))), 4)
 
@@ -112,7 +104,7 @@ class Recalibrator:
 
         self._step = tf.function(step, reduce_retracing=True)
 
-    def __call__(self, dataset, max_batches=None):
+    def __call__(self, dataset):
         """``dataset`` yields image batches or (images, labels), un-augmented and shuffled (batches of one class
         would bias the layers behind a batch norm). Returns ``{"layers", "images"}``."""
         if not self.layers:
@@ -121,9 +113,7 @@ class Recalibrator:
         sums = [[0.0, 0.0, 0.0] for _ in self.layers]
         images = 0
         with _batch_statistics(self.layers, self._taps):
-            for n, batch in enumerate(dataset):
-                if max_batches is not None and n >= max_batches:
-                    break
+            for batch in dataset:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 images += int(x.shape[0])
                 for i, mean, variance, count in self._step(x):
@@ -141,9 +131,9 @@ class Recalibrator:
         return {"layers": len(self.layers), "images": images}
 
 
-def recalibrate(model, dataset, max_batches=None):
+def recalibrate(model, dataset):
     """One-off :class:`Recalibrator` pass: ``model``'s batch-norm statistics from ``dataset``."""
-    return Recalibrator(model)(dataset, max_batches)
+    return Recalibrator(model)(dataset)
 
 
 def set_momentum(model, momentum):
@@ -152,15 +142,12 @@ def set_momentum(model, momentum):
 
 
 def consistency_check(model, dataset, training_accuracy, max_batches=64):
-    """Inference-mode accuracy on (a sample of) the training split next to the last epoch's training-mode
-    accuracy; a ``warning`` when inference is more than :data:`GAP_WARNING` below it."""
+    """Inference-mode accuracy of a single-output ``model`` on (a sample of) the training split, as
+    (images, one-hot labels) batches, next to the last epoch's training-mode accuracy; a ``warning`` when
+    inference is more than :data:`GAP_WARNING` below it."""
     correct = seen = 0
-    for n, (x, y) in enumerate(dataset):
-        if n >= max_batches:
-            break
+    for x, y in dataset.take(max_batches):
         out = model(x, training=False)
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        y = y[0] if isinstance(y, (list, tuple)) else (next(iter(y.values())) if isinstance(y, dict) else y)
         correct += int(np.sum(np.argmax(out, -1) == np.argmax(y, -1)))
         seen += int(x.shape[0])
     inference = correct / max(1, seen)

@@ -61,7 +61,7 @@ class TrainConfig:
     l2: float = 0.0
     dropout: float = None
     #: batch-norm moving-average momentum for every BN layer (None: chosen from the epoch's length, see
-    #: batchnorm.MOMENTUM_RULE)
+    #: batchnorm.default_momentum)
     bn_momentum: float = None
     #: re-estimate batch-norm statistics before every validation: auto (short epochs), always or never
     bn_recalibrate: str = "auto"
