@@ -44,6 +44,18 @@ def _body(images):
     return {"signature_name": "serving_bytes", "instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
 
 
+def _read_response(sock):
+    """One whole HTTP response from a raw socket (headers and body may arrive in separate segments)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
 def _threads(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(next(line.split()[1] for line in f if line.startswith("Threads:")))
@@ -117,7 +129,8 @@ def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(base):
         sock = socket.create_connection(("127.0.0.1", s.rest_port))
         sock.sendall(f"GET /v1/models/{MODEL} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         sock.settimeout(10)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # answered, and kept alive (no one was waiting)
+        head, body = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(body)  # answered, and kept alive (no one waited)
         started = time.monotonic()
         assert sock.recv(1024) == b""  # then closed by the server once idle
         assert 0.3 < time.monotonic() - started < 3
