@@ -84,3 +84,25 @@ def test_model_is_named_after_registry_entry():
 
 def test_package_exports():
     assert callable(keras_cnns.create_model) and callable(keras_cnns.inference_model)
+
+
+def test_import_keras_cnns_alone_lets_tf_keras_load_a_saved_model_with_its_layers_and_schedules(tmp_path):
+    import subprocess
+    import sys
+
+    import tf_keras
+
+    from keras_cnns.training.schedules import build_schedule
+
+    model = create_model("resnet20_cifar", num_classes=10, input_shape=(32, 32, 3))  # uses ZeroPadShortcut
+    model.compile(tf_keras.optimizers.SGD(build_schedule("cosine", 0.1, 10, 3, warmup_epochs=1)), "mse")
+    path = str(tmp_path / "best.keras")
+    model.save(path)
+    code = ("import sys, keras_cnns; assert 'tensorflow' not in sys.modules, 'import keras_cnns started TensorFlow'; "
+            f"import tf_keras; m = tf_keras.models.load_model({path!r}); "
+            "print(type(m.optimizer._learning_rate).__name__, "
+            "sum(type(l).__name__ == 'ZeroPadShortcut' for l in m.layers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    schedule, shortcuts = out.stdout.split()
+    assert schedule == "LinearWarmup" and int(shortcuts) == 2
