@@ -334,7 +334,9 @@ def _decode(data, mode, size=None):
             if size and img.size != size:
                 img = img.resize(size, Image.BILINEAR)
             return np.asarray(img)
-    except (UnidentifiedImageError, OSError) as err:
+    except UnidentifiedImageError:
+        raise InvalidInput(f"not a readable image: {len(data)} bytes in no image format Pillow knows") from None
+    except OSError as err:
         raise InvalidInput(f"not a readable image: {err}") from None
 
 

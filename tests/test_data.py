@@ -87,9 +87,10 @@ def test_image_folder_decodes_real_files_and_skips_corrupt_ones_by_name(photo_di
     assert red[..., 0].mean() > 150 and red[..., 2].mean() < 80  # RGB order kept
 
 
-def test_strict_mode_stops_on_a_corrupt_image_naming_it(photo_dir):
-    with pytest.raises(CnnkitError, match="fake.jpg"):
+def test_strict_mode_stops_on_a_corrupt_image_naming_it_without_claiming_to_skip_it(photo_dir, caplog):
+    with pytest.raises(CnnkitError, match=r"fake.jpg \(not a readable image"):
         load_data(str(photo_dir), (8, 8, 3), strict=True)
+    assert "skipping" not in caplog.text
 
 
 def test_a_folder_too_big_for_ram_streams_from_disk(photo_dir, monkeypatch):

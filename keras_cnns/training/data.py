@@ -345,11 +345,11 @@ def load_data(spec, input_shape, val_split=0.15, test_split=0.15, strict=False, 
         paths, y, names = _scan_directory(arg)
         fits = len(paths) * size * size * channels <= _ram_budget()
         good, images, skipped = _decode_directory(paths, size, channels, keep_pixels=fits)
+        if skipped and strict:
+            raise CnnkitError(f"{len(skipped)} unreadable image(s) (--strict): " + ", ".join(
+                f"{p} ({reason})" for p, reason in skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
         for path, reason in skipped:
             log.warning("skipping %s: %s", path, reason)
-        if skipped and strict:
-            raise CnnkitError(f"{len(skipped)} unreadable image(s) (--strict): "
-                              + ", ".join(p for p, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
         if not len(good):
             raise CnnkitError(f"none of the {len(paths)} image files in {arg} could be decoded")
         paths, y = [paths[i] for i in good], y[good]
