@@ -49,7 +49,7 @@ def plot_model_comparison(rows, path, title="CNN architectures: operations vs pa
 def plot_history(rows, path, title="training history"):
     """Loss, accuracy and learning rate per epoch from ``history.csv`` rows."""
     plt = _pyplot()
-    epochs = [r["epoch"] + 1 for r in rows]
+    epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):

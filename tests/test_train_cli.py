@@ -42,7 +42,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_configured_epochs(tmp_path):
     out = run("train", "--resume", run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Epoch 1/6" not in out.stdout and "Epoch 6/6" in out.stdout  # continued, not restarted
-    assert [r["epoch"] for r in read_history(history)] == list(range(6))  # each epoch exactly once
+    assert [r["epoch"] for r in read_history(history)] == list(range(1, 7))  # each epoch exactly once
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert metrics["epochs_completed"] == 6
     config = json.load(open(os.path.join(run_dir, "config.json")))

@@ -43,7 +43,8 @@ def test_run_directory_holds_everything_the_issue_lists(lenet_run):
     assert config["params"] == 61_706 and config["preprocessing"]["std"][0] > 0
     assert open(os.path.join(run, "labels.txt")).read().split() == [str(i) for i in range(10)]
     history = read_history(os.path.join(run, "history.csv"))
-    assert [r["epoch"] for r in history] == list(range(30))
+    assert [r["epoch"] for r in history] == list(range(1, 31))  # counted as the console counts
+    assert open(os.path.join(run, "history.csv")).read().splitlines()[1].startswith("1,")
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"} <= set(history[0])
     assert history[-1]["lr"] < history[0]["lr"]  # cosine schedule logged per epoch
     assert os.path.realpath(os.path.join(os.path.dirname(run), "latest")) == os.path.realpath(run)
@@ -134,9 +135,17 @@ def test_full_disk_keeps_completed_epochs_and_the_run_resumes(tmp_path, monkeypa
     saves = {"n": 0}
     real_save = keras.Model.save
 
+    before = {}
+
     def failing_save(self, path, *args, **kwargs):
         saves["n"] += 1
-        if saves["n"] == 3:  # epoch 1 saves last + best; the first save of epoch 2 hits a full disk
+        if saves["n"] == 3:  # epoch 1 saved last + best; the first save of epoch 2 fills the disk midway
+            for name in ("best.keras", "last.keras"):
+                before[name] = open(os.path.join(run, name), "rb").read()
+            real_save(self, path, *args, **kwargs)
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:  # half the bytes made it, then the device was full
+                f.truncate(size // 2)
             raise OSError(errno.ENOSPC, "No space left on device", path)
         return real_save(self, path, *args, **kwargs)
 
@@ -144,14 +153,16 @@ def test_full_disk_keeps_completed_epochs_and_the_run_resumes(tmp_path, monkeypa
     run = str(tmp_path / "disk")
     with pytest.raises(CnnkitError, match="no space left on the device .* --resume"):
         train(TrainConfig(epochs=3, output=run))
-    assert [r["epoch"] for r in read_history(os.path.join(run, "history.csv"))] == [0, 1]
-    load_model_file(os.path.join(run, "best.keras"))  # the epoch-1 checkpoint is intact
+    assert [r["epoch"] for r in read_history(os.path.join(run, "history.csv"))] == [1, 2]
+    for name, data in before.items():  # the epoch-1 checkpoints are intact: same bytes, and they load
+        assert open(os.path.join(run, name), "rb").read() == data
+        load_model_file(os.path.join(run, name))
     assert not [f for f in os.listdir(run) if ".tmp" in f]  # no half-written file left behind
     monkeypatch.setattr(keras.Model, "save", real_save)
     keras.backend.clear_session()
     result = resume(run)
     history = read_history(os.path.join(run, "history.csv"))
-    assert [r["epoch"] for r in history] == [0, 1, 2] and result.metrics["epochs_completed"] == 3
+    assert [r["epoch"] for r in history] == [1, 2, 3] and result.metrics["epochs_completed"] == 3
 
 
 def test_dropout_option_reaches_the_model_or_is_refused(tmp_path):

@@ -18,14 +18,18 @@ log = logging.getLogger(__name__)
 
 
 def read_history(path):
-    """Rows of ``history.csv`` as dicts of floats (``epoch`` as int); [] when there is none."""
+    """Rows of ``history.csv`` as dicts of floats, ``epoch`` an int counted from 1 as the console counts;
+    [] when there is none. (Runs written before 0.1.0 counted from 0: they are read shifted by one.)"""
     if not os.path.exists(path):
         return []
     with open(path, newline="", encoding="utf-8") as f:
         rows = []
         for row in csv.DictReader(f):
             rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in ("", None)})
-        return rows
+    if rows and rows[0]["epoch"] == 0:
+        for row in rows:
+            row["epoch"] += 1
+    return rows
 
 
 class EpochLogs(keras.callbacks.Callback):
@@ -118,10 +122,10 @@ class RunRecorder(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.time()
         if self.rows is None:
-            self.rows = [r for r in read_history(self.path) if r["epoch"] < epoch]
+            self.rows = [r for r in read_history(self.path) if r["epoch"] <= epoch]  # epoch: 0-based, rows: 1-based
             for r in self.rows:
                 if self._better(r.get(self.monitor), r.get(self.tie_break)):
-                    self.best, self.best_loss, self.best_epoch = r[self.monitor], r.get(self.tie_break), r["epoch"]
+                    self.best, self.best_loss, self.best_epoch = r[self.monitor], r.get(self.tie_break), r["epoch"] - 1
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -129,7 +133,7 @@ class RunRecorder(keras.callbacks.Callback):
         if not all(math.isfinite(v) for v in values.values()):
             log.warning("epoch %d has non-finite metrics; checkpoints not updated", epoch + 1)
             return
-        row = {"epoch": epoch, **values, "seconds": round(time.time() - self._started, 3)}
+        row = {"epoch": epoch + 1, **values, "seconds": round(time.time() - self._started, 3)}
         self.rows.append(row)
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
         lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in self.rows]
