@@ -3,6 +3,8 @@ divergence, a full disk, transfer learning and ensembles."""
 import errno
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -78,11 +80,30 @@ def test_evaluate_on_another_data_set_matches_classes_by_name(lenet_run, tmp_pat
         evaluate_run(lenet_run.run_dir, data_spec=str(tmp_path / "other.npz"))
 
 
-@pytest.mark.parametrize("mode, traces", [("eager", 0), ("xla", 1)])
-def test_eager_and_xla_modes_train_the_same_model(tmp_path, mode, traces):
-    result = train(TrainConfig(epochs=2, mode=mode, output=str(tmp_path / mode)))
-    assert result.metrics["mode"] == mode and result.metrics["traces"] == traces
-    assert result.metrics["accuracy"] > 0.7
+XLA_COMPILED = "Compiled cluster using XLA"  # TensorFlow's own log line, written once a cluster is compiled
+
+MODE_PROBE = """
+import sys
+from keras_cnns.training import TrainConfig, train
+result = train(TrainConfig(epochs=2, mode=sys.argv[1], output=sys.argv[2]))
+print(result.metrics["traces"], type(result.model.train_function).__name__, result.metrics["accuracy"])
+"""
+
+
+@pytest.mark.parametrize("mode, traces, step_type, compiled", [("eager", 0, "function", False),
+                                                                ("graph", 1, "Function", False),
+                                                                ("xla", 1, "Function", True)])
+def test_eager_graph_and_xla_modes_train_the_same_model(tmp_path, mode, traces, step_type, compiled):
+    """Eager runs the plain Python step (never traced), graph traces it once into a tf.function, and only XLA
+    makes TensorFlow compile a cluster (its log says so; TF_CPP_MIN_LOG_LEVEL=0 lets the line through)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}
+    out = subprocess.run([sys.executable, "-c", MODE_PROBE, mode, str(tmp_path / mode)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counted, kind, accuracy = out.stdout.split()[-3:]
+    assert (int(counted), kind) == (traces, step_type)
+    assert (XLA_COMPILED in out.stderr) == compiled
+    assert float(accuracy) > 0.7
 
 
 def test_finetuning_a_run_keeps_its_normalisation_and_learning_rate(lenet_run, tmp_path):
