@@ -140,6 +140,7 @@ def test_googlenet_aux_losses_weigh_0_3_and_leave_the_saved_model(tmp_path):
     expected = row["predictions_loss"] + 0.3 * (row["aux1_predictions_loss"] + row["aux2_predictions_loss"])
     assert row["loss"] == pytest.approx(expected, rel=1e-4)
     assert row["accuracy"] == row["predictions_accuracy"]
+    assert result.metrics["traces"] == 1  # its per-output loss and metric trackers exist before the first step
     saved = load_run_model(result.run_dir)
     assert len(saved.outputs) == 1 and saved.output_names == ["predictions"]
 

@@ -59,6 +59,7 @@ def keras_steppers(model_name, modes=MODES, batch_size=32, input_size=None, num_
         model.set_weights(weights)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy",
                       run_eagerly=mode == "eager", jit_compile=mode == "xla")
+        model.optimizer.build(model.trainable_variables)  # as `cnnkit train` does: the step traces once
         step = (lambda m: lambda: m.train_on_batch(x, y))(model)  # returns the loss: the step has finished
         start = time.perf_counter()
         step()

@@ -254,6 +254,15 @@ def _compile(model, config, steps_per_epoch):
     else:
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics(), run_eagerly=config.mode == "eager",
                       jit_compile=config.mode == "xla")
+    # Variables made now, not inside the first step: a tf.function that creates variables traces twice. The
+    # optimiser's slots, and for a model with several outputs (GoogLeNet) the per-output loss and metric trackers.
+    optimizer.build(model.trainable_variables)
+    if len(model.outputs) > 1:
+        import tensorflow as tf
+
+        outputs = tuple(model(tf.zeros((1, *model.input_shape[1:])), training=False))
+        model.compiled_loss.build(outputs)
+        model.compiled_metrics.build(outputs, outputs)
 
 
 def _restart_epochs(config):
