@@ -1,5 +1,6 @@
 """``cnnkit train / evaluate / finetune / ensemble``: thin wrappers over :mod:`keras_cnns.training`."""
 import json
+import os
 import sys
 
 import click
@@ -145,6 +146,10 @@ def train(model, data, input_size, options, dropout, snapshots, resume_dir, as_j
       cnnkit train mobilenet_v2 --input-size 32 --optimizer momentum --lr 0.05 --schedule sgdr
       cnnkit train --resume runs/latest                 continue a killed run
     """
+    if kwargs.get("precision") == "mixed_float16" and not os.environ.get("CNNKIT_DEBUG"):
+        # on a CPU without float16 kernels TensorFlow writes a native error line at the first step; the
+        # trainer says it in words instead (TensorFlow reads this once, when it starts)
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import_tensorflow(multiworker=kwargs.get("strategy") == "multiworker")
     from keras_cnns.training import TrainConfig, resume
     from keras_cnns.training import train as run_training

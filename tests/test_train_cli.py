@@ -127,3 +127,9 @@ def test_user_errors_are_one_line_exit_2(args, message):
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cnnkit: error: ") and message in lines[0], out.stderr
+
+
+def test_mixed_float16_on_a_cpu_is_one_plain_warning_not_a_native_error_line(tmp_path):
+    out = run("train", "lenet5", "--epochs", "1", "--precision", "mixed_float16", "--output", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mixed_bfloat16" in out.stderr and "oneDNN" not in out.stderr and "E0000" not in out.stderr

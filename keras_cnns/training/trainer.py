@@ -334,6 +334,9 @@ def train(config, resume_dir=None, verbose=0, data=None):
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
 
     keras.mixed_precision.set_global_policy(config.precision_policy)
+    if config.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+        log.warning("--precision mixed_float16 on a CPU: float16 is meant for GPUs and may fall back to slower "
+                    "kernels here; a CPU's mixed precision is --precision mixed_bfloat16 (AVX512-BF16 or AMX)")
     try:
         with strategy.scope():
             model, inference = _build(config, data)
