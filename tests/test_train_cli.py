@@ -133,3 +133,14 @@ def test_mixed_float16_on_a_cpu_is_one_plain_warning_not_a_native_error_line(tmp
     out = run("train", "lenet5", "--epochs", "1", "--precision", "mixed_float16", "--output", str(tmp_path / "r"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mixed_bfloat16" in out.stderr and "oneDNN" not in out.stderr and "E0000" not in out.stderr
+
+
+def test_a_keras_data_set_that_cannot_download_is_one_line_and_leaves_no_run_folder(tmp_path):
+    # a refused proxy makes the download fail as it fails offline, wherever the test runs
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    out = subprocess.run([*CNNKIT, "train", "lenet5", "--data", "keras:cifar10", "--epochs", "1"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot download the Keras data set cifar10" in out.stderr and "--data DIR" in out.stderr
+    assert not os.path.exists(tmp_path / "runs")

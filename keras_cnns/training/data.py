@@ -178,7 +178,13 @@ def _keras_dataset(name):
 
     if name not in KERAS_DATASETS:
         raise CnnkitError(f"unknown Keras data set {name!r}; choose one of {', '.join(KERAS_DATASETS)}")
-    (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+    except Exception as err:  # Keras' get_file raises a bare Exception for a failed download
+        if "URL fetch failure" not in str(err):
+            raise
+        raise CnnkitError(f"cannot download the Keras data set {name} ({str(err).splitlines()[0]}); without a "
+                          f"network, copy its file into ~/.keras/datasets/ or train on a folder (--data DIR)") from None
     return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]).reshape(-1), None
 
 
