@@ -1,7 +1,6 @@
 """Small helpers the CLI modules share: tables, KEY=VALUE options."""
 import ast
 import logging
-import sys
 
 from keras_cnns.errors import CnnkitError
 
@@ -33,9 +32,19 @@ def parse_options(pairs):
     return options
 
 
+class _TerminalHandler(logging.StreamHandler):
+    """Writes to the real stderr, also inside ``stderr_silenced`` (which silences native output only)."""
+
+    def emit(self, record):
+        from cnnkit._quiet import terminal_stderr
+
+        self.stream = terminal_stderr()
+        super().emit(record)
+
+
 def log_to_stderr(logger_name, prefix):
     """Route a library logger's INFO messages to stderr as ``PREFIX: message`` (stdout stays for results)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _TerminalHandler()
     handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
     logger = logging.getLogger(logger_name)
     logger.handlers[:] = [handler]

@@ -10,18 +10,31 @@ import os
 import sys
 
 
+_terminal = None  # the real stderr while file descriptor 2 is silenced
+
+
+def terminal_stderr():
+    """Where cnnkit's own messages go: the real stderr, also while native output is silenced."""
+    return _terminal or sys.stderr
+
+
 @contextlib.contextmanager
 def stderr_silenced():
+    global _terminal
     if os.environ.get("CNNKIT_DEBUG"):
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
+    outer, _terminal = _terminal, _terminal or os.fdopen(os.dup(saved), "w", buffering=1)
     try:
         os.dup2(devnull, 2)
         yield
     finally:
+        if outer is None:
+            _terminal.close()
+        _terminal = outer
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)

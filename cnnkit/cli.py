@@ -55,6 +55,7 @@ def cli():
       cnnkit bench serve http://localhost:8501 --model lenet5   requests/s, p50/p99 latency
     """
     log_to_stderr("keras_cnns", "cnnkit")
+    log_to_stderr("serving.client", "cnnkit")
 
 
 def _build(name, input_size, channels, num_classes, options):

@@ -16,11 +16,14 @@ ONNX; all within 1e-4) — quantized ones only when their file is named. ``predi
 import base64
 import dataclasses
 import io
+import logging
 import os
 
 import numpy as np
 
 from keras_cnns.errors import CnnkitError
+
+log = logging.getLogger("serving.client")
 
 BYTES_SIGNATURE = "serving_bytes"
 #: --runtime choice -> the artifact kind it runs; these give the Keras model's answers (float tolerance)
@@ -181,8 +184,8 @@ def connect(url, grpc=False, timeout=60):
     return GrpcClient(url, timeout) if grpc else RestClient(url, timeout)
 
 
-def _newest_version(path):
-    """The newest version folder of a model folder, or of the only model in an export base."""
+def _versions_newest_first(path):
+    """The version folders of a model folder, or of the only model in an export base, newest first."""
     def versions(folder):
         return [int(d) for d in os.listdir(folder) if d.isdigit()
                 and os.path.exists(os.path.join(folder, d, "saved_model.pb"))]
@@ -194,7 +197,7 @@ def _newest_version(path):
             raise CnnkitError(f"{path} holds {'models ' + ', '.join(models) if models else 'no exported version'}"
                               f"; give one model's folder (EXPORT_BASE/NAME) or a version folder")
         path = os.path.join(path, models[0])
-    return os.path.join(path, str(max(versions(path))))
+    return [os.path.join(path, str(v)) for v in sorted(versions(path), reverse=True)]
 
 
 def pick_artifact(version_dir, runtime="auto"):
@@ -238,9 +241,30 @@ class LocalModel:
         if not os.path.exists(path):
             raise CnnkitError(f"model {path} does not exist; give an export (exports/NAME[/VERSION]) or a "
                               ".tflite/.onnx file")
+        if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+            self._open_newest_good(path, runtime)
+            return
+        self._open(path, runtime)
+
+    def _open_newest_good(self, path, runtime):
+        """Like the server: a newest version that fails to load is passed over (and named) for the one before."""
+        broken = []
+        for version_dir in _versions_newest_first(path):
+            try:
+                self._open(version_dir, runtime)
+            except CnnkitError:
+                raise
+            except Exception as err:  # noqa: BLE001 - whatever a damaged artifact raises
+                broken.append(f"version {os.path.basename(version_dir)} ({type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})")
+                continue
+            if broken:
+                log.warning("%s: passed over the broken %s; using version %s", path, ", ".join(broken), self.version)
+            return
+        raise CnnkitError(f"no version of {path} loads: {', '.join(broken)}")
+
+    def _open(self, path, runtime):
         if os.path.isdir(path):
-            if not os.path.exists(os.path.join(path, "saved_model.pb")):
-                path = _newest_version(path)
             self.kind, path = pick_artifact(path, runtime)
         elif runtime == "mediapipe" and path.endswith(".tflite"):
             self.kind = "mediapipe"

@@ -455,6 +455,25 @@ def test_local_predict_runs_the_fastest_exact_artifact_of_the_parity_report(expo
         client.LocalModel(os.path.join(exported["path"], "onnx", "model.onnx"), runtime="tflite")
 
 
+def test_predict_passes_over_a_broken_newest_version_and_says_so(exported, tmp_path):
+    model_dir = tmp_path / "lenet5"
+    shutil.copytree(exported["path"], model_dir / "1")
+    shutil.copytree(exported["path"], model_dir / "2")
+    for root, _, files in os.walk(model_dir / "2"):  # every artifact of version 2 damaged, its reports intact
+        for name in files:
+            if not name.endswith(".json") and not name.endswith(".md"):
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(os.path.getsize(os.path.join(root, name)) // 3)
+    out = cli("predict", exported["files"][0], "--model", str(model_dir), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)["predictions"][0]
+    assert result["version"] == 1 and result["label"] == exported["reference"][0]
+    assert "passed over the broken version 2" in out.stderr and "using version 1" in out.stderr
+    shutil.rmtree(model_dir / "1")
+    out = cli("predict", exported["files"][0], "--model", str(model_dir))
+    assert out.returncode == 2 and "no version of" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_predict_cli_reports_bad_input_and_keeps_the_rest(exported, server, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG but not really")
