@@ -69,7 +69,8 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
     if emit_config:
         from serving.config import emit
 
-        paths, names = emit(export_base, output, keep_versions, max_batch_size, batch_timeout_ms, batch_threads)
+        with native_logs_silenced():  # reading the exports' signatures starts TensorFlow
+            paths, names = emit(export_base, output, keep_versions, max_batch_size, batch_timeout_ms, batch_threads)
         if as_json:
             click.echo(json.dumps({"models": names, "files": paths}))
             return

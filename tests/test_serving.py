@@ -503,6 +503,7 @@ def test_emitted_configs_parse_with_tf_serving_protos(exported, tmp_path):
     out = cli("serve", exported["base"], "--emit-config", "--output", str(tmp_path / "tfs"), "--keep-versions", "3",
               "--max-batch-size", "64")
     assert out.returncode == 0, out.stderr
+    assert out.stderr == ""  # no TensorFlow start-up chatter
     parsed = config.load(str(tmp_path / "tfs"))
     (entry,) = parsed["models.config"].model_config_list.config
     assert (entry.name, entry.base_path, entry.model_platform) == (MODEL, "/models/lenet5", "tensorflow")
