@@ -56,6 +56,7 @@ def cli():
     """
     log_to_stderr("keras_cnns", "cnnkit")
     log_to_stderr("serving.client", "cnnkit")
+    log_to_stderr("export", "cnnkit")
 
 
 def _build(name, input_size, channels, num_classes, options):

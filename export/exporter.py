@@ -15,6 +15,7 @@ within tolerance, so TF Serving (which watches the numbered directories) never s
 failing version, and earlier versions are never touched.
 """
 import errno
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,8 @@ import numpy as np
 from export import onnx_format, parity, savedmodel, tflite
 from export.source import load_source
 from keras_cnns.errors import CnnkitError
+
+log = logging.getLogger("export")
 
 QUANTIZE = ("none", "dynamic", "float16", "int8", "qat")
 #: format -> (artifact name, kind, relative path)
@@ -134,6 +137,7 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     elif os.path.exists(os.path.join(base, str(version))):
         raise CnnkitError(f"{base}/{version} already exists; exports never overwrite a version")
     images, labels, data = _evaluation_images(src, data_spec)
+    formats, carried, left = _carry_over(src, formats, can_calibrate=bool(calibration_data) or data is not None)
     representative = None
     if any(f in formats for f in ("tflite-int8", "onnx-int8")):
         if calibration_data:
@@ -161,7 +165,24 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     report["path"] = final
+    if src.earlier_artifacts:
+        report["carried_over"], report["not_carried_over"] = carried, left
     return final, report
+
+
+def _carry_over(src, formats, can_calibrate):
+    """Adding formats to an earlier export: the new version holds the earlier one's formats too, rebuilt from
+    its Keras model and checked again. Not the tensorflow-model-optimization variants (they need the run's
+    fine-tuning options), nor full-integer ones without calibration images. Returns (formats, carried, left)."""
+    earlier = [f for f, (artifact, _, _) in FORMATS.items() if artifact in src.earlier_artifacts and f not in formats]
+    carried = [f for f in earlier if f not in COMPRESSED and (can_calibrate or not f.endswith("int8"))]
+    left = [f for f in earlier if f not in carried]
+    if carried:
+        log.info("carried over from %s (rebuilt and checked again): %s", src.origin, ", ".join(carried))
+    if left:
+        log.warning("not carried over from %s: %s (export those from the training run)", src.origin,
+                    ", ".join(left))
+    return [*formats, *carried], carried, left
 
 
 def _compress(src, formats, data, prune, cluster, epochs):

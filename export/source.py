@@ -25,6 +25,8 @@ class ExportSource:
     license: str = ""
     #: pixel budget of one encoded image in the SavedModel's serving_bytes / classify (savedmodel.py)
     max_megapixels: float = 40.0
+    #: an earlier cnnkit export's artifact names (its formats are carried into the new version)
+    earlier_artifacts: tuple = ()
 
     @property
     def input_shape(self):
@@ -92,4 +94,5 @@ def _from_export(path):
     meta = read_json(meta_path)
     return ExportSource(model=load_model_file(os.path.join(path, "keras", "model.keras")), name=meta["name"],
                         labels=meta["labels"], preprocessing=meta["preprocessing"], origin=os.path.abspath(path),
-                        data_spec=meta["data"], val_split=meta["val_split"], test_split=meta["test_split"])
+                        data_spec=meta["data"], val_split=meta["val_split"], test_split=meta["test_split"],
+                        earlier_artifacts=tuple(a["artifact"] for a in meta["artifacts"]))

@@ -16,6 +16,7 @@ from export import export as run_export
 from keras_cnns.errors import CnnkitError
 from keras_cnns.training import TrainConfig, train
 from keras_cnns.training.data import load_data
+from serving import client
 
 
 @pytest.fixture(scope="module")
@@ -318,10 +319,22 @@ def test_qat_pruning_and_clustering_fine_tune_then_export(trained):
     assert rows["keras"]["accuracy"] == pytest.approx(trained["metrics"]["accuracy"])
 
 
-def test_an_export_is_a_source_for_more_formats(trained, tmp_path):
-    path, report = run_export(trained["path"], output=str(tmp_path), formats=plan_formats(onnx_out=True))
+def test_an_export_is_a_source_for_more_formats_and_keeps_its_earlier_ones(trained, tmp_path):
+    earlier, _ = run_export(trained["run"], output=str(tmp_path / "a"), formats=plan_formats(tflite_out=True))
+    path, report = run_export(earlier, output=str(tmp_path / "b"), formats=plan_formats(onnx_out=True))
     assert path.endswith(os.path.join("lenet5", "1")) and report["ok"] and report["labelled"]
-    assert [r["artifact"] for r in report["artifacts"]] == ["keras", "saved_model", "onnx"]
+    # the earlier version's TFLite file is rebuilt into the new one and checked again, beside the new ONNX
+    assert [r["artifact"] for r in report["artifacts"]] == ["keras", "saved_model", "onnx", "tflite_float32"]
+    assert report["carried_over"] == ["tflite-float32"] and report["not_carried_over"] == []
+    assert client.LocalModel(os.path.dirname(path), runtime="tflite").kind == "tflite-float32"
+    # what cannot be rebuilt without the run is named, not silently dropped
+    from export.exporter import _carry_over
+    from export.source import ExportSource
+
+    src = ExportSource(model=None, name="x", labels=[], preprocessing={}, origin="old",
+                       earlier_artifacts=("saved_model", "tflite_int8", "tflite_pruned", "onnx"))
+    assert _carry_over(src, ["saved_model"], can_calibrate=False) == (["saved_model", "onnx"], ["onnx"],
+                                                                      ["tflite-int8", "tflite-pruned"])
 
 
 def test_compression_needs_the_training_data(tmp_path):
