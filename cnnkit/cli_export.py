@@ -26,6 +26,8 @@ def _print_report(report):
                  for k, v in r.items() if k in ("sparsity", "max_unique_values_per_kernel", "gzip_bytes")]
         if notes:
             click.echo(f"{r['artifact']}: " + ", ".join(notes))
+    if report.get("warning"):
+        click.echo(f"warning: {report['warning']}")
     gpu = report.get("tflite_gpu_delegate")
     if gpu:
         click.echo(f"TFLite GPU delegate: {'compatible' if gpu['compatible'] else 'not fully compatible'}")

@@ -14,6 +14,16 @@ FLOAT_TOLERANCE = 1e-4
 FLOAT16_TOLERANCE = 1e-2
 MIN_AGREEMENT = 0.98
 MAX_ACCURACY_DROP = 0.01
+#: below this, the Keras model's probabilities barely depend on the input and agreement proves little
+MIN_OUTPUT_SPREAD = 10 * FLOAT_TOLERANCE
+
+
+def constant_output_warning(spread, images):
+    """A warning when no class probability varies by more than MIN_OUTPUT_SPREAD over the images, else None."""
+    if spread >= MIN_OUTPUT_SPREAD:
+        return None
+    return (f"the Keras model's outputs hardly depend on the input (no probability varies by more than {spread:.1e} "
+            f"over {images} images), so agreement within {FLOAT_TOLERANCE:g} proves little: export a trained model")
 
 
 def tolerance_of(kind):
@@ -59,7 +69,7 @@ def compare(reference, artifacts, images, labels=None, batch_size=64):
     ref_accuracy = float((ref_top1 == labels).mean()) if labels is not None else None
     rows = [{"artifact": "keras", "kind": "keras", "file": None, "bytes": None, "max_abs_diff": 0.0,
              "top1_agreement": 1.0, "accuracy": ref_accuracy, "latency_ms": latency_ms(reference, images[:1]),
-             "tolerance": None, "ok": True}]
+             "tolerance": None, "ok": True, "output_spread": float(np.ptp(expected, axis=0).max())}]
     for name, kind, path, run in artifacts:
         got = predict(run)
         top1 = got.argmax(axis=1)

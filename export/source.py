@@ -27,6 +27,8 @@ class ExportSource:
     max_megapixels: float = 40.0
     #: an earlier cnnkit export's artifact names (its formats are carried into the new version)
     earlier_artifacts: tuple = ()
+    #: a zoo model with no weights (random initialisation)
+    untrained: bool = False
 
     @property
     def input_shape(self):
@@ -80,7 +82,8 @@ def load_source(source, weights=None, input_size=None, num_classes=None):
     channels = int(model.inputs[0].shape[-1])
     return ExportSource(model=model, name=name, labels=[f"class_{i}" for i in range(classes)],
                         preprocessing=default_preprocessing(channels), origin=os.path.abspath(source)
-                        if os.path.exists(source) else f"zoo:{name}" + (f" + {weights}" if weights else ""))
+                        if os.path.exists(source) else f"zoo:{name}" + (f" + {weights}" if weights else ""),
+                        untrained=not weights and not os.path.exists(source))
 
 
 def _from_export(path):

@@ -277,11 +277,36 @@ def test_export_cli_untrained_zoo_model_and_validate(tmp_path):
     report = json.loads(out.stdout)
     assert [r["artifact"] for r in report["artifacts"]] == ["keras", "saved_model", "tflite_float32"]
     assert report["ok"] and not report["labelled"]
+    # its batch-norm statistics were estimated on the evaluation images: the outputs depend on the input, so
+    # the comparison means something (with the initial statistics every probability was 0.001 for every image)
+    assert "batch-norm statistics of" in out.stderr and "warning" not in report
+    assert report["artifacts"][0]["output_spread"] > parity.MIN_OUTPUT_SPREAD
     assert os.path.exists(tmp_path / "exports" / "mobilenet" / "1" / "tflite" / "model_float32.tflite")
     out = run("validate", "exports/mobilenet/1")
     assert out.returncode == 0 and "tflite_float32" in out.stdout
     out = run("validate", ".")
     assert out.returncode == 2 and out.stderr.startswith("cnnkit: error: ") and len(out.stderr.splitlines()) == 1
+    # an artifact that no longer matches its Keras model: validate says so and exits 1
+    from keras_cnns.training.runs import load_model_file
+
+    keras_file = str(tmp_path / "exports" / "mobilenet" / "1" / "keras" / "model.keras")
+    model = load_model_file(keras_file)
+    kernel, bias = model.layers[-2].get_weights()
+    model.layers[-2].set_weights([kernel * 3.0, bias])
+    model.save(keras_file)
+    out = run("validate", "exports/mobilenet/1")
+    assert out.returncode == 1 and "OUT OF TOLERANCE" in out.stdout
+
+
+def test_a_model_whose_outputs_ignore_the_input_gets_a_warning(tmp_path):
+    import tf_keras as keras
+
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(5, kernel_initializer="zeros"), keras.layers.Softmax()])
+    model.save(str(tmp_path / "flat.keras"))
+    _, report = run_export(str(tmp_path / "flat.keras"), output=str(tmp_path / "out"))
+    assert report["ok"] and "hardly depend on the input" in report["warning"]
+    assert "Warning:" in open(os.path.join(report["path"], "report.md")).read()
 
 
 def test_the_random_op_check_finds_random_ops(tmp_path):
