@@ -26,6 +26,8 @@ def _print_report(report):
                  for k, v in r.items() if k in ("sparsity", "max_unique_values_per_kernel", "gzip_bytes")]
         if notes:
             click.echo(f"{r['artifact']}: " + ", ".join(notes))
+    if report.get("not_published"):
+        click.echo(f"not published (out of tolerance): {', '.join(report['not_published'])}")
     if report.get("warning"):
         click.echo(f"warning: {report['warning']}")
     gpu = report.get("tflite_gpu_delegate")
@@ -63,10 +65,13 @@ def _print_report(report):
 @click.option("--max-megapixels", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True,
               help="Pixel budget of one encoded image sent to the SavedModel (serving_bytes, classify): a larger "
                    "width x height in the file's header is refused before decoding (InvalidArgument).")
+@click.option("--allow-failed-variants", is_flag=True,
+              help="Publish the version without the artifacts that fail the parity report (they stay in the "
+                   "report, marked not published) instead of publishing nothing. Never without the SavedModel.")
 @json_option
 def export_command(source, output, saved_model, tflite_out, onnx_out, everything, quantize, prune, cluster,
                    finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, opset, author,
-                   license_, max_megapixels, as_json):
+                   license_, max_megapixels, allow_failed_variants, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 
     \b
@@ -78,13 +83,20 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
     """
     import_tensorflow()
     from export import export, plan_formats
+    from export.exporter import ExportFailed
 
     formats = plan_formats(saved_model, tflite_out, onnx_out, quantize, everything, prune, cluster)
-    with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
-        path, report = export(source, output=output, formats=formats, calibration_data=calibration_data,
-                              name=name, version=version, weights=weights, input_size=input_size, opset=opset,
-                              prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
-                              author=author, license=license_, max_megapixels=max_megapixels)
+    try:
+        with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
+            path, report = export(source, output=output, formats=formats, calibration_data=calibration_data,
+                                  name=name, version=version, weights=weights, input_size=input_size, opset=opset,
+                                  prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
+                                  author=author, license=license_, max_megapixels=max_megapixels,
+                                  allow_failed_variants=allow_failed_variants)
+    except ExportFailed as err:  # every row, then the reason; exit 1 as validate does
+        click.echo(json.dumps(err.report)) if as_json else _print_report(err.report)
+        click.echo(f"cnnkit: error: {err} (--allow-failed-variants publishes the rest)", err=True)
+        raise click.exceptions.Exit(1)
     if as_json:
         click.echo(json.dumps(report))
         return

@@ -115,7 +115,8 @@ def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="n
 
 def export(source, output="exports", formats=("saved_model",), calibration_data=None, name=None, version=None,
            weights=None, input_size=None, opset=onnx_format.DEFAULT_OPSET, data_spec=None, prune=None, cluster=None,
-           finetune_epochs=4, int8_io="uint8", author="", license="", max_megapixels=savedmodel.MAX_MEGAPIXELS):
+           finetune_epochs=4, int8_io="uint8", author="", license="", max_megapixels=savedmodel.MAX_MEGAPIXELS,
+           allow_failed_variants=False):
     """Export SOURCE (run directory, zoo name, .keras/.h5 file or cnnkit export) into ``output/NAME/VERSION``;
     returns (version directory, report dict).
 
@@ -124,6 +125,10 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     on the run's training data. ``int8_io``: input/output type of full-integer TFLite (uint8 or int8).
     ``author`` and ``license`` go into the TFLite metadata. ``max_megapixels``: the SavedModel refuses an
     encoded image whose header declares more pixels than this, before decoding it.
+
+    Every artifact must pass the parity report or nothing is published (``ExportFailed`` carries the report);
+    ``allow_failed_variants``: publish without the artifacts out of tolerance (never without the SavedModel),
+    which stay in the report marked ``published: false``.
     """
     if not max_megapixels > 0:
         raise CnnkitError(f"--max-megapixels must be > 0, got {max_megapixels}")
@@ -156,7 +161,7 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     tmp = os.path.join(base, f".partial-{version}-{os.getpid()}")
     try:
         report = _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed,
-                        int8_io)
+                        int8_io, allow_failed_variants)
         os.rename(tmp, final)
     except OSError as err:
         if err.errno == errno.ENOSPC:
@@ -249,11 +254,12 @@ def _tflite(graph, fmt, variant, representative, int8_io, src, version, path):
                                      license=src.license), path)
 
 
-def _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed, int8_io):
+def _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed, int8_io,
+           allow_failed=False):
     import dataclasses
 
     from export.compress import gzip_size
-    from keras_cnns.training.runs import save_model_atomic, write_json
+    from keras_cnns.training.runs import read_json, save_model_atomic, write_json
 
     artifacts = []
     gray = src.input_shape[-1] == 1
@@ -304,7 +310,26 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
         "val_split": src.val_split, "test_split": src.test_split, "artifacts": artifacts, "onnx_opset": opset,
         "max_megapixels": src.max_megapixels,
     })
-    return validate(tmp, images=images, labels=labels, raise_on_failure=True)
+    report = validate(tmp, images=images, labels=labels, raise_on_failure=not allow_failed)
+    failed = [r for r in report["artifacts"] if not r["ok"]]
+    if failed and any(r["kind"] == "savedmodel" for r in failed):
+        raise ExportFailed(f"out of tolerance, nothing exported: {failure_details(report)}", report)
+    if failed:  # --allow-failed-variants: publish the rest; the report keeps the failed rows, marked
+        gone = {r["artifact"] for r in failed}
+        for a in artifacts:
+            if a["artifact"] in gone:
+                os.remove(os.path.join(tmp, a["path"]))
+        meta = read_json(os.path.join(tmp, "export.json"))
+        write_json(os.path.join(tmp, "export.json"),
+                   {**meta, "artifacts": [a for a in meta["artifacts"] if a["artifact"] not in gone]})
+        for r in report["artifacts"]:
+            r["published"] = r["ok"]
+        report["not_published"] = sorted(gone)
+        report["ok"] = True
+        write_json(os.path.join(tmp, "report.json"), report)
+        with open(os.path.join(tmp, "report.md"), "a", encoding="utf-8") as f:
+            f.write(f"\n**Not published** (out of tolerance, --allow-failed-variants): {', '.join(sorted(gone))}.\n")
+    return report
 
 
 def _mediapipe_text(check):
@@ -382,10 +407,27 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     title = f"Parity report: {meta['name']} version {meta['version']} ({len(images)} images)"
     with open(os.path.join(export_dir, "report.md"), "w", encoding="utf-8") as f:
         f.write(parity.markdown(rows, title) + (f"\n**Warning:** {warning}.\n" if warning else ""))
-    failed = [r["artifact"] for r in rows if not r["ok"]]
-    if failed and raise_on_failure:
-        details = "; ".join(f"{r['artifact']}: max |diff| {r['max_abs_diff']:.2e}, top-1 agreement "
-                            f"{r['top1_agreement']:.1%} ({r['tolerance']})" + _mediapipe_text(r.get("mediapipe"))
-                            for r in rows if not r["ok"])
-        raise CnnkitError(f"out of tolerance, nothing exported: {details}")
+    if raise_on_failure and not report["ok"]:
+        raise ExportFailed(f"out of tolerance, nothing exported: {failure_details(report)}", report)
     return report
+
+
+class ExportFailed(CnnkitError):
+    """An artifact out of tolerance; ``report`` holds every row (the CLI prints them, in JSON too)."""
+
+    def __init__(self, message, report):
+        super().__init__(message)
+        self.report = report
+
+
+def failure_details(report):
+    """One clause per artifact out of tolerance, with its accuracy next to the Keras model's."""
+    reference = report["artifacts"][0]["accuracy"]
+    clauses = []
+    for r in report["artifacts"]:
+        if r["ok"]:
+            continue
+        accuracy = f", accuracy {r['accuracy']:.2%} (Keras {reference:.2%})" if r["accuracy"] is not None else ""
+        clauses.append(f"{r['artifact']}: max |diff| {r['max_abs_diff']:.2e}, top-1 agreement "
+                       f"{r['top1_agreement']:.1%}{accuracy} ({r['tolerance']})" + _mediapipe_text(r.get("mediapipe")))
+    return "; ".join(clauses)

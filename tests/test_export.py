@@ -223,6 +223,37 @@ def test_out_of_tolerance_fails_the_export_naming_the_artifact(trained, monkeypa
     assert not report["ok"]
 
 
+def test_a_failing_variant_is_reported_with_every_row_or_left_out_on_request(trained, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cnnkit.cli import cli
+    from export.exporter import ExportFailed
+
+    monkeypatch.setattr(parity, "MIN_AGREEMENT", 1.01)  # no quantized artifact can pass; float ones still do
+    formats = plan_formats(tflite_out=True, quantize="dynamic")
+    with pytest.raises(ExportFailed, match=r"tflite_dynamic: .*accuracy [\d.]+% \(Keras [\d.]+%\)") as failed:
+        run_export(trained["run"], output=str(tmp_path / "none"), formats=formats)
+    rows = {r["artifact"]: r for r in failed.value.report["artifacts"]}
+    assert set(rows) == {"keras", "saved_model", "tflite_float32", "tflite_dynamic"}
+    assert rows["tflite_float32"]["ok"] and not rows["tflite_dynamic"]["ok"] and rows["tflite_dynamic"]["accuracy"] > 0
+    assert not os.path.exists(tmp_path / "none" / "lenet5" / "1")  # all or nothing by default
+    # the CLI prints every row on failure, in JSON too, and exits 1
+    out = CliRunner().invoke(cli, ["export", trained["run"], "--output", str(tmp_path / "cli"), "--tflite",
+                                   "--quantize", "dynamic", "--json"])
+    assert out.exit_code == 1
+    assert [r["artifact"] for r in json.loads(out.stdout)["artifacts"]][-1] == "tflite_dynamic"
+    # --allow-failed-variants publishes the rest; the failed row stays in the report, marked
+    path, report = run_export(trained["run"], output=str(tmp_path / "some"), formats=formats,
+                              allow_failed_variants=True)
+    assert report["ok"] and report["not_published"] == ["tflite_dynamic"]
+    assert [r["artifact"] for r in report["artifacts"] if not r["published"]] == ["tflite_dynamic"]
+    assert not os.path.exists(os.path.join(path, "tflite", "model_dynamic.tflite"))
+    assert os.path.exists(os.path.join(path, "tflite", "model_float32.tflite"))
+    meta = json.load(open(os.path.join(path, "export.json")))
+    assert [a["artifact"] for a in meta["artifacts"]] == ["saved_model", "tflite_float32"]
+    assert "Not published" in open(os.path.join(path, "report.md")).read()
+
+
 def test_validate_recomputes_the_report(trained):
     report = validate(trained["path"])
     assert report["ok"] and report["labelled"] and len(report["artifacts"]) == 8
