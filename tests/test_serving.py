@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -213,14 +214,47 @@ def test_body_over_the_limit_is_refused_with_413(server):
     assert response.status_code == 413 and "limit" in response.json()["error"]
 
 
-def test_no_request_reaches_outside_the_export_base(server, exported, tmp_path):
-    outside = tmp_path / "secret"
-    shutil.copytree(exported["path"], outside / "1")
-    for name in ("..%2F..%2Fsecret", "%2E%2E", "..", "lenet5%2F..%2F..%2Fsecret", "%2Fetc"):
-        for suffix in ("", "/metadata", "/versions/1"):
-            response = requests.get(f"{server.url}/v1/models/{name}{suffix}", timeout=30)
-            assert response.status_code == 404, (name, suffix)
-    assert client.RestClient(server.url).status(MODEL)  # the real model still answers
+def _raw_get(port, target):
+    """One GET with the request target sent byte for byte (an HTTP client would normalise ``..`` away)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_no_request_reaches_outside_the_export_base(exported, tmp_path):
+    base = tmp_path / "exports"
+    shutil.copytree(exported["path"], base / MODEL / "1")
+    # models planted where traversal names from the export base (or its model folder) would reach them;
+    # version 7 marks them: an answer that mentions it came from outside
+    shutil.copytree(exported["path"], tmp_path / "secret" / "7")
+    shutil.copytree(exported["path"], base / MODEL / "secret" / "7")
+    secret = str(tmp_path / "secret").encode()
+    targets = [b"/v1/models/../secret", b"/v1/models/%2e%2e/secret", b"/v1/models/%2E%2E%2Fsecret",
+               b"/v1/models/..%2Fsecret", b"/v1/models/..%2f..%2f" + secret.lstrip(b"/").replace(b"/", b"%2F"),
+               b"/v1/models/" + secret, b"/v1/models/%2F" + secret.lstrip(b"/").replace(b"/", b"%2F"),
+               b"/v1/models/secret%00", b"/v1/models/lenet5%00/../../secret", b"/v1/models/lenet5/..%2Fsecret",
+               b"/v1/models/lenet5%2Fsecret", b"/v1/models/lenet5/versions/../1", b"/v1/models/lenet5/versions/..%2F7",
+               b"/v1/models/lenet5/versions/%2e%2e%2fsecret%2f7"]
+    with ModelServer(str(base), rest_port=0, grpc_port=0, poll_seconds=5) as s:
+        for target in targets:
+            for suffix in (b"", b"/metadata"):
+                status, body = _raw_get(s.rest_port, target + suffix)
+                assert status in (400, 404), (target, suffix, status)
+                assert b'"7"' not in body and b"AVAILABLE" not in body, (target, suffix)
+        grpc_client = client.GrpcClient(f"127.0.0.1:{s.grpc_port}")
+        for name in ("../secret", "%2e%2e/secret", str(tmp_path / "secret"), "secret\x00", "lenet5/secret",
+                     "lenet5/../secret", "lenet5\x00/../../secret"):
+            for version in (None, 7):
+                with pytest.raises(client.CnnkitError, match="NOT_FOUND|INVALID_ARGUMENT"):
+                    grpc_client.status(name, version)
+        with pytest.raises(client.CnnkitError, match="NOT_FOUND"):
+            grpc_client.status(MODEL, 7)
+        assert grpc_client.status(MODEL)  # the real model still answers
+        assert _raw_get(s.rest_port, b"/v1/models/lenet5")[0] == 200
 
 
 def test_prometheus_metrics_at_tf_serving_path(server, exported):
