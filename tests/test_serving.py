@@ -385,9 +385,23 @@ def test_32_concurrent_clients_and_a_hot_swap_lose_no_request(exported, tmp_path
         assert count < sum(counts)  # fewer model calls than requests: requests were batched
 
 
-def test_a_corrupt_image_in_a_batch_fails_alone(exported):
+def test_a_corrupt_image_in_a_batch_fails_alone(exported, monkeypatch):
+    from serving.batching import Batcher
+
+    failed_batches = []  # sizes of the batches that failed as a whole (then were split)
+    real_finish = Batcher._finish
+
+    def finish(self, batch, size):
+        if len(batch) > 1:
+            try:
+                self._run([task.inputs for task in batch], size)
+            except Exception:  # noqa: BLE001 - the corrupt image's decode error
+                failed_batches.append(len(batch))
+        return real_finish(self, batch, size)
+
+    monkeypatch.setattr(Batcher, "_finish", finish)
     with ModelServer(exported["base"], rest_port=0, grpc_port=None,
-                     batching={"max_batch_size": 32, "timeout_s": 0.2, "threads": 1}) as s:
+                     batching={"max_batch_size": 32, "timeout_s": 1.0, "threads": 1}) as s:
         url = f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict"
         bodies = [{"signature_name": "serving_bytes", "instances": [b64(img)]} for img in exported["images"][:7]]
         bodies.insert(3, {"signature_name": "serving_bytes", "instances": [b64(b"broken")]})
@@ -397,6 +411,7 @@ def test_a_corrupt_image_in_a_batch_fails_alone(exported):
     assert codes == [200, 200, 200, 400, 200, 200, 200, 200]
     labels = [r.json()["predictions"][0]["labels"] for r in responses if r.status_code == 200]
     assert labels == exported["reference"][:7]
+    assert failed_batches and max(failed_batches) > 1  # the corrupt image did share a batch, which was split
 
 
 def test_sigterm_finishes_requests_in_flight(exported, monkeypatch):
