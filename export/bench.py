@@ -15,6 +15,7 @@ from export import onnx_format, tflite
 from export.exporter import keras_reference
 from export.parity import latency_ms
 from export.savedmodel import load_probabilities
+from keras_cnns.utils import onednn_enabled
 
 
 def _sig(value):
@@ -72,7 +73,7 @@ def bench_infer(export_dir, batch_sizes=(1, 32), threads=(1, 2), repeats=30, see
         rows.append({"runtime": "lower bound (MACs / peak)", "threads": "-", "batch": batch,
                      "latency_ms": _sig(bound), "images_per_s": _sig(batch / bound * 1000)})
     return {"export": export_dir, "macs_per_image": macs, "peak_gflops": round(peak, 1),
-            "tf_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1", "rows": rows}
+            "tf_onednn": onednn_enabled(), "rows": rows}
 
 
 def plot(result, path):

@@ -1,12 +1,17 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as keras_cnns sets it: test what users run
+_USER_ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
 
+import keras_cnns  # noqa: E402,F401 - first, so TensorFlow starts as cnnkit sets it up (oneDNN on for training)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
+
+tf.constant(0)  # TensorFlow has read TF_ENABLE_ONEDNN_OPTS; subprocesses get cnnkit's own defaults, not ours
+if _USER_ONEDNN is None:
+    os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
 
 
 @pytest.fixture(autouse=True)

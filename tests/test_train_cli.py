@@ -144,3 +144,15 @@ def test_a_keras_data_set_that_cannot_download_is_one_line_and_leaves_no_run_fol
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "cannot download the Keras data set cifar10" in out.stderr and "--data DIR" in out.stderr
     assert not os.path.exists(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, True), ("0", False)])
+def test_training_turns_onednn_on_unless_the_user_set_it(tmp_path, user_value, expected):
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if user_value is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = user_value
+    out = subprocess.run([*CNNKIT, "train", "lenet5", "--epochs", "1", "--output", str(tmp_path / "r")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = json.load(open(tmp_path / "r" / "config.json"))
+    assert config["versions"]["tf_onednn"] is expected  # read from TensorFlow, not from the variable

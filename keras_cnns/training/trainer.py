@@ -170,9 +170,10 @@ def _versions():
     import tf_keras
 
     import keras_cnns
+    from keras_cnns.utils import onednn_enabled
 
     return {"cnnkit": keras_cnns.__version__, "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "tf_onednn": onednn_enabled()}
 
 
 def _input_shape(config):
