@@ -287,7 +287,8 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
                                 labels_file)
                 variant = "qat" if fmt == "tflite-qat" else ("int8" if "tflite-int8" in formats else "float32")
                 _tflite(graph, fmt, variant, representative, int8_io, src, version, path)
-                details = {**details, "tflite_variant": variant, "gzip_bytes": gzip_size(path)}
+                details = {**details, **_measured_kernels(path, details), "tflite_variant": variant,
+                           "gzip_bytes": gzip_size(path)}
             elif fmt.startswith("tflite"):
                 _tflite(mobile, fmt, fmt.split("-", 1)[1], representative, int8_io, src, version, path)
             elif fmt == "onnx":
@@ -330,6 +331,19 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
         with open(os.path.join(tmp, "report.md"), "a", encoding="utf-8") as f:
             f.write(f"\n**Not published** (out of tolerance, --allow-failed-variants): {', '.join(sorted(gone))}.\n")
     return report
+
+
+def _measured_kernels(path, details):
+    """Sparsity / distinct values per kernel as the ``.tflite`` file holds them (conv, depthwise and dense
+    weights read from its buffers), for the figures the fine-tuning reported on the Keras model."""
+    with open(path, "rb") as f:
+        arrays = tflite.kernel_tensors(f.read())
+    measured = {}
+    if "sparsity" in details:
+        measured["sparsity"] = float(sum(int((a == 0).sum()) for a in arrays) / max(1, sum(a.size for a in arrays)))
+    if "max_unique_values_per_kernel" in details:
+        measured["max_unique_values_per_kernel"] = max((len(np.unique(a)) for a in arrays), default=0)
+    return measured
 
 
 def _mediapipe_text(check):

@@ -61,6 +61,28 @@ def model_t(content):
     return schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
 
 
+def kernel_tensors(content):
+    """The constant weight tensor of every conv, depthwise conv and fully-connected op, read from the file's
+    buffers (float32, float16 or int8 as stored; weights produced by another op at run time are skipped)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    ops, types = schema.BuiltinOperator, schema.TensorType
+    wanted = {ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.FULLY_CONNECTED}
+    dtypes = {types.FLOAT32: np.float32, types.FLOAT16: np.float16, types.INT8: np.int8}
+    model = model_t(content)
+    out = []
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) not in wanted:
+                continue
+            tensor = graph.tensors[op.inputs[1]]
+            data = model.buffers[tensor.buffer].data
+            if data is not None and len(data) and tensor.type in dtypes:
+                out.append(np.frombuffer(bytes(data), dtypes[tensor.type]).reshape(tensor.shape))
+    return out
+
+
 def check_builtin_only(content):
     """Raise if the model holds a custom or Flex (select TF) op."""
     custom = sorted({(code.customCode or b"").decode() for code in model_t(content).operatorCodes if code.customCode})
