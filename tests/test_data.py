@@ -160,8 +160,17 @@ def test_augmentations_do_what_they_say_and_are_reproducible():
     flips = [augment_image(image, tf.constant([s, 0], tf.int64), ("flip",)).numpy() for s in range(16)]
     assert any(np.array_equal(f, image.numpy()[:, ::-1]) for f in flips)
     assert any(np.array_equal(f, image.numpy()) for f in flips)
-    crop = augment_image(image, seed, ("crop",)).numpy()
-    assert crop.shape == (8, 8, 3)
+    # crop: a translated view of the reflect-padded image (pad 2 at 16x16), at a different place per seed
+    spot = np.zeros((16, 16, 3), np.float32)
+    spot[7, 9] = 255.0
+    padded = np.pad(spot, ((2, 2), (2, 2), (0, 0)), mode="reflect")
+    offsets = set()
+    for s in range(24):
+        crop = augment_image(tf.constant(spot), tf.constant([s, 1], tf.int64), ("crop",)).numpy()
+        found = [(dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(crop, padded[dy:dy + 16, dx:dx + 16])]
+        assert len(found) == 1, s
+        offsets.add(found[0])
+    assert len(offsets) >= 5 and offsets - {(2, 2)}  # the content moves, to many places
     noise = augment_image(image, seed, ("noise",)).numpy()
     assert 3 < np.abs(noise - image.numpy()).mean() < 20
     colour = augment_image(image, seed, ("color",)).numpy()
@@ -171,6 +180,24 @@ def test_augmentations_do_what_they_say_and_are_reproducible():
     assert parse_augment("flip, crop") == ("flip", "crop")
     with pytest.raises(CnnkitError, match="unknown augmentation rotate"):
         parse_augment("flip,rotate")
+
+
+def test_the_same_image_is_augmented_differently_in_each_epoch(tmp_path):
+    # 18 gradients told apart by their brightness (12 grey levels apart), so each is found after shuffling
+    x = np.stack([np.tile(np.linspace(0, 20, 16, dtype=np.float32)[None, :, None], (16, 1, 3)) + 12 * i
+                  for i in range(18)]).astype(np.uint8)
+    np.savez(tmp_path / "grey.npz", x=x, y=np.arange(18) % 2)
+    data = load_data(str(tmp_path / "grey.npz"), (16, 16, 3))
+    raw = {"scale": 1.0, "mean": [0.0] * 3, "std": [1.0] * 3}
+    ds = make_dataset(data, "train", 64, raw, training=True, augment=("crop", "noise"), seed=1)
+
+    def by_source(batch):
+        return {int(round((img.mean() - 10) / 12)): img for img in batch}
+
+    first, second = (by_source(next(iter(ds))[0].numpy()) for _ in range(2))
+    assert sorted(first) == sorted(second) and len(first) == len(data.train)
+    for i in first:  # the same source image, two epochs: different pixels
+        assert np.abs(first[i] - second[i]).mean() > 3
 
 
 def test_training_pipeline_shuffles_and_augments_differently_each_epoch():
