@@ -54,7 +54,8 @@ def test_feature_extractor_without_top(name):
     shape = get_model_info(name).small_input_shape
     features = create_model(name, input_shape=shape, include_top=False, pooling="avg")
     assert len(features.output_shape) == 2 and features.output_shape[1] > 7
-    assert not any(isinstance(l, keras.layers.Dense) for l in features.layers if l.name.startswith("fc"))
+    top = {l.name for l in create_model(name, input_shape=shape).layers if isinstance(l, keras.layers.Dense)}
+    assert top and not any(isinstance(l, keras.layers.Dense) for l in features.layers)  # LeNet's f6 included
 
 
 def test_googlenet_exposes_two_auxiliary_classifiers_for_training():
@@ -74,12 +75,50 @@ def test_mlp_families_end_in_global_average_pooling():
         assert "GlobalAveragePooling2D" in types and "Flatten" not in types, name
 
 
-def test_conv_bn_activation_are_separate_layers_in_that_order():
-    for layer in create_model("resnet18").layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            assert layer.activation is keras.activations.linear
-            nxt = layer.outbound_nodes[0].outbound_layer
-            assert isinstance(nxt, keras.layers.BatchNormalization), layer.name
+#: how each family orders convolution, batch norm and activation (one model per family; MobileNet twice)
+CONV_ORDER = {"conv_bn_act": ["resnet18", "wide_resnet50_2", "resnext50_32x4d", "resnet152_sd", "resnet20_cifar",
+                              "fractalnet20_cifar", "mobilenet", "mobilenet_v2", "efficientnet_b0"],
+              "bn_act_conv": ["preact_resnet18", "densenet121"],
+              "conv_act": ["lenet5", "alexnet", "vgg11", "nin", "googlenet", "squeezenet1_0"]}
+#: what may follow a convolution's batch norm instead of an activation: the end of a residual branch (then the
+#: sum, or its stochastic-depth / drop-path gate) or MobileNet v2 / EfficientNet's linear bottleneck
+AFTER_BRANCH_BN = ("Add", "StochasticDepth", "DropPath", "Conv2D", "DepthwiseConv2D")
+
+
+def _next(layer):
+    return [node.outbound_layer for node in layer.outbound_nodes]
+
+
+def _previous(layer):
+    inbound = layer.inbound_nodes[0].inbound_layers
+    return inbound if isinstance(inbound, list) else [inbound]
+
+
+@pytest.mark.parametrize("order, name", [(o, n) for o, names in CONV_ORDER.items() for n in names])
+def test_conv_bn_activation_are_separate_layers_in_the_family_order(order, name):
+    """What tensorflow-model-optimization needs to quantize a model: no activation fused into a convolution,
+    each convolution's batch norm right after it (or, pre-activation, batch norm -> activation right before)."""
+    model = inference_model(create_model(name, input_shape=get_model_info(name).small_input_shape))
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and "_se_" not in l.name]
+    assert convs
+    for conv in convs:
+        assert conv.activation is keras.activations.linear, conv.name
+        if order == "conv_act":
+            assert [type(a) for a in _next(conv)] == [keras.layers.Activation], conv.name
+        elif order == "conv_bn_act":
+            (after,) = _next(conv)
+            assert isinstance(after, keras.layers.BatchNormalization), conv.name
+            then = _next(after)
+            assert all(isinstance(t, keras.layers.Activation) for t in then) or \
+                type(then[0]).__name__ in AFTER_BRANCH_BN, (conv.name, [t.name for t in then])
+        else:
+            (before,) = _previous(conv)
+            if isinstance(before, keras.layers.InputLayer) or isinstance(before, keras.layers.ZeroPadding2D):
+                continue  # the stem sees the image
+            assert isinstance(before, keras.layers.Activation), conv.name
+            assert isinstance(_previous(before)[0], keras.layers.BatchNormalization), conv.name
+    if order == "conv_bn_act" and name.startswith("efficientnet"):  # squeeze-excitation: 1x1 convs with a bias
+        assert all(l.use_bias for l in model.layers if isinstance(l, keras.layers.Conv2D) and "_se_" in l.name)
 
 
 def test_lenet_accepts_mnist_size_by_padding_to_32():
