@@ -100,7 +100,9 @@ def bench_data(spec, model, batch_size, input_size, batches, augment, as_json):
         return
     click.echo(f"{spec}: {result['images']} training images ({'in memory' if result['in_memory'] else 'files'}), "
                f"batch {batch_size}")
-    click.echo(table(("pipeline", "images/s"), list(result["pipelines"].items()), right=(1,)))
+    click.echo(table(("pipeline", "images/s (median)", "min-max"),
+                     [(name, rate, "-".join(str(v) for v in result["spread"][name]))
+                      for name, rate in result["pipelines"].items()], right=(1, 2)))
     click.echo(f"{result['model']} trains at {result['train_images_per_s']} images/s (graph mode): "
                + ("INPUT-BOUND, the pipeline is slower" if result["input_bound"] else "not input-bound"))
 
@@ -127,9 +129,10 @@ def bench_infer(export_dir, batch_sizes, threads, repeats, chart, as_json):
         return
     click.echo(f"{export_dir}: {result['macs_per_image']:,} MACs per image; matmul peak {result['peak_gflops']} "
                f"GFLOP/s; TensorFlow's oneDNN kernels {'on' if result['tf_onednn'] else 'off'}")
-    click.echo(table(("runtime", "threads", "batch", "ms", "images/s"),
-                     [(r["runtime"], r["threads"], r["batch"], r["latency_ms"], r["images_per_s"])
-                      for r in result["rows"]], right=(2, 3, 4)))
+    click.echo(table(("runtime", "threads", "batch", "ms (median)", "p10-p90 ms", "images/s"),
+                     [(r["runtime"], r["threads"], r["batch"], r["latency_ms"],
+                       f"{r['p10_ms']}-{r['p90_ms']}" if r["p10_ms"] is not None else "", r["images_per_s"])
+                      for r in result["rows"]], right=(2, 3, 4, 5)))
     if chart:
         click.echo(f"chart: {chart}")
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from export import onnx_format, tflite
 from export.exporter import keras_reference
-from export.parity import latency_ms
+from export.parity import latency_samples_ms
 from export.savedmodel import load_probabilities
 from keras_cnns.utils import onednn_enabled
 
@@ -47,7 +47,8 @@ def _runtimes(export_dir, meta, threads):
 
 
 def bench_infer(export_dir, batch_sizes=(1, 32), threads=(1, 2), repeats=30, seed=0):
-    """{"export", "macs_per_image", "peak_gflops", "rows": [{runtime, threads, batch, latency_ms, images_per_s}]}."""
+    """{"export", "macs_per_image", "peak_gflops", "rows": [{runtime, threads, batch, latency_ms (median), p10_ms,
+    p90_ms, images_per_s}]}; the lower-bound rows have no spread."""
     from keras_cnns.analysis import profile_model
     from keras_cnns.errors import CnnkitError
     from keras_cnns.training.bench import matmul_peak_gflops
@@ -63,15 +64,19 @@ def bench_infer(export_dir, batch_sizes=(1, 32), threads=(1, 2), repeats=30, see
     rows = []
     for name, thread_label, run in _runtimes(export_dir, meta, threads):
         for batch in batch_sizes:
-            latency = latency_ms(run, images[:batch], repeats)
+            times = latency_samples_ms(run, images[:batch], repeats)
+            latency = float(np.median(times))
             rows.append({"runtime": name, "threads": thread_label, "batch": batch, "latency_ms": _sig(latency),
+                         "p10_ms": _sig(float(np.percentile(times, 10))),
+                         "p90_ms": _sig(float(np.percentile(times, 90))),
                          "images_per_s": _sig(batch / latency * 1000)})
     macs = profile_model(load_model_file(os.path.join(export_dir, "keras", "model.keras"))).macs
     peak = matmul_peak_gflops()
     for batch in batch_sizes:
         bound = macs * 2 * batch / (peak * 1e9) * 1000
         rows.append({"runtime": "lower bound (MACs / peak)", "threads": "-", "batch": batch,
-                     "latency_ms": _sig(bound), "images_per_s": _sig(batch / bound * 1000)})
+                     "latency_ms": _sig(bound), "p10_ms": None, "p90_ms": None,
+                     "images_per_s": _sig(batch / bound * 1000)})
     return {"export": export_dir, "macs_per_image": macs, "peak_gflops": round(peak, 1),
             "tf_onednn": onednn_enabled(), "rows": rows}
 

@@ -44,16 +44,21 @@ def _size(path):
     return os.path.getsize(path)
 
 
-def latency_ms(run, image, repeats=20):
-    """Median wall time of one batch-1 call, after warm-up."""
+def latency_samples_ms(run, image, repeats=20):
+    """Wall times (ms) of ``repeats`` calls on ``image``, after warm-up."""
     for _ in range(3):
         run(image)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run(image)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+        times.append((time.perf_counter() - start) * 1000)
+    return np.asarray(times)
+
+
+def latency_ms(run, image, repeats=20):
+    """Median wall time of one call, after warm-up."""
+    return float(np.median(latency_samples_ms(run, image, repeats)))
 
 
 def compare(reference, artifacts, images, labels=None, batch_size=64):

@@ -129,9 +129,10 @@ PIPELINES = (
 
 
 def bench_data(spec, model_name="lenet5", batch_size=32, input_size=None, batches=50, augment="flip,crop",
-               steps=10):
-    """Input-pipeline images/s per variant (the second pass, so a cache is warm), next to the model's
-    graph-mode training rate on the same batch size: training is input-bound when the pipeline is slower."""
+               steps=10, repeats=3):
+    """Input-pipeline images/s per variant (from the second pass on, so a cache is warm), next to the model's
+    graph-mode training rate on the same batch size: training is input-bound when the pipeline is slower.
+    Each rate is the median of ``repeats`` measurements; ``spread`` holds their min and max."""
     import keras_cnns
     from keras_cnns.training.data import load_data, make_dataset, parse_augment
 
@@ -140,23 +141,28 @@ def bench_data(spec, model_name="lenet5", batch_size=32, input_size=None, batche
     shape = (input_size or h, input_size or w, c)
     data = load_data(spec, shape)
     preprocessing = {"scale": 1 / 255, "mean": [0.0] * c, "std": [1.0] * c}
-    pipelines = {}
+    pipelines, spread = {}, {}
     for name, options in PIPELINES:
         ds = make_dataset(data, "train", batch_size, preprocessing, training=True, augment=parse_augment(augment),
                           **options).repeat()
         iterator = iter(ds)
         for _ in range(len(data.train) // batch_size + 1):  # one pass: fills a cache, warms the threads
             next(iterator)
-        start = time.perf_counter()
-        count = 0
-        for _ in range(batches):
-            x, _ = next(iterator)
-            count += int(x.shape[0])
-        pipelines[name] = round(count / (time.perf_counter() - start), 1)
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            count = 0
+            for _ in range(batches):
+                x, _ = next(iterator)
+                count += int(x.shape[0])
+            rates.append(count / (time.perf_counter() - start))
+        pipelines[name] = round(float(np.median(rates)), 1)
+        spread[name] = [round(min(rates), 1), round(max(rates), 1)]
         del iterator
-    train_rate = bench_train(info.name, ["graph"], batch_size, input_size, steps, repeats=1,
-                             num_classes=data.num_classes)["modes"]["graph"]["images_per_s"]
+    trained = bench_train(info.name, ["graph"], batch_size, input_size, steps, repeats=repeats,
+                          num_classes=data.num_classes)["modes"]["graph"]
     default = pipelines["parallel map + prefetch (default)"]
     return {"data": spec, "model": info.name, "batch_size": batch_size, "images": len(data.train),
-            "in_memory": data.in_memory, "pipelines": pipelines, "train_images_per_s": train_rate,
-            "input_bound": default < train_rate}
+            "in_memory": data.in_memory, "pipelines": pipelines, "spread": spread,
+            "train_images_per_s": trained["images_per_s"], "train_spread": [trained["min"], trained["max"]],
+            "input_bound": default < trained["images_per_s"]}
