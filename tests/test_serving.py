@@ -543,6 +543,44 @@ def test_predict_cli_reports_bad_input_and_keeps_the_rest(exported, server, tmp_
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
+def _listening_addresses(port):
+    """The addresses a socket listens on at ``port`` (from /proc/net/tcp and tcp6; IPv4-mapped shown as IPv4)."""
+    import ipaddress
+
+    found = []
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                address, hex_port = fields[1].split(":")
+                if fields[3] != "0A" or int(hex_port, 16) != port:
+                    continue
+                raw = bytes.fromhex(address)  # little-endian 32-bit words
+                ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4)))
+                found.append(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return found
+
+
+def test_serve_cli_binds_loopback_limits_bodies_and_bench_serve_measures_it(exported):
+    proc, port, grpc_port, _ = spawn_server(exported["base"], "--max-body-mb", "1")
+    try:
+        assert _listening_addresses(port) == ["127.0.0.1"]  # not reachable from other machines by default
+        assert _listening_addresses(grpc_port) == ["127.0.0.1"]
+        url = f"http://127.0.0.1:{port}"
+        big = requests.post(f"{url}/v1/models/{MODEL}:predict", data=b'{"instances": [' + b"0," * 700_000 + b"0]}",
+                            headers={"Content-Type": "application/json"}, timeout=60)
+        assert big.status_code == 413  # 1.4 MB over --max-body-mb 1
+        out = cli("bench", "serve", url, "--model", MODEL, "--concurrency", "1,4", "--requests", "5", "--json")
+        assert out.returncode == 0, out.stderr[-2000:]
+        results = json.loads(out.stdout)["results"]
+        assert [(r["concurrency"], r["requests"], r["errors"]) for r in results] == [(1, 5, 0), (4, 20, 0)]
+        for r in results:  # a real server answered: a rate, and latency percentiles in order
+            assert r["rps"] > 0 and 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_serve_cli_refuses_an_empty_base(tmp_path):
     out = cli("serve", str(tmp_path), "--port", "0", "--grpc-port", "0")
     assert out.returncode == 2 and "no servable model" in out.stderr
