@@ -88,3 +88,30 @@ def test_no_penalty_adds_no_loss():
     model = _tiny_model()
     assert add_weight_penalty(model) == 0
     assert model.losses == []
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_weight_decay_is_an_l2_penalty_whose_gradient_is_lambda_w(optimizer):
+    """--weight-decay lambda for optimisers other than AdamW: a loss term whose gradient is lambda * w."""
+    import tensorflow as tf
+
+    from keras_cnns import create_model
+    from keras_cnns.training.trainer import TrainConfig, _compile
+
+    model = create_model("lenet5", num_classes=10)
+    _compile(model, TrainConfig(optimizer=optimizer, weight_decay=5e-4, lr=0.01), steps_per_epoch=10)
+    kernels = [w for w in model.trainable_weights if "kernel" in w.name]
+    with tf.GradientTape() as tape:
+        penalty = tf.add_n(model.losses)
+    for w, grad in zip(kernels, tape.gradient(penalty, kernels)):
+        np.testing.assert_allclose(grad.numpy(), 5e-4 * w.numpy(), rtol=1e-5, atol=1e-12)
+    assert len(kernels) == 5
+
+
+def test_adamw_decays_weights_in_the_optimizer_not_the_loss():
+    from keras_cnns import create_model
+    from keras_cnns.training.trainer import TrainConfig, _compile
+
+    model = create_model("lenet5", num_classes=10)
+    _compile(model, TrainConfig(optimizer="adamw", weight_decay=5e-4, lr=0.01), steps_per_epoch=10)
+    assert not model.losses and model.optimizer.weight_decay == pytest.approx(5e-4)

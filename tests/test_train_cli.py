@@ -156,3 +156,17 @@ def test_training_turns_onednn_on_unless_the_user_set_it(tmp_path, user_value, e
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.load(open(tmp_path / "r" / "config.json"))
     assert config["versions"]["tf_onednn"] is expected  # read from TensorFlow, not from the variable
+
+
+def test_bn_momentum_reaches_every_batch_norm_layer(tmp_path):
+    import tf_keras as keras
+
+    from keras_cnns.training.runs import load_model_file
+
+    out = run("train", "resnet20_cifar", "--data", "shapes:6", "--input-size", "32", "--epochs", "1",
+              "--bn-momentum", "0.95", "--output", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    model = load_model_file(str(tmp_path / "r" / "last.keras"))
+    momenta = [l.momentum for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    config = json.load(open(tmp_path / "r" / "config.json"))
+    assert len(momenta) == config["batch_norm"]["layers"] == 19 and set(momenta) == {0.95}
