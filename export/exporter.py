@@ -141,7 +141,9 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
         version = next_version(base)
     elif os.path.exists(os.path.join(base, str(version))):
         raise CnnkitError(f"{base}/{version} already exists; exports never overwrite a version")
-    images, labels, data = _evaluation_images(src, data_spec)
+    # with no data of its own, the parity check runs on the calibration set's held-out split (real images,
+    # never the ones calibrated on) rather than on noise
+    images, labels, data = _evaluation_images(src, data_spec or (None if src.data_spec else calibration_data))
     if src.untrained:
         _estimate_batch_norm(src, images)
     formats, carried, left = _carry_over(src, formats, can_calibrate=bool(calibration_data) or data is not None)

@@ -285,6 +285,20 @@ def test_int8_needs_calibration_data_and_unknown_sources_fail(tmp_path):
     assert not [p for p in tmp_path.rglob("saved_model.pb")]  # nothing was exported
 
 
+def test_calibration_data_quantizes_a_model_file_and_its_held_out_split_checks_it(trained, tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cnnkit", *a], capture_output=True, text=True,  # noqa
+                                    timeout=600, cwd=str(tmp_path))
+    model_file = os.path.join(trained["run"], "best.keras")  # a bare model file: no data of its own
+    out = run("export", model_file, "--tflite", "--quantize", "int8", "--calibration-data", "digits", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    rows = {r["artifact"]: r for r in report["artifacts"]}
+    assert report["ok"] and rows["tflite_int8"]["top1_agreement"] >= 0.98
+    assert report["images"] == len(load_data("digits", (32, 32, 1)).test)  # real images, not noise
+    out = run("export", model_file, "--tflite", "--quantize", "int8", "--calibration-data", "nowhere")
+    assert out.returncode == 2 and "nowhere" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):
     import tensorflow as tf
 

@@ -106,6 +106,17 @@ def test_evaluate_and_finetune_from_the_command_line(tmp_path):
     out = run("finetune", src, "--data", "shapes:10", "--epochs", "1", "--output", str(tmp_path / "ft"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "strategy: head" in out.stdout and "why: small data set" in out.stdout
+    out = run("finetune", src, "--data", "shapes:10", "--different", "--epochs", "1", "--output",
+              str(tmp_path / "ft2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "strategy: top:" in out.stdout and "different domain" in out.stdout  # the notes' table, other row
+
+    other = str(tmp_path / "src2")
+    one_json(run("train", "lenet5", "--epochs", "1", "--seed", "1", "--output", other, "--json"))
+    ensemble = one_json(run("ensemble", src, other, "--output", str(tmp_path / "ens"), "--json"))
+    members = [one_json(run("evaluate", r, "--json"))["accuracy"] for r in (src, other)]
+    assert ensemble["metrics"]["samples"] == 269 and ensemble["metrics"]["accuracy"] >= min(members) - 0.02
+    assert os.path.exists(tmp_path / "ens" / "best.keras")
 
 
 @pytest.mark.parametrize("args, message", [
