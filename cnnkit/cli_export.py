@@ -43,9 +43,11 @@ def _print_report(report):
 @click.option("--tflite", "tflite_out", is_flag=True, help="TFLite float32 (+ the --quantize variant).")
 @click.option("--onnx", "onnx_out", is_flag=True, help="ONNX (tf2onnx), run with ONNX Runtime.")
 @click.option("--all", "everything", is_flag=True, help="SavedModel, every TFLite variant and ONNX.")
-@click.option("--quantize", type=click.Choice(("none", "dynamic", "float16", "int8", "qat")), default="none",
-              show_default=True, help="Besides float32: int8 = full-integer TFLite (uint8 in/out) and, with --onnx, "
-                                      "ONNX int8 (QDQ); qat = quantization-aware fine-tuning, then integer TFLite.")
+@click.option("--quantize", default="none", show_default=True, metavar="MODE|tflite=MODE,onnx=MODE",
+              help="Besides float32, one of none, dynamic, float16, int8, qat: int8 = full-integer TFLite (uint8 "
+                   "in/out) and, with --onnx, ONNX int8 (QDQ); dynamic, float16 and qat are TFLite's (ONNX stays "
+                   "float32); qat = quantization-aware fine-tuning, then integer TFLite. Per format: e.g. "
+                   "tflite=float16,onnx=int8.")
 @click.option("--prune", type=click.FloatRange(0, 1, min_open=True, max_open=True), metavar="SPARSITY",
               help="Also a pruned TFLite model (e.g. 0.5: half the conv/dense weights zero).")
 @click.option("--cluster", type=click.IntRange(min=2), metavar="N",

@@ -89,23 +89,49 @@ def runner_for(kind, path):
     return onnx_format.Runner(path)
 
 
+#: quantization modes each converter offers besides float32
+QUANTIZE_BY_FORMAT = {"tflite": QUANTIZE, "onnx": ("none", "int8")}
+
+
+def parse_quantize(quantize):
+    """``--quantize``: one mode, or one per format (``tflite=float16,onnx=int8``) -> ({format: mode}, named).
+
+    A single mode applies to each format that offers it: ``int8`` to TFLite and ONNX, the others to TFLite
+    (ONNX stays float32). ``named``: the formats the value names explicitly."""
+    text = str(quantize).strip()
+    if "=" not in text:
+        if text not in QUANTIZE:
+            raise CnnkitError(f"unknown --quantize {text!r}; choose from {', '.join(QUANTIZE)}, or per format "
+                              "as tflite=MODE,onnx=MODE")
+        return {"tflite": text, "onnx": text if text in QUANTIZE_BY_FORMAT["onnx"] else "none"}, set()
+    modes = {"tflite": "none", "onnx": "none"}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        fmt, _, mode = (x.strip() for x in part.partition("="))
+        if fmt not in QUANTIZE_BY_FORMAT:
+            raise CnnkitError(f"--quantize {part!r}: the formats are tflite and onnx")
+        if mode not in QUANTIZE_BY_FORMAT[fmt]:
+            raise CnnkitError(f"--quantize {part!r}: {fmt} takes {', '.join(QUANTIZE_BY_FORMAT[fmt])}")
+        modes[fmt] = mode
+    return modes, {p.split("=")[0].strip() for p in text.split(",") if "=" in p}
+
+
 def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="none", everything=False, prune=None,
                  cluster=None):
-    """The formats to write. ``quantize`` applies to each format asked for (TFLite if none is named)."""
-    if quantize not in QUANTIZE:
-        raise CnnkitError(f"unknown --quantize {quantize!r}; choose from {', '.join(QUANTIZE)}")
+    """The formats to write. ``quantize``: see ``parse_quantize``; a TFLite-only mode (dynamic, float16, qat)
+    brings TFLite in, and so does any mode when no format is named."""
+    modes, named = parse_quantize(quantize)
     formats = ["saved_model"]
     if everything:
         formats += ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx", "onnx-int8"]
-    tflite_out = tflite_out or (quantize != "none" and not onnx_out) or bool(prune) or bool(cluster)
+    onnx_out = onnx_out or "onnx" in named
+    tflite_out = (tflite_out or "tflite" in named or modes["tflite"] not in ("none", "int8")
+                  or (modes["tflite"] == "int8" and not onnx_out) or bool(prune) or bool(cluster))
     if tflite_out:
         formats.append("tflite-float32")
-        if quantize != "none":
-            formats.append(f"tflite-{quantize}")
+        if modes["tflite"] != "none":
+            formats.append(f"tflite-{modes['tflite']}")
     if onnx_out:
-        if quantize not in ("none", "int8"):
-            raise CnnkitError(f"ONNX supports --quantize int8 only, not {quantize}")
-        formats += ["onnx"] + (["onnx-int8"] if quantize == "int8" else [])
+        formats += ["onnx"] + (["onnx-int8"] if modes["onnx"] == "int8" else [])
     if prune:
         formats.append("tflite-pruned")
     if cluster:
@@ -398,9 +424,13 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
                            origin=meta["source"], data_spec=meta["data"], val_split=meta["val_split"],
                            test_split=meta["test_split"])
         images, labels, _ = _evaluation_images(src, data_spec)
+    from keras_cnns.analysis import profile_model
+
+    count, repeats = parity.evaluation_plan(profile_model(model).macs, len(images))
+    images, labels = images[:count], (labels[:count] if labels is not None else None)
     runners = [(a["artifact"], a["kind"], os.path.join(export_dir, a["path"]),
                 runner_for(a["kind"], os.path.join(export_dir, a["path"]))) for a in meta["artifacts"]]
-    rows = parity.compare(keras_reference(model, meta["preprocessing"]), runners, images, labels)
+    rows = parity.compare(keras_reference(model, meta["preprocessing"]), runners, images, labels, repeats=repeats)
     extras = {a["artifact"]: {k: v for k, v in a.items() if k not in ("artifact", "kind", "path")}
               for a in meta["artifacts"]}
     by_name = {name: (path, run) for name, _, path, run in runners}
@@ -410,7 +440,8 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
             row["mediapipe"] = mediapipe_check(*by_name[row["artifact"]], images, bool(row.get("int8_io")))
             row["ok"] = row["ok"] and row["mediapipe"]["ok"]
     report = {"name": meta["name"], "version": meta["version"], "images": int(len(images)),
-              "labelled": labels is not None, "artifacts": rows, "ok": all(r["ok"] for r in rows)}
+              "latency_repeats": repeats, "labelled": labels is not None, "artifacts": rows,
+              "ok": all(r["ok"] for r in rows)}
     warning = parity.constant_output_warning(rows[0]["output_spread"], len(images))
     if warning:
         report["warning"] = warning

@@ -61,10 +61,23 @@ def latency_ms(run, image, repeats=20):
     return float(np.median(latency_samples_ms(run, image, repeats)))
 
 
-def compare(reference, artifacts, images, labels=None, batch_size=64):
+#: multiply-accumulates one artifact may spend on the report's images, and on its batch-1 latency repeats:
+#: LeNet-5 compares 2000 images, ResNet-50 about 480, VGG-16 about 130 (minutes, not half an hour, on 2 cores)
+EVALUATION_MACS = 2e12
+LATENCY_MACS = 2e11
+
+
+def evaluation_plan(macs_per_image, available):
+    """(images to compare, latency repeats) for a model of this cost: fewer for big models, at least 32 / 3."""
+    images = min(available, max(32, int(EVALUATION_MACS / max(macs_per_image, 1))))
+    repeats = min(20, max(3, int(LATENCY_MACS / max(macs_per_image, 1))))
+    return images, repeats
+
+
+def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20):
     """Rows of the report. ``reference``/runners: float32 pixels (N, H, W, C) -> probabilities.
 
-    ``artifacts``: [(name, kind, path, runner)].
+    ``artifacts``: [(name, kind, path, runner)]; ``repeats``: batch-1 latency calls per row.
     """
     def predict(run):
         return np.concatenate([run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
@@ -73,8 +86,9 @@ def compare(reference, artifacts, images, labels=None, batch_size=64):
     ref_top1 = expected.argmax(axis=1)
     ref_accuracy = float((ref_top1 == labels).mean()) if labels is not None else None
     rows = [{"artifact": "keras", "kind": "keras", "file": None, "bytes": None, "max_abs_diff": 0.0,
-             "top1_agreement": 1.0, "accuracy": ref_accuracy, "latency_ms": latency_ms(reference, images[:1]),
-             "tolerance": None, "ok": True, "output_spread": float(np.ptp(expected, axis=0).max())}]
+             "top1_agreement": 1.0, "accuracy": ref_accuracy, "latency_ms": latency_ms(reference, images[:1], repeats),
+             "tolerance": None, "ok": True, "output_spread": float(np.ptp(expected, axis=0).max()),
+             "images": int(len(images))}]
     for name, kind, path, run in artifacts:
         got = predict(run)
         top1 = got.argmax(axis=1)
@@ -83,7 +97,7 @@ def compare(reference, artifacts, images, labels=None, batch_size=64):
                "max_abs_diff": float(np.abs(got - expected).max()),
                "top1_agreement": float((top1 == ref_top1).mean()),
                "accuracy": float((top1 == labels).mean()) if labels is not None else None,
-               "latency_ms": latency_ms(run, images[:1])}
+               "latency_ms": latency_ms(run, images[:1], repeats), "images": int(len(images))}
         rule, limit = tolerance_of(kind)
         if rule == "max_abs_diff":
             row["tolerance"] = f"max |diff| <= {limit:g}"

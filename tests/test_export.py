@@ -299,6 +299,36 @@ def test_calibration_data_quantizes_a_model_file_and_its_held_out_split_checks_i
     assert out.returncode == 2 and "nowhere" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_quantize_is_per_format_so_tflite_float16_and_onnx_go_in_one_export(trained, tmp_path):
+    assert plan_formats(onnx_out=True, quantize="float16") == ["saved_model", "tflite-float32", "tflite-float16",
+                                                               "onnx"]
+    assert plan_formats(quantize="tflite=float16,onnx=int8") == ["saved_model", "tflite-float32", "tflite-float16",
+                                                                 "onnx", "onnx-int8"]
+    assert plan_formats(onnx_out=True, quantize="int8") == ["saved_model", "onnx", "onnx-int8"]
+    for wrong, message in (("onnx=float16", "onnx takes none, int8"), ("coreml=int8", "the formats are tflite and onnx"),
+                           ("int4", "unknown --quantize")):
+        with pytest.raises(CnnkitError, match=message):
+            plan_formats(quantize=wrong)
+    _, report = run_export(trained["run"], output=str(tmp_path), formats=plan_formats(onnx_out=True,
+                                                                                      quantize="float16"))
+    assert report["ok"] and [r["artifact"] for r in report["artifacts"]] == [
+        "keras", "saved_model", "tflite_float32", "tflite_float16", "onnx"]
+    assert {r["images"] for r in report["artifacts"]} == {report["images"]}  # every row says what it compared
+
+
+def test_the_report_spends_less_per_image_on_big_models():
+    from keras_cnns import create_model
+    from keras_cnns.analysis import profile_model
+
+    plans = {name: parity.evaluation_plan(profile_model(create_model(name)).macs, 2000)
+             for name in ("lenet5", "resnet50", "vgg16", "efficientnet_b7")}
+    assert plans["lenet5"] == (2000, 20)  # a small model compares every held-out image
+    assert plans["vgg16"][0] < plans["resnet50"][0] < 2000 and plans["efficientnet_b7"][0] >= 32
+    for name, (images, repeats) in plans.items():  # the MACs spent per artifact stay within the budget
+        macs = profile_model(create_model(name)).macs
+        assert images * macs <= max(parity.EVALUATION_MACS, 32 * macs) and 3 <= repeats <= 20
+
+
 def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):
     import tensorflow as tf
 
