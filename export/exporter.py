@@ -320,7 +320,7 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
             elif fmt.startswith("tflite"):
                 _tflite(mobile, fmt, fmt.split("-", 1)[1], representative, int8_io, src, version, path)
             elif fmt == "onnx":
-                onnx_format.convert(tmp, path, opset)
+                details = {"onnx_route": onnx_format.convert(tmp, path, opset)}
             elif fmt == "onnx-int8":
                 float_onnx = os.path.join(tmp, FORMATS["onnx"][2])
                 if not os.path.exists(float_onnx):

@@ -329,6 +329,22 @@ def test_the_report_spends_less_per_image_on_big_models():
         assert images * macs <= max(parity.EVALUATION_MACS, 32 * macs) and 3 <= repeats <= 20
 
 
+def test_the_lean_onnx_route_for_big_models_converts_exactly(trained, tmp_path, monkeypatch):
+    import onnx
+
+    from export import onnx_format
+
+    monkeypatch.setattr(onnx_format, "LEAN_ABOVE_BYTES", 0)  # LeNet-5 takes the route VGG-16 takes
+    path, report = run_export(trained["run"], output=str(tmp_path), formats=plan_formats(onnx_out=True))
+    rows = {r["artifact"]: r for r in report["artifacts"]}
+    assert report["ok"] and rows["onnx"]["onnx_route"] == "lean" and rows["onnx"]["max_abs_diff"] <= 1e-5
+    model = onnx.load(os.path.join(path, "onnx", "model.onnx"))
+    assert [i.name for i in model.graph.input] == ["images"] and [o.name for o in model.graph.output] == [
+        "probabilities"]
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Conv") == 3 and ops.count("Transpose") <= 2  # NHWC transposes folded, not one per conv
+
+
 def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):
     import tensorflow as tf
 
