@@ -345,6 +345,39 @@ def test_the_lean_onnx_route_for_big_models_converts_exactly(trained, tmp_path, 
     assert ops.count("Conv") == 3 and ops.count("Transpose") <= 2  # NHWC transposes folded, not one per conv
 
 
+#: peak resident memory allowed to `cnnkit export resnet18 --all` at 64x64 (measured 2.9 GB on 2 cores, AVX-512)
+MEMORY_CEILING_MB = 4096
+
+
+def test_a_mid_size_model_exports_to_every_format_under_a_memory_ceiling(tmp_path):
+    """ResNet-18 (46 MB of weights) to every format in a child process whose resident memory is watched and
+    which is killed above the ceiling, so a memory regression fails here rather than on a user's machine."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "export", "resnet18", "--all", "--input-size", "64",
+                             "--calibration-data", "shapes:8", "--allow-failed-variants", "--json", "--output",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_mb = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                rss = int(next(line.split()[1] for line in f if line.startswith("VmRSS:"))) / 1024
+        except (OSError, StopIteration):
+            break
+        peak_mb = max(peak_mb, rss)
+        if rss > MEMORY_CEILING_MB:
+            proc.kill()
+            break
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=600)
+    assert peak_mb <= MEMORY_CEILING_MB, f"export took {peak_mb:.0f} MB, over the {MEMORY_CEILING_MB} MB ceiling"
+    assert proc.returncode == 0, err[-2000:]
+    report = json.loads(out)
+    kinds = {r["kind"] for r in report["artifacts"]}
+    assert {"savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx",
+            "onnx-int8"} <= kinds  # every converter ran (untrained int8 rows may be left unpublished)
+
+
 def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):
     import tensorflow as tf
 
