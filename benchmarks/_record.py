@@ -35,3 +35,44 @@ def replace_section(name, body):
     _, tail = rest.split(end, 1)
     with open(RESULTS, "w", encoding="utf-8") as f:
         f.write(f"{head}{start}\n{body}\n{end}{tail}")
+
+
+def run_watched(command, ceiling_mb=None, poll_seconds=0.1):
+    """Run ``command`` (argv list) in a child process, sampling its resident memory; kill it above
+    ``ceiling_mb``. Returns {"returncode", "stdout", "stderr", "peak_mb", "seconds", "killed"}."""
+    import subprocess
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, killed = 0.0, False
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                rss = int(next(line.split()[1] for line in f if line.startswith("VmRSS:"))) / 1024
+        except (OSError, StopIteration):
+            break
+        peak = max(peak, rss)
+        if ceiling_mb and rss > ceiling_mb:
+            proc.kill()
+            killed = True
+            break
+        time.sleep(poll_seconds)
+    out, err = proc.communicate()
+    return {"returncode": proc.returncode, "stdout": out, "stderr": err, "peak_mb": round(peak),
+            "seconds": round(time.perf_counter() - start, 1), "killed": killed}
+
+
+def record_rows(script, rows):
+    """Write ``benchmarks/results/SCRIPT.json`` (machine, command, rows); returns (command, machine)."""
+    import json
+    import sys
+
+    command = f"python benchmarks/{script}.py " + " ".join(sys.argv[1:])
+    described = machine()
+    folder = os.path.join(os.path.dirname(RESULTS), "results")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{script}.json"), "w") as f:
+        json.dump({"machine": described, "command": command.strip(), "python": platform.python_version(),
+                   "rows": rows}, f, indent=1)
+    return command.strip(), described

@@ -11,14 +11,13 @@ benchmarks/results/serving.json.
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks._record import machine, replace_section  # noqa: E402
+from benchmarks._record import record_rows, replace_section  # noqa: E402
 
 
 def main():
@@ -60,18 +59,14 @@ def main():
                 finally:
                     proc.terminate()
                     proc.wait(60)
-    command = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "serving.json"), "w") as f:
-        json.dump({"machine": machine(), "command": command.strip(), "python": platform.python_version(),
-                   "rows": rows}, f, indent=1)
+    command, described = record_rows("serving", rows)
     lines = ["| model | API | batching | oneDNN | clients | req/s | p50 ms | p99 ms | errors |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['protocol']} | {'on' if r['batching'] else 'off'} | {r['onednn']} "
                      f"| {r['concurrency']} "
                      f"| {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
-    replace_section("serving", f"`{command.strip()}` on {machine()}\n\n" + "\n".join(lines))
+    replace_section("serving", f"`{command}` on {described}\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ serving_overload section of benchmarks/RESULTS.md and writes benchmarks/results/
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks._record import machine, replace_section  # noqa: E402
+from benchmarks._record import record_rows, replace_section  # noqa: E402
 
 
 def main():
@@ -54,18 +53,14 @@ def main():
             rows.append({"setting": label, "options": " ".join(options), **result,
                          "refused_share": round(result["errors"] / offered, 3)})
             print(json.dumps(rows[-1]), flush=True)
-    command = "python benchmarks/serving_overload.py " + " ".join(sys.argv[1:])
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "serving_overload.json"), "w") as f:
-        json.dump({"machine": machine(), "command": command.strip(), "python": platform.python_version(),
-                   "rows": rows}, f, indent=1)
+    command, described = record_rows("serving_overload", rows)
     lines = [f"{args.clients} clients x {args.requests} requests, {args.model}, REST:", "",
              "| server | options | answered | goodput req/s | p50 ms | p99 ms | refused (503) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['setting']} | `{r['options']}` | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {r['refused_share']:.0%} |")
-    replace_section("serving_overload", f"`{command.strip()}` on {machine()}\n\n" + "\n".join(lines))
+    replace_section("serving_overload", f"`{command}` on {described}\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

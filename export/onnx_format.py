@@ -12,6 +12,8 @@ from keras_cnns.errors import CnnkitError
 DEFAULT_OPSET = 17
 #: Above this many bytes of weights the lean path converts (VGG-16, 528 MB: tf2onnx's own route ran past 24 GB).
 LEAN_ABOVE_BYTES = 200 << 20
+#: call ops that only Grappler's inlining (tf2onnx's route) turns into plain ops
+FUNCTION_CALLS = ("PartitionedCall", "StatefulPartitionedCall")
 
 
 def weights_bytes(saved_model_dir):
@@ -28,14 +30,22 @@ def convert(saved_model_dir, path, opset=DEFAULT_OPSET):
     tmp = f"{path}.tmp-{os.getpid()}.onnx"
     route = "lean" if weights_bytes(saved_model_dir) > LEAN_ABOVE_BYTES else "tf2onnx"
     try:
-        if route == "lean":
-            _convert_lean(saved_model_dir, tmp, opset)
-        else:
+        ops = _convert_lean(saved_model_dir, tmp, opset) if route == "lean" else None
+        if ops is None:
+            route = "tf2onnx"
             graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
                 saved_model_dir, None, None, tag="serve", signatures=["probabilities"], return_tensors_to_rename=True)
-            tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=opset,
-                                           tensors_to_rename=renames, output_path=tmp)
+            model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
+                                                      opset=opset, tensors_to_rename=renames, output_path=tmp)
+            ops = {node.op_type for node in model.graph.node}
+        left = sorted(ops & set(FUNCTION_CALLS))
+        if left:  # tf2onnx passes ops it cannot convert through as they are; ONNX Runtime refuses the file
+            raise CnnkitError(f"tf2onnx left TensorFlow ops ONNX Runtime cannot run ({', '.join(left)}: a layer "
+                              "that runs a function of its own, e.g. AlexNet's grouped convolutions); export "
+                              "--tflite, or a model without grouped convolutions (alexnet_1tower)")
         os.replace(tmp, path)
+    except CnnkitError:
+        raise
     except Exception as err:
         raise CnnkitError(f"ONNX conversion failed (opset {opset}): {str(err).splitlines()[0][:300]}") from None
     finally:
@@ -45,7 +55,8 @@ def convert(saved_model_dir, path, opset=DEFAULT_OPSET):
 
 
 def _convert_lean(saved_model_dir, path, opset):
-    """The route for big models, measured on VGG-16 (528 MB of weights; 2 cores, 24 GB): tf2onnx's loader
+    """The route for big models (returns the ONNX op types written; None, writing nothing, for a graph with
+    function calls, which Grappler's inlining in tf2onnx's route handles), measured on VGG-16 (528 MB of weights; 2 cores, 24 GB): tf2onnx's loader
     freezes through Grappler (13.9 GB peak), and its ONNX optimizer passes copy every weight once or twice per
     pass (past 16 GB). Here the signature is frozen directly (6.2 GB) and only the passes that change what ONNX
     Runtime runs are applied: NHWC transposes folded into the convolutions, back-to-back and identity nodes
@@ -61,12 +72,15 @@ def _convert_lean(saved_model_dir, path, opset):
     from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
 
     loaded = tf.saved_model.load(saved_model_dir)
-    frozen = convert_variables_to_constants_v2(loaded.signatures["probabilities"])
-    graph_def = frozen.graph.as_graph_def()
+    frozen = convert_variables_to_constants_v2(loaded.signatures["probabilities"], aggressive_inlining=True)
     (inputs,) = [t.name for t in frozen.inputs if t.dtype != tf.resource]
     (outputs,) = [t.name for t in frozen.outputs]
+    graph_def = frozen.graph.as_graph_def()
     del loaded, frozen
     gc.collect()
+    if any(node.op in FUNCTION_CALLS for node in graph_def.node):
+        return None  # a layer runs a tf.function of its own (AlexNet's grouped convolutions): tf2onnx's route
+
     with tf.Graph().as_default() as graph:
         tf.import_graph_def(graph_def, name="")
         del graph_def
@@ -79,6 +93,7 @@ def _convert_lean(saved_model_dir, path, opset):
     del onnx_graph
     with open(path, "wb") as f:
         f.write(model.SerializeToString())
+    return {node.op_type for node in model.graph.node}
 
 
 class Runner:

@@ -352,30 +352,29 @@ MEMORY_CEILING_MB = 4096
 def test_a_mid_size_model_exports_to_every_format_under_a_memory_ceiling(tmp_path):
     """ResNet-18 (46 MB of weights) to every format in a child process whose resident memory is watched and
     which is killed above the ceiling, so a memory regression fails here rather than on a user's machine."""
-    import time
+    from benchmarks._record import run_watched
 
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "export", "resnet18", "--all", "--input-size", "64",
-                             "--calibration-data", "shapes:8", "--allow-failed-variants", "--json", "--output",
-                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak_mb = 0
-    while proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/status") as f:
-                rss = int(next(line.split()[1] for line in f if line.startswith("VmRSS:"))) / 1024
-        except (OSError, StopIteration):
-            break
-        peak_mb = max(peak_mb, rss)
-        if rss > MEMORY_CEILING_MB:
-            proc.kill()
-            break
-        time.sleep(0.1)
-    out, err = proc.communicate(timeout=600)
-    assert peak_mb <= MEMORY_CEILING_MB, f"export took {peak_mb:.0f} MB, over the {MEMORY_CEILING_MB} MB ceiling"
-    assert proc.returncode == 0, err[-2000:]
+    run = run_watched([sys.executable, "-m", "cnnkit", "export", "resnet18", "--all", "--input-size", "64",
+                       "--calibration-data", "shapes:8", "--allow-failed-variants", "--json", "--output",
+                       str(tmp_path)], ceiling_mb=MEMORY_CEILING_MB)
+    assert not run["killed"], f"export passed the {MEMORY_CEILING_MB} MB ceiling"
+    assert run["returncode"] == 0, run["stderr"][-2000:]
+    out = run["stdout"]
     report = json.loads(out)
     kinds = {r["kind"] for r in report["artifacts"]}
     assert {"savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx",
             "onnx-int8"} <= kinds  # every converter ran (untrained int8 rows may be left unpublished)
+
+
+def test_a_model_tf2onnx_cannot_convert_fully_is_a_clear_error_not_a_broken_file(tmp_path):
+    import tf_keras as keras
+
+    model = keras.Sequential([keras.Input((16, 16, 4)), keras.layers.Conv2D(4, 3, groups=2),  # AlexNet's towers
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3), keras.layers.Softmax()])
+    model.save(str(tmp_path / "grouped.keras"))
+    with pytest.raises(CnnkitError, match="tf2onnx left TensorFlow ops ONNX Runtime cannot run.*--tflite"):
+        run_export(str(tmp_path / "grouped.keras"), output=str(tmp_path / "out"), formats=plan_formats(onnx_out=True))
+    assert not os.path.exists(tmp_path / "out" / "grouped" / "1")
 
 
 def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):

@@ -1,0 +1,77 @@
+"""Export cost: wall time and peak resident memory of `cnnkit export` per format, for each family's largest
+canonical model (untrained weights, canonical input size).
+
+    python benchmarks/export_cost.py [--models vgg19,resnet152,...] [--formats saved_model,tflite,onnx]
+                                     [--ceiling-gb 22]
+
+Each cell is one `cnnkit export MODEL [--tflite | --onnx]` in its own process (the SavedModel is always
+written, so the tflite and onnx cells include it), its memory sampled every 0.1 s and killed above the
+ceiling. Rewrites the export_cost section of benchmarks/RESULTS.md and writes
+benchmarks/results/export_cost.json.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from benchmarks._record import record_rows, replace_section, run_watched  # noqa: E402
+
+#: the issue's list: the largest canonical model of every family
+MODELS = ("vgg19", "alexnet", "resnet152", "wide_resnet101_2", "resnext101_64x4d", "densenet201", "efficientnet_b7",
+          "mobilenet_v2", "squeezenet1_1")
+FLAGS = {"saved_model": [], "tflite": ["--tflite"], "onnx": ["--onnx"]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--formats", default=",".join(FLAGS))
+    parser.add_argument("--ceiling-gb", type=float, default=22.0)
+    args = parser.parse_args()
+    rows = []
+    for name in filter(None, args.models.split(",")):
+        for fmt in filter(None, args.formats.split(",")):
+            scratch = tempfile.mkdtemp(prefix="export-cost-")
+            try:
+                run = run_watched([sys.executable, "-m", "cnnkit", "export", name, *FLAGS[fmt], "--json",
+                                   "--output", scratch], ceiling_mb=args.ceiling_gb * 1024)
+                weights = _weights_mb(scratch, name)
+                row = {"model": name, "format": fmt, "weights_mb": weights, "seconds": run["seconds"],
+                       "peak_mb": run["peak_mb"], "ok": run["returncode"] == 0,
+                       "note": "killed at the ceiling" if run["killed"] else
+                       ("" if run["returncode"] == 0 else run["stderr"].strip().splitlines()[-1][:160])}
+                if run["returncode"] == 0:
+                    report = json.loads(run["stdout"])
+                    row["images"] = report["images"]
+                    row["onnx_route"] = next((r.get("onnx_route") for r in report["artifacts"]
+                                              if r["kind"] == "onnx"), None)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    command, described = record_rows("export_cost", rows)
+    lines = ["| model | weights | format | wall | peak RSS | peak / weights | parity images | result |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        ratio = f"{r['peak_mb'] / r['weights_mb']:.0f}x" if r.get("weights_mb") else ""
+        lines.append(f"| {r['model']} | {r['weights_mb'] or '?'} MB | {r['format']} | {r['seconds']:.0f} s | "
+                     f"{r['peak_mb'] / 1024:.1f} GB | {ratio} | {r.get('images', '')} | "
+                     f"{'ok' if r['ok'] else r['note']}{' (ONNX: ' + r['onnx_route'] + ')' if r.get('onnx_route') else ''} |")
+    replace_section("export_cost", f"`{command}` on {described}\n\n" + "\n".join(lines))
+
+
+def _weights_mb(base, name):
+    """MB of the SavedModel's variables (the model's weights), or None when nothing was exported."""
+    folder = os.path.join(base, name, "1", "variables")
+    if not os.path.isdir(folder):
+        return None
+    return round(sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 2 ** 20)
+
+
+if __name__ == "__main__":
+    main()
