@@ -12,7 +12,7 @@ from keras_cnns.errors import CnnkitError
 DEFAULT_OPSET = 17
 #: Above this many bytes of weights the lean path converts (VGG-16, 528 MB: tf2onnx's own route ran past 24 GB).
 LEAN_ABOVE_BYTES = 200 << 20
-#: call ops that only Grappler's inlining (tf2onnx's route) turns into plain ops
+#: TensorFlow function calls tf2onnx 1.17 passes through unconverted (a layer running a tf.function of its own)
 FUNCTION_CALLS = ("PartitionedCall", "StatefulPartitionedCall")
 
 
@@ -30,9 +30,9 @@ def convert(saved_model_dir, path, opset=DEFAULT_OPSET):
     tmp = f"{path}.tmp-{os.getpid()}.onnx"
     route = "lean" if weights_bytes(saved_model_dir) > LEAN_ABOVE_BYTES else "tf2onnx"
     try:
-        ops = _convert_lean(saved_model_dir, tmp, opset) if route == "lean" else None
-        if ops is None:
-            route = "tf2onnx"
+        if route == "lean":
+            ops = _convert_lean(saved_model_dir, tmp, opset)
+        else:
             graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
                 saved_model_dir, None, None, tag="serve", signatures=["probabilities"], return_tensors_to_rename=True)
             model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
@@ -55,9 +55,8 @@ def convert(saved_model_dir, path, opset=DEFAULT_OPSET):
 
 
 def _convert_lean(saved_model_dir, path, opset):
-    """The route for big models (returns the ONNX op types written; None, writing nothing, for a graph with
-    function calls, which Grappler's inlining in tf2onnx's route handles), measured on VGG-16 (528 MB of weights; 2 cores, 24 GB): tf2onnx's loader
-    freezes through Grappler (13.9 GB peak), and its ONNX optimizer passes copy every weight once or twice per
+    """The route for big models; returns the ONNX op types written. Measured on VGG-16 (528 MB of weights;
+    2 cores, 24 GB): tf2onnx's loader freezes through Grappler (13.9 GB peak), and its ONNX optimizer passes copy every weight once or twice per
     pass (past 16 GB). Here the signature is frozen directly (6.2 GB) and only the passes that change what ONNX
     Runtime runs are applied: NHWC transposes folded into the convolutions, back-to-back and identity nodes
     removed (7.3 GB with the parity check's SavedModel, 48 s).
@@ -78,9 +77,6 @@ def _convert_lean(saved_model_dir, path, opset):
     graph_def = frozen.graph.as_graph_def()
     del loaded, frozen
     gc.collect()
-    if any(node.op in FUNCTION_CALLS for node in graph_def.node):
-        return None  # a layer runs a tf.function of its own (AlexNet's grouped convolutions): tf2onnx's route
-
     with tf.Graph().as_default() as graph:
         tf.import_graph_def(graph_def, name="")
         del graph_def
