@@ -67,10 +67,9 @@ def main():
 
 def _weights_mb(base, name):
     """MB of the SavedModel's variables (the model's weights), or None when nothing was exported."""
-    folder = os.path.join(base, name, "1", "variables")
-    if not os.path.isdir(folder):
-        return None
-    return round(sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 2 ** 20)
+    from export.onnx_format import weights_bytes
+
+    return round(weights_bytes(os.path.join(base, name, "1")) / 2 ** 20) or None
 
 
 if __name__ == "__main__":

@@ -94,25 +94,15 @@ def cluster(model, data, preprocessing, clusters, epochs=4, lr=1e-4):
     return tfmot.clustering.keras.strip_clustering(wrapped)
 
 
-def kernels(model):
-    """(layer name, kernel array) of every conv / dense layer."""
-    out = []
-    for layer in model.layers:
-        if _prunable(layer):
-            weight = getattr(layer, "depthwise_kernel", None) if hasattr(layer, "depthwise_kernel") else layer.kernel
-            out.append((layer.name, weight.numpy()))
-    return out
-
-
-def sparsity_of(model):
-    """Fraction of zero weights over all conv / dense kernels."""
-    arrays = [k for _, k in kernels(model)]
+def sparsity(arrays):
+    """Fraction of zero weights over ``arrays`` (every conv / dense kernel of a model or .tflite file)."""
     total = sum(a.size for a in arrays)
-    return float(sum((a == 0).sum() for a in arrays) / total) if total else 0.0
+    return float(sum(int((a == 0).sum()) for a in arrays) / total) if total else 0.0
 
 
-def max_unique_values(model):
-    return max((len(np.unique(k)) for _, k in kernels(model)), default=0)
+def max_unique_values(arrays):
+    """The most distinct values any one of ``arrays`` holds (at most the cluster count after clustering)."""
+    return max((len(np.unique(a)) for a in arrays), default=0)
 
 
 def gzip_size(path):

@@ -104,7 +104,7 @@ def parse_quantize(quantize):
             raise CnnkitError(f"unknown --quantize {text!r}; choose from {', '.join(QUANTIZE)}, or per format "
                               "as tflite=MODE,onnx=MODE")
         return {"tflite": text, "onnx": text if text in QUANTIZE_BY_FORMAT["onnx"] else "none"}, set()
-    modes = {"tflite": "none", "onnx": "none"}
+    modes, named = {"tflite": "none", "onnx": "none"}, set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         fmt, _, mode = (x.strip() for x in part.partition("="))
         if fmt not in QUANTIZE_BY_FORMAT:
@@ -112,7 +112,8 @@ def parse_quantize(quantize):
         if mode not in QUANTIZE_BY_FORMAT[fmt]:
             raise CnnkitError(f"--quantize {part!r}: {fmt} takes {', '.join(QUANTIZE_BY_FORMAT[fmt])}")
         modes[fmt] = mode
-    return modes, {p.split("=")[0].strip() for p in text.split(",") if "=" in p}
+        named.add(fmt)
+    return modes, named
 
 
 def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="none", everything=False, prune=None,
@@ -250,11 +251,10 @@ def _compress(src, formats, data, prune, cluster, epochs):
         out["tflite-qat"] = (compress.quantization_aware(src.model, data, src.preprocessing, epochs), {})
     if "tflite-pruned" in wanted:
         model = compress.prune(src.model, data, src.preprocessing, prune, epochs)
-        out["tflite-pruned"] = (model, {"target_sparsity": prune, "sparsity": compress.sparsity_of(model)})
+        out["tflite-pruned"] = (model, {"target_sparsity": prune})
     if "tflite-clustered" in wanted:
         model = compress.cluster(src.model, data, src.preprocessing, cluster, epochs)
-        out["tflite-clustered"] = (model, {"clusters": cluster,
-                                           "max_unique_values_per_kernel": compress.max_unique_values(model)})
+        out["tflite-clustered"] = (model, {"clusters": cluster})
     return out
 
 
@@ -315,7 +315,7 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
                                 labels_file)
                 variant = "qat" if fmt == "tflite-qat" else ("int8" if "tflite-int8" in formats else "float32")
                 _tflite(graph, fmt, variant, representative, int8_io, src, version, path)
-                details = {**details, **_measured_kernels(path, details), "tflite_variant": variant,
+                details = {**details, **_measured_kernels(fmt, path), "tflite_variant": variant,
                            "gzip_bytes": gzip_size(path)}
             elif fmt.startswith("tflite"):
                 _tflite(mobile, fmt, fmt.split("-", 1)[1], representative, int8_io, src, version, path)
@@ -361,17 +361,18 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
     return report
 
 
-def _measured_kernels(path, details):
-    """Sparsity / distinct values per kernel as the ``.tflite`` file holds them (conv, depthwise and dense
-    weights read from its buffers), for the figures the fine-tuning reported on the Keras model."""
+def _measured_kernels(fmt, path):
+    """What pruning / clustering left in the ``.tflite`` file itself: sparsity or distinct values per kernel
+    of the conv, depthwise and dense weights read from its buffers."""
+    from export import compress
+
     with open(path, "rb") as f:
         arrays = tflite.kernel_tensors(f.read())
-    measured = {}
-    if "sparsity" in details:
-        measured["sparsity"] = float(sum(int((a == 0).sum()) for a in arrays) / max(1, sum(a.size for a in arrays)))
-    if "max_unique_values_per_kernel" in details:
-        measured["max_unique_values_per_kernel"] = max((len(np.unique(a)) for a in arrays), default=0)
-    return measured
+    if fmt == "tflite-pruned":
+        return {"sparsity": compress.sparsity(arrays)}
+    if fmt == "tflite-clustered":
+        return {"max_unique_values_per_kernel": compress.max_unique_values(arrays)}
+    return {}
 
 
 def _mediapipe_text(check):
