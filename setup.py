@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_cnns*", "export*", "serving*", "cnnkit*"]),
-    package_data={"keras_cnns": ["zoo_stats.json"], "serving": ["container/Dockerfile"]},
+    package_data={"keras_cnns": ["zoo_stats.json", "imagenet_classes.txt"], "serving": ["container/Dockerfile"]},
     install_requires=[
         # tf_keras (Keras 2) is the Keras API: tensorflow-model-optimization rejects Keras 3 models.
         "tensorflow==2.21.*",
@@ -33,12 +33,16 @@ setup(
         "scikit-learn>=1.4",  # only for its bundled 8x8 digits data set (no download)
         "matplotlib>=3.8",
         "pillow>=10",
+        "h5py>=3.10",  # reads Keras Applications' pretrained .h5 checkpoints
     ],
     extras_require={
-        # PyTorch (CPU build) for the static-vs-dynamic benchmark (benchmarks/static_vs_dynamic.py)
+        # PyTorch (CPU build): reads torchvision's pretrained .pth checkpoints (--weights imagenet for ResNet,
+        # VGG-BN, SqueezeNet...), and runs the static-vs-dynamic benchmark (benchmarks/static_vs_dynamic.py)
+        "torch": ["torch==2.13.0"],
         "bench": ["torch==2.13.0"],
-        # the tests check the PyTorch twins of the Keras models too
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
+        # the tests check the PyTorch twins of the Keras models, and every checkpoint mapping against
+        # torchvision's own models
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "torchvision==0.28.0"],
     },
     entry_points={"console_scripts": ["cnnkit=cnnkit.cli:main"]},
 )

@@ -98,9 +98,11 @@ def with_build_options(f):
 @click.option("--family", help="Only this family (e.g. resnet, vgg, mobilenet).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def models(family, as_json):
-    """List every model: family, parameters, MACs at its default input, input size, year, paper."""
+    """List every model: family, parameters, MACs at its default input, input size, published ImageNet
+    weights (their top-1; `--weights imagenet`), year, paper."""
     import_tensorflow()
     import keras_cnns
+    from keras_cnns.pretrained import find_checkpoint
     from keras_cnns.stats import zoo_stats
 
     if family and family not in keras_cnns.list_families():
@@ -109,17 +111,27 @@ def models(family, as_json):
     for name in keras_cnns.list_models(family):
         info = keras_cnns.get_model_info(name)
         stats = zoo_stats(name)
+        checkpoint = find_checkpoint(name)
+        pretrained = checkpoint and {"source": checkpoint.source, "url": checkpoint.url,
+                                     "imagenet_top1": checkpoint.top1, "preprocessing": checkpoint.preprocessing_name}
         out.append({"name": name, "family": info.family, "params": stats["params"], "macs": stats["macs"],
                     "activations": stats["activations"], "input_shape": list(info.input_shape),
                     "num_classes": info.num_classes, "year": info.year, "paper": info.paper,
                     "description": info.description, "reference_params": info.reference_params,
-                    "reference": info.reference})
+                    "reference": info.reference, "pretrained": pretrained})
     if as_json:
         click.echo(json.dumps({"models": out}))
         return
     rows = [(r["name"], r["family"], _fmt(r["params"]), _fmt(r["macs"]), "x".join(map(str, r["input_shape"])),
-             r["year"], r["paper"]) for r in out]
-    click.echo(table(("model", "family", "params", "MACs", "input", "year", "paper"), rows, right=(2, 3)))
+             _pretrained_cell(r["pretrained"]), r["year"], r["paper"]) for r in out]
+    click.echo(table(("model", "family", "params", "MACs", "input", "ImageNet", "year", "paper"), rows, right=(2, 3)))
+
+
+def _pretrained_cell(pretrained):
+    if not pretrained:
+        return "-"
+    source = "Keras" if pretrained["source"].startswith("Keras") else "torchvision"
+    return f"{pretrained['imagenet_top1']:.1f}% {source}" if pretrained["imagenet_top1"] else source
 
 
 @cli.command()

@@ -59,7 +59,9 @@ def _print_report(report):
 @click.option("--calibration-data", metavar="SPEC", help="Images for int8 calibration (default: the run's data).")
 @click.option("--name", help="Model name in the export base (default: the model's).")
 @click.option("--version", type=click.IntRange(min=1), help="Version number (default: the next free one).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file for a zoo model name SOURCE.")
+@click.option("--weights", metavar="imagenet|none|FILE",
+              help="For a zoo model name SOURCE: its published ImageNet checkpoint (the default where one exists: "
+                   "downloaded once, cached), none (untrained), or a checkpoint file (.h5 / .pth as published).")
 @click.option("--input-size", type=click.IntRange(min=1), help="Input side for a zoo model name SOURCE.")
 @click.option("--opset", type=click.IntRange(min=9), default=17, show_default=True, help="ONNX opset.")
 @click.option("--author", default="", help="Author field of the TFLite metadata.")
@@ -79,7 +81,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
     \b
     Examples:
       cnnkit export runs/latest --tflite --onnx --quantize int8
-      cnnkit export --tflite mobilenet                  untrained zoo model, float32 TFLite
+      cnnkit export --tflite mobilenet                  MobileNet with its ImageNet weights, float32 TFLite
+      cnnkit export --tflite resnet50 --weights none    the untrained graph
       cnnkit export runs/latest --all --name digits
       cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat
     """

@@ -102,7 +102,10 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--model", required=True,
               help="With --server: the model name. Without: an export (exports/NAME or exports/NAME/VERSION), "
-                   "a .tflite or an .onnx file, run in-process.")
+                   "a .tflite or an .onnx file, run in-process, or a zoo model name (run in Keras, --weights).")
+@click.option("--weights", metavar="imagenet|none|FILE",
+              help="For a zoo model name as --model: its ImageNet checkpoint (the default where one exists), "
+                   "none, or a checkpoint file (.h5 / .pth as published).")
 @click.option("--server", metavar="URL", help="A TF Serving or `cnnkit serve` endpoint: http://host:8501 "
                                                "(REST) or host:8500 with --grpc.")
 @click.option("--grpc", "use_grpc", is_flag=True, help="Talk gRPC to --server.")
@@ -115,7 +118,7 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
                    "whole image resized by MediaPipe: what a phone app sees.")
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 5))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def predict(images, model, server, use_grpc, model_version, runtime, top_k, as_json):
+def predict(images, model, weights, server, use_grpc, model_version, runtime, top_k, as_json):
     """Classify IMAGES (JPEG, PNG, GIF, BMP) on a model server or with a local artifact; print top-k labels."""
     from keras_cnns.errors import CnnkitError
     from serving.client import predict_files
@@ -124,12 +127,14 @@ def predict(images, model, server, use_grpc, model_version, runtime, top_k, as_j
         raise CnnkitError("--grpc needs --server HOST:PORT")
     if model_version and not server:
         raise CnnkitError("--version asks a server for a version; locally give the version folder as --model")
+    if weights and server:
+        raise CnnkitError("--weights builds a zoo model locally; a server runs its own")
     if runtime != "auto" and server:
         raise CnnkitError("--runtime picks a local artifact; a server runs its SavedModel")
     import_tensorflow(serving=True)
     with native_logs_silenced():
         results = predict_files(images, model, server=server, grpc=use_grpc, version=model_version, top_k=top_k,
-                                runtime=runtime)
+                                runtime=runtime, weights=weights)
     good = [(path, p) for path, p in results if not isinstance(p, Exception)]
     failed = [str(p) for _, p in results if isinstance(p, Exception)]
     if as_json:

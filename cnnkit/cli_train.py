@@ -128,6 +128,9 @@ def _print_metrics(metrics):
 @click.option("--input-size", type=click.IntRange(min=1), help="Square input side (default: the model's own).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Model family option (repeatable).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout rate (models that have dropout).")
+@click.option("--weights", metavar="imagenet|none|FILE", default="none", show_default=True,
+              help="Start from the model's published ImageNet checkpoint (every layer but the classifier when the "
+                   "classes differ; the checkpoint's preprocessing is used), a checkpoint file, or none (random).")
 @click.option("--snapshots", type=click.IntRange(min=0), default=0,
               help="Snapshot ensemble: N cosine cycles, one saved model at the end of each.")
 @click.option("--strategy", type=click.Choice(("default", "mirrored", "multiworker")), default="default",
@@ -136,7 +139,7 @@ def _print_metrics(metrics):
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue a stopped run from its last completed epoch (other options are taken from it).")
 @fit_options
-def train(model, data, input_size, options, dropout, snapshots, resume_dir, as_json, **kwargs):
+def train(model, data, input_size, options, dropout, weights, snapshots, resume_dir, as_json, **kwargs):
     """Train MODEL on --data and write a run directory.
 
     \b
@@ -144,6 +147,7 @@ def train(model, data, input_size, options, dropout, snapshots, resume_dir, as_j
       cnnkit train lenet5                               LeNet-5 on the bundled digits
       cnnkit train resnet20_cifar --data ./photos --input-size 32 --augment flip,crop
       cnnkit train mobilenet_v2 --input-size 32 --optimizer momentum --lr 0.05 --schedule sgdr
+      cnnkit train resnet50 --weights imagenet --data ./photos   full fine-tune from ImageNet
       cnnkit train --resume runs/latest                 continue a killed run
     """
     if kwargs.get("precision") == "mixed_float16" and not os.environ.get("CNNKIT_DEBUG"):
@@ -160,7 +164,7 @@ def train(model, data, input_size, options, dropout, snapshots, resume_dir, as_j
         if not model:
             raise CnnkitError("name a MODEL to train (`cnnkit models` lists them) or --resume RUN_DIR")
         config = TrainConfig(model=model, data=data, input_size=input_size, model_options=parse_options(options),
-                             dropout=dropout, snapshots=snapshots, **_config_kwargs(kwargs))
+                             dropout=dropout, snapshots=snapshots, weights=weights, **_config_kwargs(kwargs))
         result = run_training(config, verbose=_verbosity(as_json))
     _report(result, as_json)
 
@@ -194,16 +198,26 @@ def evaluate(run_dir, data, as_json):
 @click.option("--similar/--different", default=True, help="Is the new data like the source's? (for auto)")
 @click.option("--lr-factor", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
               help="top:K / full: learning rate = this x the source run's.")
+@click.option("--weights", metavar="imagenet|FILE",
+              help="For a zoo model name SOURCE: its ImageNet checkpoint (the default) or a checkpoint file.")
+@click.option("--input-size", type=click.IntRange(min=1), help="For a zoo model name SOURCE: square input side.")
 @fit_options
-def finetune(source, data, how, similar, lr_factor, as_json, **kwargs):
-    """Transfer learning: fine-tune SOURCE (a run directory or .keras file) on new --data."""
+def finetune(source, data, how, similar, lr_factor, weights, input_size, as_json, **kwargs):
+    """Transfer learning: fine-tune SOURCE (a run directory, .keras file, or a zoo model name with its
+    pretrained weights) on new --data.
+
+    \b
+    Examples:
+      cnnkit finetune mobilenet_v2 --weights imagenet --data ./photos --strategy auto
+      cnnkit finetune runs/latest --data ./photos --strategy top:2
+    """
     import_tensorflow()
     from keras_cnns.training import finetune as run_finetune
 
     options = _config_kwargs(kwargs)
     options.setdefault("epochs", 10)
     result = run_finetune(source, data, strategy=how, similar=similar, lr_factor=lr_factor,
-                          verbose=_verbosity(as_json), **options)
+                          verbose=_verbosity(as_json), weights=weights, input_size=input_size, **options)
     from keras_cnns.training import runs
 
     plan = runs.read_config(result.run_dir)["train"]["finetune"]  # what auto chose, and why

@@ -337,7 +337,7 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
         "name": name, "version": version, "source": src.origin, "input_shape": list(src.input_shape),
         "labels": src.labels, "preprocessing": src.preprocessing, "data": src.data_spec,
         "val_split": src.val_split, "test_split": src.test_split, "artifacts": artifacts, "onnx_opset": opset,
-        "max_megapixels": src.max_megapixels,
+        "max_megapixels": src.max_megapixels, "weights": src.weights,
     })
     report = validate(tmp, images=images, labels=labels, raise_on_failure=not allow_failed)
     failed = [r for r in report["artifacts"] if not r["ok"]]

@@ -1,6 +1,7 @@
 """What an export starts from: a run directory, a zoo model name, a saved tf_keras model file, or an
 earlier cnnkit export (to add formats to it as a new version)."""
 import dataclasses
+import logging
 import os
 
 from keras_cnns.errors import CnnkitError
@@ -29,6 +30,8 @@ class ExportSource:
     earlier_artifacts: tuple = ()
     #: a zoo model with no weights (random initialisation)
     untrained: bool = False
+    #: pretrained weights a zoo model was built with: source, url, top-1 (export.json "weights")
+    weights: dict = None
 
     @property
     def input_shape(self):
@@ -58,6 +61,8 @@ def load_source(source, weights=None, input_size=None, num_classes=None):
                             preprocessing=config["preprocessing"], origin=run_dir, data_spec=data["spec"],
                             val_split=data["val_split"], test_split=data["test_split"])
     if source.endswith((".keras", ".h5")):
+        if weights:
+            raise CnnkitError("--weights goes with a zoo model name; a .keras/.h5 model file has its weights")
         model = keras_cnns.inference_model(runs.load_model_file(source))
         name = os.path.splitext(os.path.basename(source))[0]
     else:
@@ -68,22 +73,50 @@ def load_source(source, weights=None, input_size=None, num_classes=None):
                 raise CnnkitError(f"cannot export {source!r}: not a run directory, .keras/.h5 file or model name")
             raise
         shape = (input_size, input_size, info.input_shape[2]) if input_size else None
-        model = keras_cnns.inference_model(keras_cnns.create_model(info.name, num_classes=num_classes,
-                                                                   input_shape=shape))
-        name = info.name
-        if weights:
-            if not os.path.exists(weights):
-                raise CnnkitError(f"weights file {weights} does not exist")
-            try:
-                model.load_weights(weights)
-            except Exception as err:
-                raise CnnkitError(f"cannot load weights {weights} into {name}: {err}") from None
+        return zoo_source(info.name, weights, shape, num_classes)
     classes = int(model.outputs[0].shape[-1])
     channels = int(model.inputs[0].shape[-1])
     return ExportSource(model=model, name=name, labels=[f"class_{i}" for i in range(classes)],
-                        preprocessing=default_preprocessing(channels), origin=os.path.abspath(source)
-                        if os.path.exists(source) else f"zoo:{name}" + (f" + {weights}" if weights else ""),
-                        untrained=not weights and not os.path.exists(source))
+                        preprocessing=default_preprocessing(channels), origin=os.path.abspath(source))
+
+
+def zoo_source(name, weights=None, input_shape=None, num_classes=None):
+    """A zoo model by name. ``weights``: "imagenet", "none" or a checkpoint file; None = "imagenet" where the
+    model has a published checkpoint (Keras' convention), else "none". ImageNet weights bring their
+    preprocessing and the 1000 class names."""
+    import keras_cnns
+    from keras_cnns import pretrained
+
+    checkpoint = pretrained.find_checkpoint(name, None, input_shape)
+    if weights is None:
+        weights = "imagenet" if checkpoint is not None and num_classes in (None, 1000) else "none"
+    if weights == "none":
+        model = keras_cnns.inference_model(keras_cnns.create_model(name, num_classes=num_classes,
+                                                                   input_shape=input_shape))
+        channels, classes = int(model.inputs[0].shape[-1]), int(model.outputs[0].shape[-1])
+        return ExportSource(model=model, name=name, labels=[f"class_{i}" for i in range(classes)],
+                            preprocessing=default_preprocessing(channels), origin=f"zoo:{name}", untrained=True)
+    if checkpoint is None and os.path.isfile(weights):  # the zoo model's own Keras weights
+        model = keras_cnns.create_model(name, num_classes=num_classes, input_shape=input_shape)
+        try:
+            model.load_weights(weights)
+        except Exception as err:
+            raise CnnkitError(f"cannot load weights {weights} into {name}: {err}") from None
+        model = keras_cnns.inference_model(model)
+        classes, channels = int(model.outputs[0].shape[-1]), int(model.inputs[0].shape[-1])
+        return ExportSource(model=model, name=name, labels=[f"class_{i}" for i in range(classes)],
+                            preprocessing=default_preprocessing(channels), origin=f"zoo:{name} + {weights}")
+    model = keras_cnns.inference_model(keras_cnns.create_model(name, num_classes=num_classes, input_shape=input_shape,
+                                                               weights=weights))
+    checkpoint = pretrained.find_checkpoint(name, None, tuple(int(d) for d in model.inputs[0].shape[1:]))
+    logging.getLogger("export").info("%s: %s", name, checkpoint.describe() if weights == "imagenet"
+                                     else f"weights from {weights} ({checkpoint.source} layout)")
+    classes = int(model.outputs[0].shape[-1])
+    labels = pretrained.imagenet_labels() if classes == 1000 else [f"class_{i}" for i in range(classes)]
+    described = {"source": checkpoint.source, "url": checkpoint.url, "file": weights if weights != "imagenet" else None,
+                 "imagenet_top1": checkpoint.top1, "preprocessing": checkpoint.preprocessing_name}
+    return ExportSource(model=model, name=name, labels=labels, preprocessing=dict(checkpoint.preprocessing),
+                        origin=f"zoo:{name} + {checkpoint.describe()}", weights=described)
 
 
 def _from_export(path):
@@ -98,4 +131,4 @@ def _from_export(path):
     return ExportSource(model=load_model_file(os.path.join(path, "keras", "model.keras")), name=meta["name"],
                         labels=meta["labels"], preprocessing=meta["preprocessing"], origin=os.path.abspath(path),
                         data_spec=meta["data"], val_split=meta["val_split"], test_split=meta["test_split"],
-                        earlier_artifacts=tuple(a["artifact"] for a in meta["artifacts"]))
+                        earlier_artifacts=tuple(a["artifact"] for a in meta["artifacts"]), weights=meta.get("weights"))

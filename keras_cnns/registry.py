@@ -95,8 +95,13 @@ def _normalise_input_shape(input_shape, default):
     return shape
 
 
-def create_model(name, num_classes=None, input_shape=None, include_top=True, **options):
+def create_model(name, num_classes=None, input_shape=None, include_top=True, weights=None, **options):
     """Build a registered model as a tf_keras functional ``Model``.
+
+    ``weights``: None (random initialisation), "imagenet" (the published checkpoint, downloaded once and
+    cached, see :mod:`keras_cnns.pretrained`) or the path of such a checkpoint file (the original
+    ``.h5`` / ``.pth``). With weights the model is built in the checkpoint's own layout (e.g.
+    ``padding="symmetric"``); with another ``num_classes`` everything but the classifier is loaded.
 
     ``input_shape`` is (H, W, C), (H, W) or one int (square, default channels); it defaults to the
     model's canonical input, ``num_classes`` to its canonical class count. Family options (e.g.
@@ -120,6 +125,21 @@ def create_model(name, num_classes=None, input_shape=None, include_top=True, **o
                 (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise CnnkitError(f"option {key} of {info.name} takes a number (default {default}), got {value!r}")
     shape = _normalise_input_shape(input_shape, info.input_shape)
+    checkpoint = path = None
+    if weights is not None:
+        from keras_cnns import pretrained
+
+        checkpoint, path = pretrained.resolve(info.name, weights, merged, shape)
+        for key, value in checkpoint.options.items():
+            if key in options and options[key] != value:
+                raise CnnkitError(f"{info.name}'s pretrained weights need {key}={value!r}, not {options[key]!r}")
+        merged.update(checkpoint.options)
     model = info.builder(num_classes=num_classes, input_shape=shape, include_top=include_top, **merged)
     model._name = info.name
+    if checkpoint is not None:
+        import logging
+
+        left_out = pretrained.load_into(model, checkpoint, path)
+        if left_out:
+            logging.getLogger("keras_cnns").warning("%s: %s", info.name, left_out)
     return model

@@ -235,12 +235,18 @@ def pick_artifact(version_dir, runtime="auto"):
 class LocalModel:
     """An exported artifact run in-process: an export version folder (or a model folder of versions,
     newest taken; ``runtime`` picks its artifact, see ``pick_artifact``), a ``.tflite`` file (LiteRT) or
-    an ``.onnx`` file (ONNX Runtime)."""
+    an ``.onnx`` file (ONNX Runtime); or a zoo model name, run in Keras with ``weights`` (see
+    ``export.source.zoo_source``: its ImageNet weights by default)."""
 
-    def __init__(self, path, runtime="auto"):
+    def __init__(self, path, runtime="auto", weights=None):
+        if not os.path.exists(path) and _is_zoo_name(path):
+            self._open_zoo(path, runtime, weights)
+            return
+        if weights:
+            raise CnnkitError("--weights goes with a zoo model name as --model; an export has its weights")
         if not os.path.exists(path):
-            raise CnnkitError(f"model {path} does not exist; give an export (exports/NAME[/VERSION]) or a "
-                              ".tflite/.onnx file")
+            raise CnnkitError(f"model {path} does not exist; give an export (exports/NAME[/VERSION]), a "
+                              ".tflite/.onnx file or a zoo model name")
         if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
             self._open_newest_good(path, runtime)
             return
@@ -262,6 +268,18 @@ class LocalModel:
                 log.warning("%s: passed over the broken %s; using version %s", path, ", ".join(broken), self.version)
             return
         raise CnnkitError(f"no version of {path} loads: {', '.join(broken)}")
+
+    def _open_zoo(self, name, runtime, weights):
+        if runtime not in ("auto", "keras"):
+            raise CnnkitError(f"a zoo model name runs in Keras; --runtime {runtime} needs an export "
+                              f"(cnnkit export {name})")
+        from export.exporter import keras_reference
+        from export.source import zoo_source
+
+        src = zoo_source(name, weights)
+        self.kind, self.name, self.version, self.path = "keras", src.name, None, name
+        self.input_shape, self.labels = src.input_shape, src.labels
+        self._run = keras_reference(src.model, src.preprocessing)
 
     def _open(self, path, runtime):
         if os.path.isdir(path):
@@ -364,14 +382,24 @@ def _decode(data, mode, size=None):
         raise InvalidInput(f"not a readable image: {err}") from None
 
 
-def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5, runtime="auto"):
+def _is_zoo_name(name):
+    from keras_cnns.registry import get_model_info
+
+    try:
+        get_model_info(name)
+        return True
+    except CnnkitError:
+        return False
+
+
+def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5, runtime="auto", weights=None):
     """Classify image files: on a server (``model`` is its name) or locally (``model`` is a path, run by
     ``runtime``, see ``pick_artifact``).
 
     Returns [(path, Prediction or InvalidInput)]: an unreadable or corrupt file is reported in its row
     and the others are still classified; an unreachable server or unknown model raises.
     """
-    runner = connect(server, grpc) if server else LocalModel(model, runtime)
+    runner = connect(server, grpc) if server else LocalModel(model, runtime, weights)
     results = []
     for path in paths:
         try:

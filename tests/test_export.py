@@ -354,7 +354,7 @@ def test_a_mid_size_model_exports_to_every_format_under_a_memory_ceiling(tmp_pat
     which is killed above the ceiling, so a memory regression fails here rather than on a user's machine."""
     from benchmarks._record import run_watched
 
-    run = run_watched([sys.executable, "-m", "cnnkit", "export", "resnet18", "--all", "--input-size", "64",
+    run = run_watched([sys.executable, "-m", "cnnkit", "export", "resnet18", "--weights", "none", "--all", "--input-size", "64",
                        "--calibration-data", "shapes:8", "--allow-failed-variants", "--json", "--output",
                        str(tmp_path)], ceiling_mb=MEMORY_CEILING_MB)
     assert not run["killed"], f"export passed the {MEMORY_CEILING_MB} MB ceiling"
@@ -395,7 +395,7 @@ def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):
 def test_export_cli_untrained_zoo_model_and_validate(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "cnnkit", *a], capture_output=True, text=True,  # noqa
                                     timeout=600, cwd=str(tmp_path))
-    out = run("export", "--tflite", "mobilenet", "--json")
+    out = run("export", "--tflite", "mobilenet", "--weights", "none", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert [r["artifact"] for r in report["artifacts"]] == ["keras", "saved_model", "tflite_float32"]

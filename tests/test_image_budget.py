@@ -99,7 +99,8 @@ def test_gif_frames_are_counted_by_walking_the_blocks():
 def budget_export(tmp_path_factory):
     """An untrained RGB zoo model exported with a 1 MP budget (SavedModel only)."""
     base = tmp_path_factory.mktemp("budget")
-    path, _ = run_export("squeezenet1_1", output=str(base), formats=["saved_model"], input_size=64, max_megapixels=1)
+    path, _ = run_export("squeezenet1_1", output=str(base), formats=["saved_model"], input_size=64, max_megapixels=1,
+                         weights="none")
     return str(base), path
 
 

@@ -47,10 +47,12 @@ def conv_bn_act(
     """Conv2D -> BatchNormalization -> Activation (each optional part a separate, named layer).
 
     ``use_bias`` defaults to ``not batch_norm`` (a bias in front of BN is redundant). ``bn_gamma``: the
-    batch norm's scale initializer ("zeros" starts a residual branch as the identity).
+    batch norm's scale initializer ("zeros" starts a residual branch as the identity). ``padding`` is
+    "same", "valid" or "symmetric" (see :func:`strided_padding`).
     """
     if use_bias is None:
         use_bias = not batch_norm
+    x, padding = strided_padding(x, kernel_size, strides, padding, name)
     x = layers.Conv2D(
         filters, kernel_size, strides=strides, padding=padding, groups=groups, use_bias=use_bias, name=f"{name}_conv"
     )(x)
@@ -59,6 +61,29 @@ def conv_bn_act(
     if activation:
         x = layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x
+
+
+def strided_padding(x, kernel_size, strides, padding, name):
+    """``padding="symmetric"``: k // 2 zeros on every side, as Caffe, PyTorch and Keras Applications' ResNet /
+    DenseNet pad. It differs from TensorFlow's "same" only when the stride is > 1 (same pads the extra row
+    at the bottom/right), but pretrained weights from those sources expect exactly their own alignment.
+    Returns (x, the padding the convolution or pooling then uses)."""
+    if padding != "symmetric":
+        return x, padding
+    if strides == 1:
+        return x, "same"
+    return layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x), "valid"
+
+
+def max_pool(x, name, size=3, strides=2, padding="same"):
+    """Max-pooling with "same", "valid", "symmetric" (zero-padded: used after a ReLU or, as in Keras'
+    ResNet v2, where the source pads with zeros) or "ceil" (PyTorch's ``ceil_mode``: a last, partial
+    window at the bottom/right; zero-padded, so after a ReLU only) padding."""
+    if padding == "ceil":
+        x = layers.ZeroPadding2D(((0, strides - 1), (0, strides - 1)), name=f"{name}_pad")(x)
+        padding = "valid"
+    x, padding = strided_padding(x, size, strides, padding, name)
+    return layers.MaxPooling2D(size, strides=strides, padding=padding, name=name)(x)
 
 
 def depthwise_bn_act(x, kernel_size, name, strides=1, depth_multiplier=1, activation="relu6", bn_epsilon=1e-3):

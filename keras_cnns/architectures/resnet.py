@@ -12,6 +12,12 @@
 * Stochastic depth (Huang et al.: Deep Networks with Stochastic Depth, 2016): with
   ``stochastic_depth=p_L`` block l of L survives training with probability 1 - l/L (1 - p_L) and is
   scaled by that probability at inference.
+
+``padding="symmetric"`` pads strided convolutions and the stem's pooling k // 2 on every side (torchvision
+and Keras Applications do; TensorFlow's "same" puts the extra row at the bottom/right), and
+``downsample="last"`` moves each stage's stride to the last block of the stage before (TF-slim and Keras
+Applications' ResNet v2 layout; a strided block without a projection subsamples its shortcut). Both are
+what the pretrained checkpoints need (keras_cnns.pretrained); neither changes a weight or a MAC.
 """
 import tf_keras as keras
 
@@ -19,6 +25,7 @@ from keras_cnns.architectures._blocks import (
     bn_act,
     conv_bn_act,
     image_input,
+    max_pool,
     pooled_head,
     use_small_stem,
 )
@@ -47,48 +54,58 @@ def residual_merge(shortcut, residual, name, survival=1.0):
     return layers.Add(name=f"{name}_add")([shortcut, residual])
 
 
-def basic_block(x, filters, strides, name, survival=1.0, **_):
+def basic_block(x, filters, strides, name, survival=1.0, conv=None, **_):
+    conv = conv or {}
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = conv_bn_act(x, filters, 1, name=f"{name}_0", strides=strides, activation=None)
-    y = conv_bn_act(x, filters, 3, name=f"{name}_1", strides=strides)
-    y = conv_bn_act(y, filters, 3, name=f"{name}_2", activation=None)
+        shortcut = conv_bn_act(x, filters, 1, name=f"{name}_0", strides=strides, activation=None, **conv)
+    y = conv_bn_act(x, filters, 3, name=f"{name}_1", strides=strides, **conv)
+    y = conv_bn_act(y, filters, 3, name=f"{name}_2", activation=None, **conv)
     y = residual_merge(shortcut, y, name, survival)
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def bottleneck_block(x, filters, strides, name, survival=1.0, groups=1, base_width=64):
+def bottleneck_block(x, filters, strides, name, survival=1.0, groups=1, base_width=64, conv=None):
+    conv = conv or {}
     width = int(filters * (base_width / 64.0)) * groups
     out = filters * 4
     shortcut = x
     if strides != 1 or x.shape[-1] != out:
-        shortcut = conv_bn_act(x, out, 1, name=f"{name}_0", strides=strides, activation=None)
-    y = conv_bn_act(x, width, 1, name=f"{name}_1")
-    y = conv_bn_act(y, width, 3, name=f"{name}_2", strides=strides, groups=groups)
-    y = conv_bn_act(y, out, 1, name=f"{name}_3", activation=None)
+        shortcut = conv_bn_act(x, out, 1, name=f"{name}_0", strides=strides, activation=None, **conv)
+    y = conv_bn_act(x, width, 1, name=f"{name}_1", **conv)
+    y = conv_bn_act(y, width, 3, name=f"{name}_2", strides=strides, groups=groups, **conv)
+    y = conv_bn_act(y, out, 1, name=f"{name}_3", activation=None, **conv)
     y = residual_merge(shortcut, y, name, survival)
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def preact_basic_block(x, filters, strides, name, survival=1.0, **_):
-    preact = bn_act(x, f"{name}_preact")
-    shortcut = x
-    if strides != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=strides, name=f"{name}_0_conv")(preact)
-    y = conv_bn_act(preact, filters, 3, name=f"{name}_1", strides=strides)
+def preact_shortcut(x, preact, out, strides, name):
+    """A projection of the pre-activation where the channels change; otherwise the input itself,
+    subsampled where the block is strided (only in the ``downsample="last"`` layout)."""
+    if x.shape[-1] != out:
+        return layers.Conv2D(out, 1, strides=strides, name=f"{name}_0_conv")(preact)
+    if strides != 1:
+        return layers.MaxPooling2D(1, strides=strides, name=f"{name}_0_subsample")(x)
+    return x
+
+
+def preact_basic_block(x, filters, strides, name, survival=1.0, conv=None, **_):
+    conv = conv or {}
+    preact = bn_act(x, f"{name}_preact", bn_epsilon=conv.get("bn_epsilon", 1e-5))
+    shortcut = preact_shortcut(x, preact, filters, strides, name)
+    y = conv_bn_act(preact, filters, 3, name=f"{name}_1", strides=strides, **conv)
     y = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(y)
     return residual_merge(shortcut, y, name, survival)
 
 
-def preact_bottleneck_block(x, filters, strides, name, survival=1.0, groups=1, base_width=64):
+def preact_bottleneck_block(x, filters, strides, name, survival=1.0, groups=1, base_width=64, conv=None):
+    conv = conv or {}
     width = int(filters * (base_width / 64.0)) * groups
     out = filters * 4
-    preact = bn_act(x, f"{name}_preact")
-    shortcut = x
-    if strides != 1 or x.shape[-1] != out:
-        shortcut = layers.Conv2D(out, 1, strides=strides, name=f"{name}_0_conv")(preact)
-    y = conv_bn_act(preact, width, 1, name=f"{name}_1")
-    y = conv_bn_act(y, width, 3, name=f"{name}_2", strides=strides, groups=groups)
+    preact = bn_act(x, f"{name}_preact", bn_epsilon=conv.get("bn_epsilon", 1e-5))
+    shortcut = preact_shortcut(x, preact, out, strides, name)
+    y = conv_bn_act(preact, width, 1, name=f"{name}_1", **conv)
+    y = conv_bn_act(y, width, 3, name=f"{name}_2", strides=strides, groups=groups, **conv)
     y = layers.Conv2D(out, 1, name=f"{name}_3_conv")(y)
     return residual_merge(shortcut, y, name, survival)
 
@@ -98,30 +115,38 @@ _BLOCKS = {("basic", False): basic_block, ("bottleneck", False): bottleneck_bloc
 
 
 def resnet(num_classes=1000, input_shape=(224, 224, 3), include_top=True, depth=50, preact=False, cardinality=1,
-           base_width=64, stochastic_depth=None, small_input=None, pooling=None, classifier_activation="softmax"):
+           base_width=64, stochastic_depth=None, small_input=None, pooling=None, classifier_activation="softmax",
+           padding="same", downsample="first", bn_epsilon=1e-5):
     if depth not in DEPTHS:
         raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth!r}")
+    if padding not in ("same", "symmetric") or downsample not in ("first", "last"):
+        raise ValueError(f"padding must be 'same' or 'symmetric' and downsample 'first' or 'last', got "
+                         f"{padding!r}, {downsample!r}")
     kind, stages = DEPTHS[depth]
     if kind == "basic" and (cardinality != 1 or base_width != 64):
         raise ValueError("cardinality and base_width apply to bottleneck ResNets (depth >= 50) only")
     block = _BLOCKS[(kind, preact)]
     small = use_small_stem(small_input, input_shape)
     inputs = image_input(input_shape, min_size=8 if small else 32)
+    conv = {"padding": padding, "bn_epsilon": bn_epsilon}
+    stem = {"batch_norm": not preact, "activation": None if preact else "relu", **conv}
     if small:  # CIFAR-size input: 3x3 stride-1 stem, no max-pooling
-        x = conv_bn_act(inputs, 64, 3, name="conv1", batch_norm=not preact, activation=None if preact else "relu")
+        x = conv_bn_act(inputs, 64, 3, name="conv1", **stem)
     else:
-        x = conv_bn_act(inputs, 64, 7, name="conv1", strides=2, batch_norm=not preact,
-                        activation=None if preact else "relu")
-        x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+        x = conv_bn_act(inputs, 64, 7, name="conv1", strides=2, **stem)
+        x = max_pool(x, "pool1", padding=padding)
     survival = iter(survival_probabilities(sum(stages), stochastic_depth))
     for s, blocks in enumerate(stages):
         filters = 64 * 2 ** s
         for b in range(blocks):
-            strides = 2 if (b == 0 and s > 0) else 1
+            if downsample == "first":
+                strides = 2 if (b == 0 and s > 0) else 1
+            else:
+                strides = 2 if (b == blocks - 1 and s < len(stages) - 1) else 1
             x = block(x, filters, strides, name=f"stage{s + 1}_block{b + 1}", survival=next(survival),
-                      groups=cardinality, base_width=base_width)
+                      groups=cardinality, base_width=base_width, conv=conv)
     if preact:
-        x = bn_act(x, "post")
+        x = bn_act(x, "post", bn_epsilon=bn_epsilon)
     return keras.Model(inputs, pooled_head(x, num_classes, include_top, pooling,
                                            classifier_activation=classifier_activation))
 

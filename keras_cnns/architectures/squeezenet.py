@@ -3,11 +3,19 @@
 Fire modules: a *squeeze* layer of 1x1 convolutions feeds an *expand* layer of parallel 1x1 and
 3x3 convolutions whose outputs are concatenated. No FC layer: a 1x1 convolution to the classes and
 global average pooling. Version 1.1 (the authors' later release) starts with a 3x3 stem and pools
-earlier, for 2.4x less computation at the same accuracy.
+earlier, for 2.4x less computation at the same accuracy. ``ceil_mode=True`` rounds the max-pooling
+output sizes up, as the authors' Caffe models and torchvision do (their pretrained weights need it).
 """
 import tf_keras as keras
 
-from keras_cnns.architectures._blocks import conv_bn_act, feature_pooling, gap_predictions, image_input, use_small_stem
+from keras_cnns.architectures._blocks import (
+    conv_bn_act,
+    feature_pooling,
+    gap_predictions,
+    image_input,
+    max_pool,
+    use_small_stem,
+)
 from keras_cnns.registry import register
 
 layers = keras.layers
@@ -29,7 +37,7 @@ def fire(x, squeeze, expand, name, batch_norm=False):
 
 
 def squeezenet(num_classes=1000, input_shape=(224, 224, 3), include_top=True, version="1.0", dropout=0.5,
-               batch_norm=False, small_input=None, pooling=None, classifier_activation="softmax"):
+               batch_norm=False, small_input=None, pooling=None, classifier_activation="softmax", ceil_mode=False):
     if version not in LAYOUT:
         raise ValueError(f"SqueezeNet version must be one of {', '.join(LAYOUT)}, got {version!r}")
     (stem_filters, stem_kernel), body = LAYOUT[version]
@@ -40,12 +48,13 @@ def squeezenet(num_classes=1000, input_shape=(224, 224, 3), include_top=True, ve
     else:
         x = conv_bn_act(inputs, stem_filters, stem_kernel, name="conv1", strides=2, padding="valid",
                         batch_norm=batch_norm)
-    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    pool_padding = "ceil" if ceil_mode else "valid"
+    x = max_pool(x, "pool1", padding=pool_padding)
     fires = pools = 0
     for entry in body:
         if entry == "pool":
             pools += 1
-            x = layers.MaxPooling2D(3, strides=2, name=f"pool{pools + 1}")(x)
+            x = max_pool(x, f"pool{pools + 1}", padding=pool_padding)
         else:
             fires += 1
             x = fire(x, *entry, name=f"fire{fires + 1}", batch_norm=batch_norm)

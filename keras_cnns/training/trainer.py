@@ -80,8 +80,16 @@ class TrainConfig:
     output: str = None
     #: set by `finetune`: {"source": ..., "strategy": ..., "trainable": [...]} (see transfer.py)
     finetune: dict = None
+    #: start from pretrained weights: "imagenet" or a checkpoint file (keras_cnns.pretrained); None = random
+    weights: str = None
 
     def validate(self):
+        if self.weights == "none":
+            self.weights = None
+        elif self.weights and self.weights != "imagenet":
+            if not os.path.isfile(self.weights):
+                raise CnnkitError(f"weights file {self.weights} does not exist (weights are imagenet, none or a file)")
+            self.weights = os.path.abspath(self.weights)
         for name, value, allowed in (("mode", self.mode, MODES), ("strategy", self.strategy, STRATEGIES),
                                      ("precision", self.precision, tuple(PRECISIONS))):
             if value not in allowed:
@@ -187,6 +195,14 @@ def _input_shape(config):
     return (size, size, c)
 
 
+def _weights_preprocessing(config, data):
+    if not config.weights:
+        return data.preprocessing
+    from keras_cnns import pretrained
+
+    return dict(pretrained.find_checkpoint(config.model, config.model_options, data.input_shape).preprocessing)
+
+
 def _build(config, data):
     """The training model (GoogLeNet: three outputs) and the inference model it shares weights with."""
     import keras_cnns
@@ -201,7 +217,7 @@ def _build(config, data):
             options["dropout"] = config.dropout
         try:
             model = keras_cnns.create_model(config.model, num_classes=data.num_classes,
-                                            input_shape=data.input_shape, **options)
+                                            input_shape=data.input_shape, weights=config.weights, **options)
         except CnnkitError as err:
             if config.dropout is not None and "no option dropout" in str(err):
                 raise CnnkitError(f"{config.model} has no dropout layer to set with --dropout") from None
@@ -343,8 +359,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
             model, inference = _build(config, data)
             bn_plan = _batch_norm_plan(model, config, steps_per_epoch)
             _compile(model, config, steps_per_epoch)
-        # a fine-tuned model keeps the normalisation its features were learnt with
-        pre = config.finetune["preprocessing"] if config.finetune else data.preprocessing
+        # a fine-tuned model keeps the normalisation its features were learnt with, pretrained weights theirs
+        pre = config.finetune["preprocessing"] if config.finetune else _weights_preprocessing(config, data)
         if chief:
             _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir), bn_plan=bn_plan)
         main = model.output_names[0] if len(model.outputs) > 1 else None

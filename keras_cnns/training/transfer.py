@@ -28,15 +28,40 @@ SMALL_PER_CLASS = 500
 STRATEGY_HELP = "head, top:K (K = number of top blocks to unfreeze), full or auto"
 
 
-def load_source(source):
-    """(model, preprocessing or None, source config or None) of a run directory or a saved model file."""
+def load_source(source, weights=None, input_size=None):
+    """(model, preprocessing or None, source config or None) of a run directory, a saved model file, or a zoo
+    model name with pretrained ``weights`` ("imagenet", the default, or a checkpoint file)."""
+    if not os.path.exists(source) and _is_zoo_name(source):
+        import keras_cnns
+        from keras_cnns import pretrained
+
+        if weights == "none":
+            raise CnnkitError("fine-tuning starts from trained weights: --weights imagenet or a checkpoint FILE "
+                              f"(or `cnnkit train {source}` from scratch)")
+        model = keras_cnns.create_model(source, weights=weights or "imagenet", input_shape=input_size)
+        checkpoint = pretrained.find_checkpoint(source, None, tuple(int(d) for d in model.inputs[0].shape[1:]))
+        log.info("%s: %s", model.name, checkpoint.describe())
+        return model, dict(checkpoint.preprocessing), None
+    if weights or input_size:
+        raise CnnkitError("--weights and --input-size go with a zoo model name; a run or model file has its own")
     if os.path.isdir(source):
         run_dir = runs.resolve_run_dir(source)
         config = runs.read_config(run_dir)
         return runs.load_run_model(run_dir), config["preprocessing"], config
     if source.endswith((".keras", ".h5")):
         return runs.load_model_file(source), None, None
-    raise CnnkitError(f"finetune source {source!r} must be a run directory or a .keras/.h5 model file")
+    raise CnnkitError(f"finetune source {source!r} must be a run directory, a .keras/.h5 model file or a zoo "
+                      "model name with pretrained weights")
+
+
+def _is_zoo_name(name):
+    from keras_cnns.registry import get_model_info
+
+    try:
+        get_model_info(name)
+        return True
+    except CnnkitError:
+        return False
 
 
 def _weighted(layer):
@@ -114,7 +139,7 @@ def prepare_finetune_model(finetune, num_classes, input_shape):
     """The source model with a fresh classifier for ``num_classes`` and the layers frozen as planned."""
     import tf_keras as keras
 
-    source, _, _ = load_source(finetune["source"])
+    source, _, _ = load_source(finetune["source"], finetune.get("weights"), tuple(finetune["input_shape"]))
     if tuple(source.inputs[0].shape[1:]) != tuple(input_shape):
         raise CnnkitError(f"the source model takes {tuple(source.inputs[0].shape[1:])} inputs, not {input_shape}")
     chain = head_chain(source)
@@ -134,13 +159,13 @@ def prepare_finetune_model(finetune, num_classes, input_shape):
     return model
 
 
-def plan_finetune(source, strategy, data_spec, similar=True, **data_options):
+def plan_finetune(source, strategy, data_spec, similar=True, weights=None, input_size=None, **data_options):
     """Resolve ``strategy`` against the source model and the new data: which layers train, and why.
 
     Returns (plan, the new data loaded at the source's input shape)."""
     from keras_cnns.training.data import load_data
 
-    model, preprocessing, config = load_source(source)
+    model, preprocessing, config = load_source(source, weights, input_size)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     data = load_data(data_spec, shape, **data_options)
     train_images, num_classes = len(data.train), data.num_classes
@@ -155,7 +180,8 @@ def plan_finetune(source, strategy, data_spec, similar=True, **data_options):
     trainable = [layer.name for _, members in groups[-k:] for layer in members] if kind == "top" else []
     label = f"top:{k}" if kind == "top" else kind
     return {
-        "source": os.path.realpath(source),
+        "source": os.path.realpath(source) if os.path.exists(source) else model.name,
+        "weights": os.path.realpath(weights) if weights and os.path.exists(weights) else weights,
         "input_shape": list(shape),
         "strategy": "top" if kind == "top" else kind,
         "label": label,
@@ -169,19 +195,21 @@ def plan_finetune(source, strategy, data_spec, similar=True, **data_options):
     }, data
 
 
-def finetune(source, data_spec, strategy="auto", similar=True, lr=None, lr_factor=0.1, verbose=0, **train_options):
-    """Fine-tune ``source`` (run dir or model file) on ``data_spec``; returns the trainer's result.
+def finetune(source, data_spec, strategy="auto", similar=True, lr=None, lr_factor=0.1, verbose=0, weights=None,
+             **train_options):
+    """Fine-tune ``source`` (run dir, model file, or zoo name with ``weights``) on ``data_spec``; returns the
+    trainer's result.
 
     ``lr`` defaults to the source run's rate for ``head`` and ``lr_factor`` times it otherwise.
     """
     from keras_cnns.training.trainer import TrainConfig, train
 
-    plan, data = plan_finetune(source, strategy, data_spec, similar, val_split=train_options.get("val_split", 0.15),
+    plan, data = plan_finetune(source, strategy, data_spec, similar, weights, train_options.pop("input_size", None),
+                               val_split=train_options.get("val_split", 0.15),
                                test_split=train_options.get("test_split", 0.15),
                                strict=train_options.get("strict", False))
     if plan["preprocessing"] is None:  # a bare model file: normalise with the new data's statistics
         plan["preprocessing"] = data.preprocessing
-    train_options.pop("input_size", None)
     config = TrainConfig(model=plan["source_model"], data=data_spec, finetune=plan, **train_options)
     if lr is None:
         from keras_cnns.training.optimizers import DEFAULT_LR

@@ -1,0 +1,501 @@
+"""Pretrained ImageNet weights: every checkpoint's mapping proved against the reference implementation itself.
+
+Real downloads cannot run here, so for every model with a checkpoint source the reference model is built
+with random weights (Keras Applications with weights=None, torchvision with weights=None), its batch-norm
+statistics randomised, saved in the source's own file format, loaded through cnnkit, and both models'
+outputs compared on the same random images after each side's own preprocessing. The download path runs
+against a local HTTP server.
+"""
+import hashlib
+import json
+import http.server
+import logging
+import os
+import sys
+import threading
+import types
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+import keras_cnns
+from keras_cnns import pretrained
+from keras_cnns.errors import CnnkitError
+from keras_cnns.registry import list_models
+
+apps = keras.applications
+
+# zoo model -> (Keras Applications builder, its own preprocess_input or None = in the graph, test input side)
+KERAS_REFERENCES = {
+    "mobilenet": (apps.MobileNet, None, 96), "mobilenet_v2": (apps.MobileNetV2, None, 96),
+    "vgg16": (apps.VGG16, apps.vgg16.preprocess_input, 224), "vgg19": (apps.VGG19, apps.vgg19.preprocess_input, 224),
+    "preact_resnet50": (apps.ResNet50V2, None, 64), "preact_resnet101": (apps.ResNet101V2, None, 64),
+    "preact_resnet152": (apps.ResNet152V2, None, 64),
+    "densenet121": (apps.DenseNet121, apps.densenet.preprocess_input, 64),
+    "densenet169": (apps.DenseNet169, apps.densenet.preprocess_input, 64),
+    "densenet201": (apps.DenseNet201, apps.densenet.preprocess_input, 64),
+    **{f"efficientnet_b{i}": (getattr(apps, f"EfficientNetB{i}"), None, 64) for i in range(8)},
+}
+MOBILENET_TF_PREPROCESS = {"mobilenet": apps.mobilenet.preprocess_input,
+                           "mobilenet_v2": apps.mobilenet_v2.preprocess_input,
+                           **{f"preact_resnet{d}": apps.resnet_v2.preprocess_input for d in (50, 101, 152)}}
+TORCHVISION_MODELS = [n for n in list_models() if (c := pretrained.find_checkpoint(n)) and c.source == "torchvision"]
+
+
+def test_every_checkpoint_model_is_proved_here_and_the_table_is_complete():
+    with_checkpoint = {n for n in list_models() if pretrained.find_checkpoint(n)}
+    assert with_checkpoint == set(KERAS_REFERENCES) | set(TORCHVISION_MODELS)
+    assert len(with_checkpoint) == 36
+    for name in with_checkpoint:
+        c = pretrained.find_checkpoint(name)
+        assert c.url.startswith("https://") and 40 < c.top1 < 90
+        assert c.source == "torchvision" or c.file_hash is None or len(c.file_hash) == 32
+        if c.source == "torchvision":  # torch.hub's rule: the file name carries the sha256 prefix
+            assert c.filename.endswith(f"-{c.file_hash}.pth")
+    assert pretrained.find_checkpoint("alexnet") is None and pretrained.find_checkpoint("lenet5") is None
+
+
+def _randomise_keras(model, rng, calibration):
+    """Random scales and shifts everywhere, then batch-norm statistics measured on ``calibration`` images (a
+    network with its initial statistics answers nearly the same to every input, which would prove little)."""
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in model.layers:
+        if layer in norms:
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape), mean, variance])
+            layer.momentum = 0.0
+        elif layer.weights and not isinstance(layer, keras.layers.Normalization):
+            layer.set_weights([w if w.ndim > 1 else rng.normal(0, 0.05, w.shape) for w in layer.get_weights()])
+    model(calibration, training=True)  # momentum 0: the moving statistics become this batch's
+    for layer in norms:
+        layer.momentum = 0.99
+        gamma, beta, mean, variance = layer.get_weights()  # no near-zero variance to amplify round-off
+        layer.set_weights([gamma, beta, mean, variance * rng.uniform(0.8, 1.2, variance.shape) + 0.01])
+
+
+def _normalised(x, preprocessing):
+    x = np.asarray(x, np.float64)
+    return (x * preprocessing["scale"] - np.asarray(preprocessing["mean"])) / np.asarray(preprocessing["std"])
+
+
+def _images(seed, side, count=2):
+    """Random images, dark and bright in turn: global pooling would make plain noise images look alike to
+    the classifier."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(0, 120, (side, side, 3)) + (i % 2) * rng.uniform(0, 135)
+                     for i in range(count)]).astype(np.float32)
+
+
+def _assert_outputs_vary(out):
+    # the images differ, so must the outputs, by far more than the tolerance: the comparison sees the input
+    # side of the mapping too (channel order, flatten order, padding), not only the biases
+    assert np.abs(out[0] - out[1]).max() > 1e-3 * np.abs(out).max()
+
+
+@pytest.fixture
+def float64():
+    """Both sides in float64: round-off (which a sensitive 150-layer network amplifies past 1e-5 in float32)
+    then stays near 1e-12, so any difference within the tolerance is a mapping error, not noise."""
+    keras.mixed_precision.set_global_policy("float64")
+    keras.backend.set_floatx("float64")  # the Input layers too
+    yield
+    keras.backend.set_floatx("float32")
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_REFERENCES))
+def test_keras_applications_checkpoint_loads_layer_for_layer(name, tmp_path, float64):
+    build, preprocess, side = KERAS_REFERENCES[name]
+    rng = np.random.default_rng(0)
+    reference = build(weights=None, input_shape=(side, side, 3), classifier_activation=None)
+    if name.startswith("efficientnet"):  # what Keras sets in the graph with weights="imagenet" (keras#49930)
+        norm = next(layer for layer in reference.layers if isinstance(layer, keras.layers.Normalization))
+        norm.set_weights([np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]) ** 2, np.array(0)])
+    preprocess = preprocess or MOBILENET_TF_PREPROCESS.get(name, lambda images: images)
+    _randomise_keras(reference, rng, preprocess(_images(10, side, 6)))
+    path = str(tmp_path / pretrained.find_checkpoint(name, None, (side, side, 3)).filename)
+    reference.save_weights(path)
+    model = keras_cnns.create_model(name, input_shape=(side, side, 3), weights=path, classifier_activation=None)
+    checkpoint = pretrained.find_checkpoint(name, None, (side, side, 3))
+    x = _images(0, side)
+    theirs = reference(preprocess(x.astype(np.float64)), training=False).numpy()
+    ours = model(_normalised(x, checkpoint.preprocessing), training=False).numpy()
+    assert np.abs(ours - theirs).max() <= 1e-5 * max(1.0, np.abs(theirs).max())
+    _assert_outputs_vary(theirs)
+
+
+@pytest.mark.parametrize("name,alpha", [("mobilenet", 0.25), ("mobilenet", 0.5), ("mobilenet", 0.75),
+                                        ("mobilenet_v2", 0.35), ("mobilenet_v2", 0.5), ("mobilenet_v2", 1.4)])
+def test_every_published_mobilenet_width_loads(name, alpha, tmp_path, float64):
+    build = KERAS_REFERENCES[name][0]
+    reference = build(weights=None, input_shape=(128, 128, 3), alpha=alpha, classifier_activation=None)
+    _randomise_keras(reference, np.random.default_rng(3), _images(10, 128, 6) / 127.5 - 1)
+    checkpoint = pretrained.find_checkpoint(name, {"alpha": alpha}, (128, 128, 3))
+    assert checkpoint.filename.endswith(("_128_tf.h5", "_128.h5")) and checkpoint.top1 != 0
+    path = str(tmp_path / checkpoint.filename)
+    reference.save_weights(path)
+    model = keras_cnns.create_model(name, alpha=alpha, input_shape=128, weights=path, classifier_activation=None)
+    x = _images(4, 128)
+    theirs = reference(x.astype(np.float64) / 127.5 - 1, training=False).numpy()
+    assert np.abs(model(_normalised(x, pretrained.TF)).numpy() - theirs).max() <= 1e-5 * max(1, np.abs(theirs).max())
+
+
+def import_torchvision():
+    """torchvision 0.28's wheel is built against PyTorch's CUDA build; with the CPU build its compiled
+    detection ops (nms, roi_align) do not load and registering their meta kernels fails at import. The
+    classification models are plain torch.nn modules that never call those ops, so that registration is
+    skipped only in that case."""
+    try:
+        import torchvision
+    except RuntimeError as err:
+        if "torchvision::" not in str(err):
+            raise
+        for module in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+            del sys.modules[module]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+        import torchvision
+    return torchvision
+
+
+def _torch_reference(name, tmp_path, side=64):
+    """torchvision's model with random scales and shifts and batch-norm statistics measured on random images
+    (see _randomise_keras), saved as torchvision saves its checkpoints: the state dict."""
+    import torch
+
+    torch.manual_seed(0)
+    reference = getattr(import_torchvision().models, name)(weights=None).double()
+    calibration = _normalised(_images(10, side, 6), pretrained.TORCH).transpose(0, 3, 1, 2).copy()
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.2)
+                module.momentum = 1.0  # the running statistics become the calibration batch's
+        reference.train()(torch.from_numpy(calibration))
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):  # no near-zero variance to amplify round-off
+                module.running_var.mul_(torch.empty_like(module.running_var).uniform_(0.8, 1.2)).add_(0.01)
+    reference.eval()
+    path = str(tmp_path / pretrained.find_checkpoint(name).filename)
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+@pytest.mark.parametrize("name", TORCHVISION_MODELS)
+def test_torchvision_checkpoint_loads_layer_for_layer(name, tmp_path, float64):
+    import torch
+
+    side = 224 if name.startswith("vgg") else 96 if name.startswith("squeezenet") else 64
+    reference, path = _torch_reference(name, tmp_path, side)
+    model = keras_cnns.create_model(name, input_shape=(side, side, 3), weights=path, classifier_activation=None)
+    x = _images(1, side)
+    x = _normalised(x, pretrained.find_checkpoint(name).preprocessing)  # torchvision's own transforms: the same
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    ours = model(x, training=False).numpy()
+    assert np.abs(ours - theirs).max() <= 1e-4 * max(1.0, np.abs(theirs).max())
+    _assert_outputs_vary(theirs)
+
+
+def test_the_layout_options_are_what_makes_the_outputs_agree(tmp_path, float64):
+    """The same tensors in the zoo's default layout (TensorFlow "same" padding) give other outputs: the
+    checkpoint's padding is part of the model, which is why create_model builds it with the weights."""
+    import torch
+
+    reference, path = _torch_reference("resnet18", tmp_path)
+    loaded = keras_cnns.create_model("resnet18", input_shape=(64, 64, 3), weights=path, classifier_activation=None)
+    default = keras_cnns.create_model("resnet18", input_shape=(64, 64, 3), classifier_activation=None)
+    default.set_weights(loaded.get_weights())  # same layers with weights, in the same order
+    x = _normalised(_images(2, 64), pretrained.TORCH)
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    assert np.abs(loaded(x).numpy() - theirs).max() < 1e-4
+    assert np.abs(default(x).numpy() - theirs).max() > 1e-2
+
+
+# --- mismatches: clear errors, nothing half-loaded ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resnet18_pth(tmp_path_factory):
+    _, path = _torch_reference("resnet18", tmp_path_factory.mktemp("pth"))
+    return path
+
+
+def test_a_checkpoint_for_another_model_is_refused_naming_the_tensor(resnet18_pth):
+    with pytest.raises(CnnkitError, match="has no tensors for resnet34's layer stage1_block3_1_conv"):
+        keras_cnns.create_model("resnet34", weights=resnet18_pth)
+    with pytest.raises(CnnkitError, match="conv1_conv.*kernel|kernel.*conv1_conv|has no tensors|another model"):
+        keras_cnns.create_model("resnext50_32x4d", weights=resnet18_pth)
+
+
+def test_a_torch_file_for_a_keras_sourced_model_says_which_file_it_needs(resnet18_pth):
+    with pytest.raises(CnnkitError, match=r"Keras Applications: give a Keras \.h5 file as published"):
+        keras_cnns.create_model("mobilenet_v2", weights=resnet18_pth)
+
+
+def test_other_class_count_loads_everything_but_the_classifier_and_says_so(resnet18_pth, caplog):
+    import torch
+
+    state = torch.load(resnet18_pth, weights_only=True)
+    with caplog.at_level(logging.WARNING, logger="keras_cnns"):
+        model = keras_cnns.create_model("resnet18", num_classes=5, input_shape=(64, 64, 3), weights=resnet18_pth)
+    assert "1000-class ImageNet classifier was not loaded" in caplog.text and "5 classes" in caplog.text
+    np.testing.assert_allclose(model.get_layer("stage4_block2_2_conv").kernel.numpy(),
+                               state["layer4.1.conv2.weight"].numpy().transpose(2, 3, 1, 0), rtol=1e-6)
+    assert model.get_layer("fc").kernel.shape == (512, 5)
+    features = keras_cnns.create_model("resnet18", include_top=False, input_shape=(64, 64, 3), weights=resnet18_pth)
+    np.testing.assert_allclose(features.get_layer("conv1_bn").moving_variance.numpy(),
+                               state["bn1.running_var"].numpy(), rtol=1e-6)
+
+
+def test_a_layout_option_against_the_checkpoint_is_refused(resnet18_pth):
+    with pytest.raises(CnnkitError, match="need padding='symmetric'"):
+        keras_cnns.create_model("resnet18", weights=resnet18_pth, padding="same")
+
+
+def test_missing_file_and_model_without_checkpoint_are_one_line_errors(tmp_path):
+    with pytest.raises(CnnkitError, match="does not exist"):
+        keras_cnns.create_model("resnet18", weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(CnnkitError, match="alexnet has no pretrained ImageNet weights .*one-tower"):
+        keras_cnns.create_model("alexnet", weights="imagenet")
+    with pytest.raises(CnnkitError, match="alpha 0.25, 0.5, 0.75, 1.0, not 0.3"):
+        keras_cnns.create_model("mobilenet", alpha=0.3, weights="imagenet")
+
+
+def test_without_pytorch_a_pth_is_a_one_line_error(resnet18_pth, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(CnnkitError, match=r'needs PyTorch: pip install -e "\.\[torch\]"'):
+        keras_cnns.create_model("resnet18", weights=resnet18_pth)
+
+
+def test_a_corrupt_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "resnet18-f37072fd.pth"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CnnkitError, match="not a readable PyTorch checkpoint"):
+        keras_cnns.create_model("resnet18", weights=str(bad))
+    bad_h5 = tmp_path / "x.h5"
+    bad_h5.write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    with pytest.raises(CnnkitError, match="not a Keras weights file"):
+        keras_cnns.create_model("mobilenet", weights=str(bad_h5))
+
+
+def test_imagenet_class_names_ship_with_the_package():
+    names = pretrained.imagenet_labels()
+    assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"
+
+
+# --- download: cache, hash, atomic write, offline ----------------------------------------------------------
+
+class _Server:
+    """A local HTTP server for checkpoint files; ``mode`` breaks the transfer on purpose."""
+
+    def __init__(self, files):
+        self.files, self.mode, self.requests = files, "ok", 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.requests += 1
+                body = outer.files.get(self.path.rsplit("/", 1)[-1])
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if outer.mode == "truncated":  # the connection drops halfway
+                    self.wfile.write(body[:len(body) // 2])
+                    self.close_connection = True
+                    return
+                self.wfile.write(body if outer.mode == "ok" else body[:-1] + bytes([body[-1] ^ 1]))
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/models"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    server = _Server({})
+    monkeypatch.setenv("CNNKIT_WEIGHTS_MIRROR", server.url)
+    yield server
+    server.close()
+
+
+def _checkpoint(body, md5=True):
+    digest = hashlib.md5(body).hexdigest() if md5 else hashlib.sha256(body).hexdigest()[:8]
+    return pretrained.Checkpoint("resnet18", "torchvision", "https://example.invalid/models/w-x.pth", digest, None,
+                                 pretrained.TORCH)
+
+
+def _cached_files():
+    folder = pretrained.cache_dir()
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def test_download_is_verified_cached_and_then_needs_no_network(mirror):
+    body = os.urandom(300_000)
+    mirror.files["w-x.pth"] = body
+    for md5 in (True, False):  # Keras' md5 and torch.hub's sha256 prefix
+        checkpoint = _checkpoint(body, md5)
+        path = pretrained.fetch(checkpoint, progress=False)
+        assert open(path, "rb").read() == body and _cached_files() == ["w-x.pth"]
+        requests = mirror.requests
+        mirror.close()  # offline now: the cache answers
+        assert pretrained.fetch(checkpoint, progress=False) == path and mirror.requests == requests
+        os.remove(path)
+        mirror.__init__(mirror.files)
+        os.environ["CNNKIT_WEIGHTS_MIRROR"] = mirror.url
+
+
+@pytest.mark.parametrize("mode", ["corrupt", "truncated"])
+def test_a_bad_or_interrupted_download_leaves_no_file(mirror, mode):
+    body = os.urandom(200_000)
+    mirror.files["w-x.pth"] = body
+    mirror.mode = mode
+    with pytest.raises(CnnkitError, match="hash|cannot download"):
+        pretrained.fetch(_checkpoint(body), progress=False)
+    assert _cached_files() == []  # no partial file a later run could take for the checkpoint
+    mirror.mode = "ok"
+    assert open(pretrained.fetch(_checkpoint(body), progress=False), "rb").read() == body
+
+
+def test_a_corrupt_cache_entry_is_downloaded_again(mirror):
+    body = os.urandom(50_000)
+    mirror.files["w-x.pth"] = body
+    os.makedirs(pretrained.cache_dir())
+    with open(os.path.join(pretrained.cache_dir(), "w-x.pth"), "wb") as f:
+        f.write(body[:1000])
+    assert open(pretrained.fetch(_checkpoint(body), progress=False), "rb").read() == body
+
+
+def test_offline_with_nothing_cached_is_one_line_naming_the_url_and_the_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("CNNKIT_WEIGHTS_MIRROR", "http://127.0.0.1:9/models")  # nothing listens on port 9
+    with pytest.raises(CnnkitError) as err:
+        keras_cnns.create_model("mobilenet_v2", weights="imagenet")
+    message = str(err.value)
+    assert "\n" not in message and "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5" in message
+    assert "--weights FILE" in message and "--weights none" in message
+    assert os.listdir(tmp_path) in ([], ["weights"]) and not os.listdir(tmp_path / "weights")
+
+
+def test_a_file_in_keras_own_cache_is_used(tmp_path, monkeypatch):
+    """A user who ran Keras Applications before has the file under ~/.keras/models: no second download."""
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cnnkit"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("CNNKIT_WEIGHTS_MIRROR", "http://127.0.0.1:9/models")
+    reference = apps.MobileNet(weights=None, input_shape=(128, 128, 3), alpha=0.25)
+    os.makedirs(tmp_path / "keras" / "models")
+    reference.save_weights(str(tmp_path / "keras" / "models" / "mobilenet_2_5_128_tf.h5"))
+    model = keras_cnns.create_model("mobilenet", alpha=0.25, input_shape=128, weights="imagenet")
+    np.testing.assert_array_equal(model.get_layer("block13_pw_conv").kernel.numpy(),
+                                  reference.get_layer("conv_pw_13").kernel.numpy())
+
+
+# --- the commands, offline against a local mirror --------------------------------------------------------
+
+def _cli(*args, env=None, cwd=None):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def mobilenet_mirror(tmp_path_factory):
+    """MobileNet's Keras Applications files (random weights, calibrated batch norm) on a local HTTP server,
+    under the names Keras publishes them, for the 128 and the 224 input."""
+    folder = tmp_path_factory.mktemp("mirror")
+    reference = apps.MobileNet(weights=None, input_shape=(128, 128, 3))
+    _randomise_keras(reference, np.random.default_rng(5), _images(11, 128, 6) / 127.5 - 1)
+    reference.save_weights(str(folder / "w.h5"))
+    body = (folder / "w.h5").read_bytes()
+    server = _Server({"mobilenet_1_0_128_tf.h5": body, "mobilenet_1_0_224_tf.h5": body})
+    yield server, {"CNNKIT_WEIGHTS_MIRROR": server.url, "CNNKIT_CACHE_DIR": str(folder / "cache"),
+                   "KERAS_HOME": str(folder / "keras")}
+    server.close()
+
+
+def test_export_and_predict_use_imagenet_weights_by_default_and_say_so(mobilenet_mirror, tmp_path):
+    from PIL import Image
+
+    _, env = mobilenet_mirror
+    out = _cli("export", "mobilenet", "--tflite", "--input-size", "128", "--json", "--output", str(tmp_path / "e"),
+               env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ImageNet weights from Keras Applications (mobilenet_1_0_128_tf.h5, ImageNet top-1 64.4%)" in out.stderr
+    report = json.loads(out.stdout)
+    meta = json.loads((tmp_path / "e" / "mobilenet" / "1" / "export.json").read_text())
+    assert meta["weights"]["source"] == "Keras Applications" and meta["weights"]["preprocessing"] == "tf"
+    assert meta["preprocessing"] == pretrained.TF and meta["labels"] == pretrained.imagenet_labels()
+    assert report["ok"] and "batch-norm statistics of" not in out.stderr  # trained statistics are kept
+    Image.fromarray(_images(6, 160)[1].astype(np.uint8)).save(tmp_path / "photo.png")
+    names = set(pretrained.imagenet_labels())
+    for model in (str(tmp_path / "e" / "mobilenet"), str(tmp_path / "e" / "mobilenet" / "1" / "tflite" /
+                                                              "model_float32.tflite"), "mobilenet"):
+        out = _cli("predict", str(tmp_path / "photo.png"), "--model", model, "--top-k", "5", "--json", env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        prediction = json.loads(out.stdout)["predictions"][0]
+        assert prediction["label"] in names and len(prediction["top"]) == 5
+    out = _cli("predict", str(tmp_path / "photo.png"), "--model", "mobilenet", "--weights", "none", env=env)
+    assert out.returncode == 0 and "class_" in out.stdout  # untrained: no ImageNet names
+
+
+def test_models_lists_which_models_have_pretrained_weights():
+    out = _cli("models", "--json")
+    rows = {r["name"]: r for r in json.loads(out.stdout)["models"]}
+    assert rows["resnet50"]["pretrained"] == {"source": "torchvision", "url": _TV + "resnet50-11ad3fa6.pth",
+                                              "imagenet_top1": 80.858, "preprocessing": "torch"}
+    assert rows["alexnet"]["pretrained"] is None and rows["vgg16"]["pretrained"]["preprocessing"] == "caffe"
+    assert sum(r["pretrained"] is not None for r in rows.values()) == 36
+    table = _cli("models", "--family", "densenet").stdout
+    assert "75.0% Keras" in table and "densenet_bc100" in table
+
+
+_TV = "https://download.pytorch.org/models/"
+
+
+def test_finetune_from_imagenet_weights_trains_only_the_new_head(tmp_path, resnet18_pth):
+    """`cnnkit finetune resnet18 --weights FILE --data ... --strategy head`: every layer but the new classifier
+    keeps the checkpoint's weights, and the run normalises as the checkpoint expects."""
+    import torch
+
+    from keras_cnns.training import finetune, runs
+
+    result = finetune("resnet18", "shapes:12", strategy="head", weights=resnet18_pth, input_size=64, epochs=1,
+                      batch_size=8, output=str(tmp_path / "run"))
+    config = runs.read_config(result.run_dir)
+    assert config["preprocessing"] == pretrained.TORCH and config["train"]["finetune"]["weights"] == resnet18_pth
+    model = runs.load_run_model(result.run_dir)
+    state = torch.load(resnet18_pth, weights_only=True)
+    np.testing.assert_allclose(model.get_layer("stage3_block1_1_conv").kernel.numpy(),
+                               state["layer3.0.conv1.weight"].numpy().transpose(2, 3, 1, 0), rtol=1e-6)
+    assert model.output_shape[-1] == len(runs.read_labels(result.run_dir))  # the new classes
+
+
+def test_train_from_imagenet_weights_starts_from_the_checkpoint(tmp_path, resnet18_pth):
+    from keras_cnns.training import TrainConfig, runs, train
+
+    result = train(TrainConfig(model="resnet18", data="shapes:12", input_size=64, epochs=1, batch_size=8,
+                               weights=resnet18_pth, lr=1e-12, output=str(tmp_path / "run")))
+    config = runs.read_config(result.run_dir)
+    assert config["preprocessing"] == pretrained.TORCH
+    import torch
+
+    state = torch.load(resnet18_pth, weights_only=True)
+    model = runs.load_run_model(result.run_dir)
+    np.testing.assert_allclose(model.get_layer("conv1_conv").kernel.numpy(),
+                               state["conv1.weight"].numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-6)
