@@ -38,8 +38,8 @@ def main():
         for fmt in filter(None, args.formats.split(",")):
             scratch = tempfile.mkdtemp(prefix="export-cost-")
             try:
-                run = run_watched([sys.executable, "-m", "cnnkit", "export", name, *FLAGS[fmt], "--json",
-                                   "--output", scratch], ceiling_mb=args.ceiling_gb * 1024)
+                run = run_watched([sys.executable, "-m", "cnnkit", "export", name, "--weights", "none", *FLAGS[fmt],
+                                   "--json", "--output", scratch], ceiling_mb=args.ceiling_gb * 1024)
                 weights = _weights_mb(scratch, name)
                 row = {"model": name, "format": fmt, "weights_mb": weights, "seconds": run["seconds"],
                        "peak_mb": run["peak_mb"], "ok": run["returncode"] == 0,

@@ -119,7 +119,15 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 5))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def predict(images, model, weights, server, use_grpc, model_version, runtime, top_k, as_json):
-    """Classify IMAGES (JPEG, PNG, GIF, BMP) on a model server or with a local artifact; print top-k labels."""
+    """Classify IMAGES (JPEG, PNG, GIF, BMP) on a model server, with a local artifact, or with a zoo model's
+    ImageNet weights; print top-k labels.
+
+    \b
+    Examples:
+      cnnkit predict 7.png --model exports/lenet5
+      cnnkit predict 7.png --model lenet5 --server http://localhost:8501
+      cnnkit predict elephant.jpg --model mobilenet_v2 --weights imagenet --top-k 5
+    """
     from keras_cnns.errors import CnnkitError
     from serving.client import predict_files
 

@@ -390,6 +390,9 @@ def mediapipe_check(path, litert, images, int8_io=False, count=MEDIAPIPE_IMAGES)
     ``int8_io``: int8 input was asked for (--int8-io int8), for runtimes other than MediaPipe: a refusal is
     reported, not a failure."""
     images = images[:count]
+    if images.shape[-1] not in (1, 3):  # not a photo classifier: nothing MediaPipe Tasks could feed it
+        return {"loads": False, "ok": True, "error": f"MediaPipe Tasks classifies RGB images; this model takes "
+                                                     f"{images.shape[-1]} channels (not checked)"}
     try:
         runner = tflite.MediaPipeRunner(path)
     except CnnkitError as err:

@@ -87,3 +87,17 @@ def fold_batch_norms(model):
         target = copy.get_layer(layer.name)
         target.set_weights(_folded_weights(layer, pairs[layer.name]) if layer.name in pairs else layer.get_weights())
     return copy
+
+
+def use_native_grouped_convolutions(model):
+    """tf_keras runs a grouped Conv2D (AlexNet's towers, ResNeXt) through a tf.function compiled with XLA,
+    which the SavedModel keeps as a call that tf2onnx cannot convert (and TF Serving must JIT-compile).
+    TensorFlow's own Conv2D op computes grouped convolutions on the CPU too, so the export graph uses it:
+    the same arithmetic as one plain Conv2D node per layer. Changes the layers' op, not their weights."""
+    for layer in model.layers:
+        if getattr(layer, "_is_graph_network", False):
+            use_native_grouped_convolutions(layer)
+        elif getattr(layer, "groups", 1) > 1 and hasattr(layer, "convolution_op"):
+            layer._jit_compiled_convolution_op = layer.convolution_op
+    return model
+

@@ -41,8 +41,8 @@ def convert(saved_model_dir, path, opset=DEFAULT_OPSET):
         left = sorted(ops & set(FUNCTION_CALLS))
         if left:  # tf2onnx passes ops it cannot convert through as they are; ONNX Runtime refuses the file
             raise CnnkitError(f"tf2onnx left TensorFlow ops ONNX Runtime cannot run ({', '.join(left)}: a layer "
-                              "that runs a function of its own, e.g. AlexNet's grouped convolutions); export "
-                              "--tflite, or a model without grouped convolutions (alexnet_1tower)")
+                              "that runs a function of its own, e.g. one compiled with XLA); export --tflite, "
+                              "or replace that layer")
         os.replace(tmp, path)
     except CnnkitError:
         raise

@@ -130,7 +130,7 @@ def build_module(source):
     and the signature functions."""
     import tensorflow as tf
 
-    from export.fold import fold_batch_norms
+    from export.fold import fold_batch_norms, use_native_grouped_convolutions
 
     h, w, c = source.input_shape
     k = min(TOP_K, len(source.labels))
@@ -140,7 +140,7 @@ def build_module(source):
     class Serving(tf.Module):
         def __init__(self):
             super().__init__(name="cnnkit_serving")
-            self.model = fold_batch_norms(source.model)
+            self.model = use_native_grouped_convolutions(fold_batch_norms(source.model))
             self.label_table = tf.constant(source.labels)
             self.mean = tf.constant(pre["mean"], tf.float32)
             self.std = tf.constant(pre["std"], tf.float32)

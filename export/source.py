@@ -81,42 +81,38 @@ def load_source(source, weights=None, input_size=None, num_classes=None):
 
 
 def zoo_source(name, weights=None, input_shape=None, num_classes=None):
-    """A zoo model by name. ``weights``: "imagenet", "none" or a checkpoint file; None = "imagenet" where the
-    model has a published checkpoint (Keras' convention), else "none". ImageNet weights bring their
-    preprocessing and the 1000 class names."""
+    """A zoo model by name. ``weights``: "imagenet", "none" or a file; None = "imagenet" where the model has a
+    published checkpoint (Keras' convention), else "none". ImageNet weights bring their preprocessing and the
+    1000 class names. A file for a model without a checkpoint is the zoo model's own Keras weights."""
     import keras_cnns
     from keras_cnns import pretrained
 
     checkpoint = pretrained.find_checkpoint(name, None, input_shape)
     if weights is None:
         weights = "imagenet" if checkpoint is not None and num_classes in (None, 1000) else "none"
-    if weights == "none":
-        model = keras_cnns.inference_model(keras_cnns.create_model(name, num_classes=num_classes,
-                                                                   input_shape=input_shape))
-        channels, classes = int(model.inputs[0].shape[-1]), int(model.outputs[0].shape[-1])
-        return ExportSource(model=model, name=name, labels=[f"class_{i}" for i in range(classes)],
-                            preprocessing=default_preprocessing(channels), origin=f"zoo:{name}", untrained=True)
-    if checkpoint is None and os.path.isfile(weights):  # the zoo model's own Keras weights
-        model = keras_cnns.create_model(name, num_classes=num_classes, input_shape=input_shape)
+    from_checkpoint = weights == "imagenet" or (weights != "none" and checkpoint is not None)
+    model = keras_cnns.create_model(name, num_classes=num_classes, input_shape=input_shape,
+                                    weights=weights if from_checkpoint else None)
+    if weights != "none" and not from_checkpoint:
         try:
             model.load_weights(weights)
         except Exception as err:
             raise CnnkitError(f"cannot load weights {weights} into {name}: {err}") from None
-        model = keras_cnns.inference_model(model)
-        classes, channels = int(model.outputs[0].shape[-1]), int(model.inputs[0].shape[-1])
-        return ExportSource(model=model, name=name, labels=[f"class_{i}" for i in range(classes)],
-                            preprocessing=default_preprocessing(channels), origin=f"zoo:{name} + {weights}")
-    model = keras_cnns.inference_model(keras_cnns.create_model(name, num_classes=num_classes, input_shape=input_shape,
-                                                               weights=weights))
+    model = keras_cnns.inference_model(model)
+    channels, classes = int(model.inputs[0].shape[-1]), int(model.outputs[0].shape[-1])
+    labels = [f"class_{i}" for i in range(classes)]
+    if not from_checkpoint:
+        return ExportSource(model=model, name=name, labels=labels, preprocessing=default_preprocessing(channels),
+                            origin=f"zoo:{name}" + ("" if weights == "none" else f" + {weights}"),
+                            untrained=weights == "none")
     checkpoint = pretrained.find_checkpoint(name, None, tuple(int(d) for d in model.inputs[0].shape[1:]))
-    logging.getLogger("export").info("%s: %s", name, checkpoint.describe() if weights == "imagenet"
-                                     else f"weights from {weights} ({checkpoint.source} layout)")
-    classes = int(model.outputs[0].shape[-1])
-    labels = pretrained.imagenet_labels() if classes == 1000 else [f"class_{i}" for i in range(classes)]
-    described = {"source": checkpoint.source, "url": checkpoint.url, "file": weights if weights != "imagenet" else None,
-                 "imagenet_top1": checkpoint.top1, "preprocessing": checkpoint.preprocessing_name}
-    return ExportSource(model=model, name=name, labels=labels, preprocessing=dict(checkpoint.preprocessing),
-                        origin=f"zoo:{name} + {checkpoint.describe()}", weights=described)
+    used = checkpoint.describe() if weights == "imagenet" else f"weights from {weights} ({checkpoint.source} layout)"
+    logging.getLogger("export").info("%s: %s", name, used)
+    return ExportSource(model=model, name=name, labels=pretrained.imagenet_labels() if classes == 1000 else labels,
+                        preprocessing=checkpoint.preprocessing, origin=f"zoo:{name} + {used}",
+                        weights={"source": checkpoint.source, "url": checkpoint.url,
+                                 "file": None if weights == "imagenet" else os.path.abspath(weights),
+                                 "imagenet_top1": checkpoint.top1, "preprocessing": checkpoint.preprocessing_name})
 
 
 def _from_export(path):

@@ -18,6 +18,7 @@ reversed at load time, so every zoo model takes RGB and the recorded preprocessi
 """
 import dataclasses
 import hashlib
+import http.client
 import os
 import re
 import sys
@@ -35,6 +36,7 @@ TORCH = {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.2
 TF = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 #: Caffe (Keras' VGG): 0..255 minus the ImageNet mean (RGB order here; the BGR order is folded into conv1)
 CAFFE = {"scale": 1.0, "mean": [123.68, 116.779, 103.939], "std": [1.0, 1.0, 1.0]}
+PREPROCESSING = {"torch": TORCH, "tf": TF, "caffe": CAFFE}
 
 KERAS = "Keras Applications"
 TORCHVISION = "torchvision"
@@ -51,19 +53,23 @@ class Checkpoint:
     file_hash: object
     #: ImageNet top-1 (%) the source publishes for these weights, or None
     top1: object
-    preprocessing: dict
+    #: a key of PREPROCESSING: what the weights expect of the pixels
+    preprocessing_name: str
     #: builder options the weights need (merged into create_model's)
     options: dict = dataclasses.field(default_factory=dict)
-    #: the source's first convolution takes BGR
-    bgr: bool = False
 
     @property
     def filename(self):
         return self.url.rsplit("/", 1)[-1]
 
     @property
-    def preprocessing_name(self):
-        return {id(TORCH): "torch", id(TF): "tf", id(CAFFE): "caffe"}.get(id(self.preprocessing), "custom")
+    def preprocessing(self):
+        return dict(PREPROCESSING[self.preprocessing_name])
+
+    @property
+    def bgr(self):
+        """The source's first convolution reads BGR (Caffe): reversed at load time, so the model takes RGB."""
+        return self.preprocessing_name == "caffe"
 
     def describe(self):
         top1 = f", ImageNet top-1 {self.top1}%" if self.top1 else ""
@@ -81,22 +87,22 @@ _MOBILENET_V2_TOP1 = {  # Keras' mobilenet_v2.py table
     (0.5, 224): 65.4, (0.5, 192): 63.9, (0.5, 160): 61.0, (0.5, 128): 57.7, (0.5, 96): 51.2, (0.35, 224): 60.3,
     (0.35, 192): 58.2, (0.35, 160): 55.7, (0.35, 128): 50.8, (0.35, 96): 45.5}
 _KERAS_H5 = {  # model: (file under _KERAS_BASE, md5 from Keras Applications, top-1 from keras.io, preprocessing)
-    "vgg16": ("vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5", "64373286793e3c8b2b4e3219cbf3544b", 71.3, CAFFE),
-    "vgg19": ("vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5", "cbe5617147190e668d6c5d5026f83318", 71.3, CAFFE),
+    "vgg16": ("vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5", "64373286793e3c8b2b4e3219cbf3544b", 71.3, "caffe"),
+    "vgg19": ("vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5", "cbe5617147190e668d6c5d5026f83318", 71.3, "caffe"),
     "preact_resnet50": ("resnet/resnet50v2_weights_tf_dim_ordering_tf_kernels.h5",
-                        "3ef43a0b657b3be2300d5770ece849e0", 76.0, TF),
+                        "3ef43a0b657b3be2300d5770ece849e0", 76.0, "tf"),
     "preact_resnet101": ("resnet/resnet101v2_weights_tf_dim_ordering_tf_kernels.h5",
-                         "6343647c601c52e1368623803854d971", 77.2, TF),
+                         "6343647c601c52e1368623803854d971", 77.2, "tf"),
     "preact_resnet152": ("resnet/resnet152v2_weights_tf_dim_ordering_tf_kernels.h5",
-                         "a49b44d1979771252814e80f8ec446f9", 78.0, TF),
+                         "a49b44d1979771252814e80f8ec446f9", 78.0, "tf"),
     "densenet121": ("densenet/densenet121_weights_tf_dim_ordering_tf_kernels.h5",
-                    "9d60b8095a5708f2dcce2bca79d332c7", 75.0, TORCH),
+                    "9d60b8095a5708f2dcce2bca79d332c7", 75.0, "torch"),
     "densenet169": ("densenet/densenet169_weights_tf_dim_ordering_tf_kernels.h5",
-                    "d699b8f76981ab1b30698df4c175e90b", 76.2, TORCH),
+                    "d699b8f76981ab1b30698df4c175e90b", 76.2, "torch"),
     "densenet201": ("densenet/densenet201_weights_tf_dim_ordering_tf_kernels.h5",
-                    "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.3, TORCH),
+                    "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.3, "torch"),
 }
-_EFFICIENTNET_H5 = {  # variant: (md5 from Keras Applications, top-1 from keras.io); preprocessing: see _keras_efficientnet
+_EFFICIENTNET_H5 = {  # variant: (md5 from Keras Applications, top-1 from keras.io)
     "b0": ("902e53a9f72be733fc0bcb005b3ebbac", 77.1), "b1": ("1d254153d4ab51201f1646940f018540", 79.1),
     "b2": ("b15cce36ff4dcbd00b6dd88e7857a6ad", 80.1), "b3": ("ffd1fdc53d0ce67064dc6a9c7960ede0", 81.6),
     "b4": ("18c95ad55216b8f92d7e70b3a046e2fc", 82.9), "b5": ("ace28f2a6363774853a83a0b21b9421a", 83.6),
@@ -142,7 +148,7 @@ def _mobilenet(name, options, input_shape):
         url = f"{_KERAS_BASE}mobilenet/mobilenet_{text}_{rows}_tf.h5"
     else:
         url = f"{_KERAS_BASE}mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}.h5"
-    return Checkpoint(name, KERAS, url, None, table.get((alpha, rows)), TF)
+    return Checkpoint(name, KERAS, url, None, table.get((alpha, rows)), "tf")
 
 
 def find_checkpoint(name, options=None, input_shape=None):
@@ -160,19 +166,19 @@ def find_checkpoint(name, options=None, input_shape=None):
             extra = {"padding": "symmetric", "downsample": "last", "bn_epsilon": 1.001e-5}
         elif name.startswith("densenet"):
             extra = {"padding": "symmetric", "bn_epsilon": 1.001e-5}
-        return Checkpoint(name, KERAS, _KERAS_BASE + path, md5, top1, pre, extra, bgr=pre is CAFFE)
+        return Checkpoint(name, KERAS, _KERAS_BASE + path, md5, top1, pre, extra)
     if name.startswith("efficientnet_"):
         variant = name.rsplit("_", 1)[1]
         md5, top1 = _EFFICIENTNET_H5[variant]
         # the Keras graph computes x/255, then (x - mean) / std with torchvision's numbers (keras#49930)
         return Checkpoint(name, KERAS, f"https://storage.googleapis.com/keras-applications/efficientnet{variant}.h5",
-                          md5, top1, TORCH)
+                          md5, top1, "torch")
     if name in _TORCHVISION_PTH:
         filename, top1 = _TORCHVISION_PTH[name]
         extra = {"padding": "symmetric"} if info.family in ("resnet", "wide_resnet", "resnext") \
             else {"ceil_mode": True} if info.family == "squeezenet" else {}
         return Checkpoint(name, TORCHVISION, _TORCH_BASE + filename, filename.rsplit("-", 1)[1].split(".")[0], top1,
-                          TORCH, extra)
+                          "torch", extra)
     return None
 
 
@@ -245,7 +251,7 @@ def fetch(checkpoint, progress=True, timeout=60):
             raise CnnkitError(f"{url} does not have the hash {checkpoint.file_hash} that {checkpoint.source} "
                               "publishes for it (a changed or corrupt file); nothing was kept")
         os.replace(partial, target)
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, "reason", None) or err.strerror or err
         raise CnnkitError(
             f"cannot download {url} ({reason}); download it elsewhere and pass it with --weights FILE "
@@ -427,7 +433,8 @@ _KERAS_MAPPINGS = {
         (r"block_(\d+)_depthwise_BN", lambda m: f"block{int(m[1]) + 1}_dw_bn"),
         (r"Conv_1", r"conv_last_conv"), (r"Conv_1_bn", r"conv_last_bn")]),
     "efficientnet": _keras_renamer([
-        (r"(stem|top)_(conv|bn)", r"\1_\2"), (r"(block\d+[a-z])_dwconv", r"\1_dw_conv"), (r"(block\d+[a-z])_bn", r"\1_dw_bn"),
+        (r"(stem|top)_(conv|bn)", r"\1_\2"), (r"(block\d+[a-z])_dwconv", r"\1_dw_conv"),
+        (r"(block\d+[a-z])_bn", r"\1_dw_bn"),
         (r"(block\d+[a-z])_(expand_conv|expand_bn|se_reduce|se_expand|project_conv|project_bn)", r"\1_\2")]),
     "vgg": _keras_renamer([(r"(block\d_conv\d)", r"\1_conv"), (r"(fc\d)", r"\1")]),
     "preact_resnet": _keras_renamer([
@@ -436,7 +443,8 @@ _KERAS_MAPPINGS = {
     "densenet": _keras_renamer([
         (r"conv1[/_](conv|bn)", r"conv1_\1"), (r"bn", r"post_bn"),
         (r"conv(\d)_block(\d+)_0_bn", lambda m: f"block{int(m[1]) - 1}_layer{m[2]}_1_bn"),
-        (r"conv(\d)_block(\d+)_1_(conv|bn)", lambda m: f"block{int(m[1]) - 1}_layer{m[2]}_{'1' if m[3] == 'conv' else '2'}_{m[3]}"),
+        (r"conv(\d)_block(\d+)_1_conv", lambda m: f"block{int(m[1]) - 1}_layer{m[2]}_1_conv"),
+        (r"conv(\d)_block(\d+)_1_bn", lambda m: f"block{int(m[1]) - 1}_layer{m[2]}_2_bn"),
         (r"conv(\d)_block(\d+)_2_conv", lambda m: f"block{int(m[1]) - 1}_layer{m[2]}_2_conv"),
         (r"pool(\d)_(bn|conv)", lambda m: f"transition{int(m[1]) - 1}_{m[2]}")]),
 }

@@ -84,6 +84,15 @@ def get_model_info(name):
     raise UnknownModelError(name, difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.6))
 
 
+def is_model_name(name):
+    """Whether ``name`` names a zoo model (in any spelling :func:`get_model_info` accepts)."""
+    try:
+        get_model_info(name)
+        return True
+    except UnknownModelError:
+        return False
+
+
 def _normalise_input_shape(input_shape, default):
     if input_shape is None:
         return default

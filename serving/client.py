@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from keras_cnns.errors import CnnkitError
+from keras_cnns.registry import is_model_name
 
 log = logging.getLogger("serving.client")
 
@@ -239,7 +240,7 @@ class LocalModel:
     ``export.source.zoo_source``: its ImageNet weights by default)."""
 
     def __init__(self, path, runtime="auto", weights=None):
-        if not os.path.exists(path) and _is_zoo_name(path):
+        if not os.path.exists(path) and is_model_name(path):
             self._open_zoo(path, runtime, weights)
             return
         if weights:
@@ -380,16 +381,6 @@ def _decode(data, mode, size=None):
         raise InvalidInput(f"not a readable image: {len(data)} bytes in no image format Pillow knows") from None
     except OSError as err:
         raise InvalidInput(f"not a readable image: {err}") from None
-
-
-def _is_zoo_name(name):
-    from keras_cnns.registry import get_model_info
-
-    try:
-        get_model_info(name)
-        return True
-    except CnnkitError:
-        return False
 
 
 def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5, runtime="auto", weights=None):

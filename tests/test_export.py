@@ -366,15 +366,45 @@ def test_a_mid_size_model_exports_to_every_format_under_a_memory_ceiling(tmp_pat
             "onnx-int8"} <= kinds  # every converter ran (untrained int8 rows may be left unpublished)
 
 
-def test_a_model_tf2onnx_cannot_convert_fully_is_a_clear_error_not_a_broken_file(tmp_path):
+def test_grouped_convolutions_export_to_onnx_and_tflite_as_plain_conv_ops(tmp_path):
+    """tf_keras runs a grouped Conv2D (AlexNet's towers, ResNeXt) through an XLA-compiled function that tf2onnx
+    cannot convert; the export graph uses TensorFlow's own grouped Conv2D op instead, which ONNX Runtime and
+    LiteRT run and which agrees with Keras."""
+    import onnx
     import tf_keras as keras
 
     model = keras.Sequential([keras.Input((16, 16, 4)), keras.layers.Conv2D(4, 3, groups=2),  # AlexNet's towers
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3), keras.layers.Softmax()])
-    model.save(str(tmp_path / "grouped.keras"))
+    model.save(str(tmp_path / "grouped.keras"))  # 4 channels: no photo model, so MediaPipe is not asked
+    path, report = run_export(str(tmp_path / "grouped.keras"), output=str(tmp_path / "out"),
+                              formats=plan_formats(tflite_out=True, onnx_out=True))
+    assert report["ok"] and {r["kind"] for r in report["artifacts"]} >= {"onnx", "tflite-float32"}
+    tflite_row = next(r for r in report["artifacts"] if r["kind"] == "tflite-float32")
+    assert not tflite_row["mediapipe"]["loads"] and "takes 4 channels (not checked)" in tflite_row["mediapipe"]["error"]
+    graph = onnx.load(os.path.join(path, "onnx", "model.onnx")).graph
+    (conv,) = [node for node in graph.node if node.op_type == "Conv"]
+    assert [a.i for a in conv.attribute if a.name == "group"] == [2]
+
+
+def test_a_function_tf2onnx_leaves_unconverted_is_a_clear_error_not_a_broken_file(tmp_path):
+    import tensorflow as tf
+
+    from export import onnx_format
+
+    class Compiled(tf.Module):
+        @tf.function(jit_compile=True)
+        def inner(self, x):
+            return tf.nn.softmax(x * 2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="images")])
+        def probabilities(self, images):
+            return {"probabilities": self.inner(images)}
+
+    module = Compiled()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"probabilities": module.probabilities})
     with pytest.raises(CnnkitError, match="tf2onnx left TensorFlow ops ONNX Runtime cannot run.*--tflite"):
-        run_export(str(tmp_path / "grouped.keras"), output=str(tmp_path / "out"), formats=plan_formats(onnx_out=True))
-    assert not os.path.exists(tmp_path / "out" / "grouped" / "1")
+        onnx_format.convert(str(tmp_path / "sm"), str(tmp_path / "model.onnx"))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("model.onnx")]  # no file, no temporary left
 
 
 def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):

@@ -336,7 +336,7 @@ def mirror(tmp_path, monkeypatch):
 def _checkpoint(body, md5=True):
     digest = hashlib.md5(body).hexdigest() if md5 else hashlib.sha256(body).hexdigest()[:8]
     return pretrained.Checkpoint("resnet18", "torchvision", "https://example.invalid/models/w-x.pth", digest, None,
-                                 pretrained.TORCH)
+                                 "torch")
 
 
 def _cached_files():

@@ -131,7 +131,7 @@ def test_evaluate_and_finetune_from_the_command_line(tmp_path):
     (["profile", "mobilenet", "-o", "alpha=abc"], "option alpha of mobilenet takes a number (default 1.0), got 'abc'"),
     (["predict", "x.png", "--model", "m", "--server", "localhost:8501"], "REST needs http://localhost:8501"),
     (["predict", "x.png", "--model", "m", "--server", "http://localhost:8500", "--grpc"], "not a URL"),
-    (["finetune", "model.onnx", "--data", "digits"], "must be a run directory or a .keras/.h5 model file"),
+    (["finetune", "model.onnx", "--data", "digits"], "must be a run directory, a .keras/.h5 model file or a zoo model name"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message):
     out = run(*args, env={"TF_CONFIG": ""})

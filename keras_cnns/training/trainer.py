@@ -200,7 +200,7 @@ def _weights_preprocessing(config, data):
         return data.preprocessing
     from keras_cnns import pretrained
 
-    return dict(pretrained.find_checkpoint(config.model, config.model_options, data.input_shape).preprocessing)
+    return pretrained.find_checkpoint(config.model, config.model_options, data.input_shape).preprocessing
 
 
 def _build(config, data):

@@ -20,6 +20,7 @@ import os
 import re
 
 from keras_cnns.errors import CnnkitError
+from keras_cnns.registry import is_model_name
 from keras_cnns.training import runs
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ STRATEGY_HELP = "head, top:K (K = number of top blocks to unfreeze), full or aut
 def load_source(source, weights=None, input_size=None):
     """(model, preprocessing or None, source config or None) of a run directory, a saved model file, or a zoo
     model name with pretrained ``weights`` ("imagenet", the default, or a checkpoint file)."""
-    if not os.path.exists(source) and _is_zoo_name(source):
+    if not os.path.exists(source) and is_model_name(source):
         import keras_cnns
         from keras_cnns import pretrained
 
@@ -41,7 +42,7 @@ def load_source(source, weights=None, input_size=None):
         model = keras_cnns.create_model(source, weights=weights or "imagenet", input_shape=input_size)
         checkpoint = pretrained.find_checkpoint(source, None, tuple(int(d) for d in model.inputs[0].shape[1:]))
         log.info("%s: %s", model.name, checkpoint.describe())
-        return model, dict(checkpoint.preprocessing), None
+        return model, checkpoint.preprocessing, None
     if weights or input_size:
         raise CnnkitError("--weights and --input-size go with a zoo model name; a run or model file has its own")
     if os.path.isdir(source):
@@ -52,16 +53,6 @@ def load_source(source, weights=None, input_size=None):
         return runs.load_model_file(source), None, None
     raise CnnkitError(f"finetune source {source!r} must be a run directory, a .keras/.h5 model file or a zoo "
                       "model name with pretrained weights")
-
-
-def _is_zoo_name(name):
-    from keras_cnns.registry import get_model_info
-
-    try:
-        get_model_info(name)
-        return True
-    except CnnkitError:
-        return False
 
 
 def _weighted(layer):
@@ -139,7 +130,9 @@ def prepare_finetune_model(finetune, num_classes, input_shape):
     """The source model with a fresh classifier for ``num_classes`` and the layers frozen as planned."""
     import tf_keras as keras
 
-    source, _, _ = load_source(finetune["source"], finetune.get("weights"), tuple(finetune["input_shape"]))
+    zoo = not os.path.exists(finetune["source"])  # a zoo model name: built at the planned input size
+    source, _, _ = load_source(finetune["source"], finetune.get("weights"),
+                               tuple(finetune["input_shape"]) if zoo else None)
     if tuple(source.inputs[0].shape[1:]) != tuple(input_shape):
         raise CnnkitError(f"the source model takes {tuple(source.inputs[0].shape[1:])} inputs, not {input_shape}")
     chain = head_chain(source)
