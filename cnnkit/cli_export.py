@@ -16,8 +16,8 @@ def _print_report(report):
         size = f"{r['bytes'] / 1024:,.1f} KiB" if r["bytes"] is not None else ""
         accuracy = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "n/a"
         mp = r.get("mediapipe")
-        mediapipe = "" if mp is None else ("n/a" if not mp["loads"] and mp["ok"] else "refused" if not mp["loads"]
-                                           else f"{mp['top1_agreement']:.1%}")
+        mediapipe = "" if mp is None else ("n/a" if (mp["error"] or "").endswith("(not checked)") else "refused"
+                                           if not mp["loads"] else f"{mp['top1_agreement']:.1%}")
         rows.append((r["artifact"], size, f"{r['max_abs_diff']:.1e}", f"{r['top1_agreement']:.1%}", accuracy,
                      f"{r['latency_ms']:.2f}", mediapipe, "ok" if r["ok"] else "OUT OF TOLERANCE"))
     click.echo(table(("artifact", "size", "max |diff|", "top-1 agree", "accuracy", "ms (batch 1)", "MediaPipe",
