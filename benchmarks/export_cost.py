@@ -2,12 +2,13 @@
 canonical model (untrained weights, canonical input size).
 
     python benchmarks/export_cost.py [--models vgg19,resnet152,...] [--formats saved_model,tflite,onnx]
-                                     [--ceiling-gb 22]
+                                     [--ceiling-gb 22] [--merge]
 
 Each cell is one `cnnkit export MODEL [--tflite | --onnx]` in its own process (the SavedModel is always
 written, so the tflite and onnx cells include it), its memory sampled every 0.1 s and killed above the
 ceiling. Rewrites the export_cost section of benchmarks/RESULTS.md and writes
-benchmarks/results/export_cost.json.
+benchmarks/results/export_cost.json; ``--merge`` keeps the recorded rows this run does not measure again
+(only when they were measured on a machine with the same description).
 """
 import argparse
 import json
@@ -32,6 +33,7 @@ def main():
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--formats", default=",".join(FLAGS))
     parser.add_argument("--ceiling-gb", type=float, default=22.0)
+    parser.add_argument("--merge", action="store_true", help="Keep recorded rows not measured again (same machine).")
     args = parser.parse_args()
     rows = []
     for name in filter(None, args.models.split(",")):
@@ -54,7 +56,12 @@ def main():
                 shutil.rmtree(scratch, ignore_errors=True)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    earlier = _earlier_rows(rows) if args.merge else []
+    rows = sorted(earlier + rows, key=lambda r: (MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS),
+                                                 list(FLAGS).index(r["format"])))
     command, described = record_rows("export_cost", rows)
+    if earlier:
+        command = f"{earlier[0]['command']}` and `{command}"
     lines = ["| model | weights | format | wall | peak RSS | peak / weights | parity images | result |",
              "|---|---:|---|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -63,6 +70,23 @@ def main():
                      f"{r['peak_mb'] / 1024:.1f} GB | {ratio} | {r.get('images', '')} | "
                      f"{'ok' if r['ok'] else r['note']}{' (ONNX: ' + r['onnx_route'] + ')' if r.get('onnx_route') else ''} |")
     replace_section("export_cost", f"`{command}` on {described}\n\n" + "\n".join(lines))
+
+
+def _earlier_rows(rows):
+    """The recorded rows of (model, format) pairs not in ``rows``, if recorded on a machine like this one."""
+    from benchmarks._record import RESULTS, machine
+
+    path = os.path.join(os.path.dirname(RESULTS), "results", "export_cost.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        recorded = json.load(f)
+    if recorded["machine"] != machine():
+        print(f"not merging: recorded on {recorded['machine']}", file=sys.stderr)
+        return []
+    measured = {(r["model"], r["format"]) for r in rows}
+    return [{**r, "command": r.get("command", recorded["command"])} for r in recorded["rows"]
+            if (r["model"], r["format"]) not in measured]
 
 
 def _weights_mb(base, name):

@@ -106,7 +106,7 @@ def zoo_source(name, weights=None, input_shape=None, num_classes=None):
                             origin=f"zoo:{name}" + ("" if weights == "none" else f" + {weights}"),
                             untrained=weights == "none")
     checkpoint = pretrained.find_checkpoint(name, None, tuple(int(d) for d in model.inputs[0].shape[1:]))
-    used = checkpoint.describe() if weights == "imagenet" else f"weights from {weights} ({checkpoint.source} layout)"
+    used = checkpoint.describe(weights)
     logging.getLogger("export").info("%s: %s", name, used)
     return ExportSource(model=model, name=name, labels=pretrained.imagenet_labels() if classes == 1000 else labels,
                         preprocessing=checkpoint.preprocessing, origin=f"zoo:{name} + {used}",

@@ -71,7 +71,10 @@ class Checkpoint:
         """The source's first convolution reads BGR (Caffe): reversed at load time, so the model takes RGB."""
         return self.preprocessing_name == "caffe"
 
-    def describe(self):
+    def describe(self, weights="imagenet"):
+        """Which weights a model was built with, for the user: ``weights`` is "imagenet" or the file given."""
+        if weights != "imagenet":
+            return f"weights from {weights} ({self.source} layout)"
         top1 = f", ImageNet top-1 {self.top1}%" if self.top1 else ""
         return f"ImageNet weights from {self.source} ({self.filename}{top1})"
 

@@ -6,6 +6,7 @@ Architecture modules call :func:`register` for each variant; listing (``cnnkit m
 import dataclasses
 import difflib
 import inspect
+import logging
 from typing import Callable, Optional
 
 from keras_cnns.errors import CnnkitError, UnknownModelError
@@ -146,8 +147,6 @@ def create_model(name, num_classes=None, input_shape=None, include_top=True, wei
     model = info.builder(num_classes=num_classes, input_shape=shape, include_top=include_top, **merged)
     model._name = info.name
     if checkpoint is not None:
-        import logging
-
         left_out = pretrained.load_into(model, checkpoint, path)
         if left_out:
             logging.getLogger("keras_cnns").warning("%s: %s", info.name, left_out)

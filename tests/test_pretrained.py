@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import types
 
 import numpy as np
@@ -307,8 +308,11 @@ class _Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if outer.mode == "truncated":  # the connection drops halfway
+                if outer.mode in ("truncated", "stalled"):  # the connection drops, or hangs, halfway
                     self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    if outer.mode == "stalled":
+                        time.sleep(3)
                     self.close_connection = True
                     return
                 self.wfile.write(body if outer.mode == "ok" else body[:-1] + bytes([body[-1] ^ 1]))
@@ -359,13 +363,13 @@ def test_download_is_verified_cached_and_then_needs_no_network(mirror):
         os.environ["CNNKIT_WEIGHTS_MIRROR"] = mirror.url
 
 
-@pytest.mark.parametrize("mode", ["corrupt", "truncated"])
+@pytest.mark.parametrize("mode", ["corrupt", "truncated", "stalled"])
 def test_a_bad_or_interrupted_download_leaves_no_file(mirror, mode):
     body = os.urandom(200_000)
     mirror.files["w-x.pth"] = body
     mirror.mode = mode
     with pytest.raises(CnnkitError, match="hash|cannot download"):
-        pretrained.fetch(_checkpoint(body), progress=False)
+        pretrained.fetch(_checkpoint(body), progress=False, timeout=0.5)
     assert _cached_files() == []  # no partial file a later run could take for the checkpoint
     mirror.mode = "ok"
     assert open(pretrained.fetch(_checkpoint(body), progress=False), "rb").read() == body

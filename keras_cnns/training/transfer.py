@@ -39,9 +39,10 @@ def load_source(source, weights=None, input_size=None):
         if weights == "none":
             raise CnnkitError("fine-tuning starts from trained weights: --weights imagenet or a checkpoint FILE "
                               f"(or `cnnkit train {source}` from scratch)")
-        model = keras_cnns.create_model(source, weights=weights or "imagenet", input_shape=input_size)
+        weights = weights or "imagenet"
+        model = keras_cnns.create_model(source, weights=weights, input_shape=input_size)
         checkpoint = pretrained.find_checkpoint(source, None, tuple(int(d) for d in model.inputs[0].shape[1:]))
-        log.info("%s: %s", model.name, checkpoint.describe())
+        log.info("%s: %s", model.name, checkpoint.describe(weights))
         return model, checkpoint.preprocessing, None
     if weights or input_size:
         raise CnnkitError("--weights and --input-size go with a zoo model name; a run or model file has its own")
