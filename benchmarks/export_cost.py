@@ -56,12 +56,13 @@ def main():
                 shutil.rmtree(scratch, ignore_errors=True)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    command = "python benchmarks/export_cost.py " + " ".join(sys.argv[1:])
+    rows = [{**r, "command": command.strip()} for r in rows]
     earlier = _earlier_rows(rows) if args.merge else []
     rows = sorted(earlier + rows, key=lambda r: (MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS),
                                                  list(FLAGS).index(r["format"])))
-    command, described = record_rows("export_cost", rows)
-    if earlier:
-        command = f"{earlier[0]['command']}` and `{command}"
+    _, described = record_rows("export_cost", rows)
+    command = "` and `".join(dict.fromkeys(r["command"] for r in rows))
     lines = ["| model | weights | format | wall | peak RSS | peak / weights | parity images | result |",
              "|---|---:|---|---:|---:|---:|---:|---|"]
     for r in rows:

@@ -33,13 +33,15 @@ def cli():
 
     \b
     Explore the model zoo:
-      cnnkit models                      every model with params, MACs, input size, paper
+      cnnkit models                      every model with params, MACs, input size, ImageNet weights, paper
+      cnnkit predict cat.jpg --model mobilenet_v2   ImageNet top-3 with its pretrained weights
       cnnkit summary resnet18            layer-by-layer output shapes and parameters
       cnnkit profile mobilenet_v2        params, MACs and activation memory per layer
     Train and compare:
       cnnkit train lenet5                LeNet-5 on the bundled digits -> runs/latest
       cnnkit evaluate runs/latest        test metrics and a confusion matrix
       cnnkit finetune runs/latest --data ./photos --strategy auto
+      cnnkit finetune mobilenet_v2 --data ./photos   from its ImageNet weights
       cnnkit ensemble RUN_DIR RUN_DIR    average several runs into one model
     Deploy:
       cnnkit quickstart                  train, export every format, print the parity table

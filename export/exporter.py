@@ -211,11 +211,13 @@ def _estimate_batch_norm(src, images):
     inference shrink the signal layer by layer until the outputs no longer depend on the input (MobileNet v2:
     identical probabilities for every image) and no parity check can see a broken conversion. No data set
     decides those statistics, so estimate them on the evaluation images: the network then responds to its input."""
+    from keras_cnns.analysis import profile_model
     from keras_cnns.training.batchnorm import recalibrate
 
     pre = src.preprocessing
     x = (images * pre["scale"] - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
-    done = recalibrate(src.model, [x[i:i + 16] for i in range(0, len(x), 16)])
+    batch = min(16, parity.evaluation_plan(profile_model(src.model).macs, len(x))[2])
+    done = recalibrate(src.model, [x[i:i + batch] for i in range(0, len(x), batch)])
     if done["layers"]:
         log.info("untrained %s: batch-norm statistics of %d layers estimated on the %d evaluation images",
                  src.name, done["layers"], done["images"])
@@ -430,11 +432,12 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
         images, labels, _ = _evaluation_images(src, data_spec)
     from keras_cnns.analysis import profile_model
 
-    count, repeats = parity.evaluation_plan(profile_model(model).macs, len(images))
+    count, repeats, batch = parity.evaluation_plan(profile_model(model).macs, len(images))
     images, labels = images[:count], (labels[:count] if labels is not None else None)
     runners = [(a["artifact"], a["kind"], os.path.join(export_dir, a["path"]),
                 runner_for(a["kind"], os.path.join(export_dir, a["path"]))) for a in meta["artifacts"]]
-    rows = parity.compare(keras_reference(model, meta["preprocessing"]), runners, images, labels, repeats=repeats)
+    rows = parity.compare(keras_reference(model, meta["preprocessing"]), runners, images, labels, batch_size=batch,
+                          repeats=repeats)
     extras = {a["artifact"]: {k: v for k, v in a.items() if k not in ("artifact", "kind", "path")}
               for a in meta["artifacts"]}
     by_name = {name: (path, run) for name, _, path, run in runners}

@@ -65,13 +65,18 @@ def latency_ms(run, image, repeats=20):
 #: LeNet-5 compares 2000 images, ResNet-50 about 480, VGG-16 about 130 (minutes, not half an hour, on 2 cores)
 EVALUATION_MACS = 2e12
 LATENCY_MACS = 2e11
+#: multiply-accumulates of one evaluation batch: activation memory grows with them, and 64 images of
+#: EfficientNet-B7 at 600x600 in one batch took the export past 14 GB (B7: batches of 2, VGG-16: 6)
+BATCH_MACS = 1e11
 
 
 def evaluation_plan(macs_per_image, available):
-    """(images to compare, latency repeats) for a model of this cost: fewer for big models, at least 32 / 3."""
-    images = min(available, max(32, int(EVALUATION_MACS / max(macs_per_image, 1))))
-    repeats = min(20, max(3, int(LATENCY_MACS / max(macs_per_image, 1))))
-    return images, repeats
+    """(images to compare, latency repeats, batch size) for a model of this cost: fewer and smaller for big
+    models, at least 32 images, 3 repeats and batches of 1."""
+    macs = max(macs_per_image, 1)
+    images = min(available, max(32, int(EVALUATION_MACS / macs)))
+    repeats = min(20, max(3, int(LATENCY_MACS / macs)))
+    return images, repeats, min(64, max(1, int(BATCH_MACS / macs)))
 
 
 def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20):

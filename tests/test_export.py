@@ -322,11 +322,13 @@ def test_the_report_spends_less_per_image_on_big_models():
 
     plans = {name: parity.evaluation_plan(profile_model(create_model(name)).macs, 2000)
              for name in ("lenet5", "resnet50", "vgg16", "efficientnet_b7")}
-    assert plans["lenet5"] == (2000, 20)  # a small model compares every held-out image
+    assert plans["lenet5"] == (2000, 20, 64)  # a small model compares every held-out image, 64 at a time
     assert plans["vgg16"][0] < plans["resnet50"][0] < 2000 and plans["efficientnet_b7"][0] >= 32
-    for name, (images, repeats) in plans.items():  # the MACs spent per artifact stay within the budget
+    assert plans["efficientnet_b7"][2] < plans["vgg16"][2] < plans["resnet50"][2] < 64  # smaller batches too
+    for name, (images, repeats, batch) in plans.items():  # the MACs spent per artifact stay within the budget
         macs = profile_model(create_model(name)).macs
         assert images * macs <= max(parity.EVALUATION_MACS, 32 * macs) and 3 <= repeats <= 20
+        assert batch * macs <= max(parity.BATCH_MACS, macs)  # one batch's activations stay bounded
 
 
 def test_the_lean_onnx_route_for_big_models_converts_exactly(trained, tmp_path, monkeypatch):

@@ -477,10 +477,12 @@ def test_finetune_from_imagenet_weights_trains_only_the_new_head(tmp_path, resne
     keeps the checkpoint's weights, and the run normalises as the checkpoint expects."""
     import torch
 
-    from keras_cnns.training import finetune, runs
+    from keras_cnns.training import runs
 
-    result = finetune("resnet18", "shapes:12", strategy="head", weights=resnet18_pth, input_size=64, epochs=1,
-                      batch_size=8, output=str(tmp_path / "run"))
+    out = _cli("finetune", "resnet18", "--weights", resnet18_pth, "--data", "shapes:12", "--input-size", "64",
+               "--strategy", "head", "--epochs", "1", "--batch-size", "8", "--output", str(tmp_path / "run"), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = types.SimpleNamespace(run_dir=json.loads(out.stdout)["run_dir"])
     config = runs.read_config(result.run_dir)
     assert config["preprocessing"] == pretrained.TORCH and config["train"]["finetune"]["weights"] == resnet18_pth
     model = runs.load_run_model(result.run_dir)
