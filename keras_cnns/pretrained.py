@@ -19,9 +19,9 @@ reversed at load time, so every zoo model takes RGB and the recorded preprocessi
 import dataclasses
 import hashlib
 import http.client
+import logging
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +29,8 @@ import urllib.request
 import numpy as np
 
 from keras_cnns.errors import CnnkitError
+
+log = logging.getLogger(__name__)
 
 #: torchvision and Keras' DenseNet / EfficientNet: [0, 1] then ImageNet mean / std per channel
 TORCH = {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -266,24 +268,21 @@ def fetch(checkpoint, progress=True, timeout=60):
 
 
 def _download(url, path, progress, timeout):
+    """Stream ``url`` into ``path``; progress goes to the "keras_cnns" logger every 10% (the CLI shows it)."""
     with urllib.request.urlopen(url, timeout=timeout) as response, open(path, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0)
-        done, shown, started = 0, -1, time.monotonic()
+        done, shown, started = 0, 0, time.monotonic()
         while True:
             chunk = response.read(1 << 20)
             if not chunk:
                 break
             out.write(chunk)
             done += len(chunk)
-            if progress and total and sys.stderr.isatty():
-                percent = 100 * done // total
-                if percent != shown:
-                    shown = percent
-                    rate = done / max(time.monotonic() - started, 1e-6) / 1e6
-                    print(f"\rdownloading {os.path.basename(url)}: {percent:3d}% of {total / 1e6:.0f} MB "
-                          f"({rate:.1f} MB/s)", end="", file=sys.stderr, flush=True)
-        if progress and total and sys.stderr.isatty():
-            print(file=sys.stderr)
+            if progress and total and 100 * done // total >= shown + 10:
+                shown = 100 * done // total // 10 * 10
+                rate = done / max(time.monotonic() - started, 1e-6) / 1e6
+                log.info("downloading %s: %d%% of %.0f MB (%.1f MB/s)", os.path.basename(url), shown,
+                         total / 1e6, rate)
         if total and done != total:
             raise OSError(0, f"the transfer ended after {done} of {total} bytes")
 

@@ -348,12 +348,14 @@ def _cached_files():
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
-def test_download_is_verified_cached_and_then_needs_no_network(mirror):
-    body = os.urandom(300_000)
+def test_download_is_verified_cached_and_then_needs_no_network(mirror, caplog):
+    body = os.urandom(3_000_000)
     mirror.files["w-x.pth"] = body
     for md5 in (True, False):  # Keras' md5 and torch.hub's sha256 prefix
         checkpoint = _checkpoint(body, md5)
-        path = pretrained.fetch(checkpoint, progress=False)
+        with caplog.at_level(logging.INFO, logger="keras_cnns"):
+            path = pretrained.fetch(checkpoint)
+        assert "downloading w-x.pth: 100% of 3 MB" in caplog.text  # progress, through logging
         assert open(path, "rb").read() == body and _cached_files() == ["w-x.pth"]
         requests = mirror.requests
         mirror.close()  # offline now: the cache answers
