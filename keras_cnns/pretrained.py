@@ -187,10 +187,6 @@ def find_checkpoint(name, options=None, input_shape=None):
     return None
 
 
-def has_checkpoint(name):
-    return find_checkpoint(name) is not None
-
-
 def imagenet_labels():
     """The 1000 ImageNet-1k class names, in class-index order (shipped with the package)."""
     path = os.path.join(os.path.dirname(__file__), "imagenet_classes.txt")
