@@ -22,6 +22,7 @@ setup(
         "tf2onnx==1.17.*",
         "onnx>=1.16",
         "onnxruntime>=1.20",
+        "onnxconverter-common==1.16.*",  # ONNX float16 (convert_float_to_float16)
         "ai-edge-litert>=2.0",
         "tensorflow-serving-api==2.21.*",  # TF Serving's protos and gRPC stubs
         "grpcio>=1.60",

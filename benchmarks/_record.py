@@ -38,29 +38,50 @@ def replace_section(name, body):
 
 
 def run_watched(command, ceiling_mb=None, poll_seconds=0.1):
-    """Run ``command`` (argv list) in a child process, sampling its resident memory; kill it above
-    ``ceiling_mb``. Returns {"returncode", "stdout", "stderr", "peak_mb", "seconds", "killed"}."""
+    """Run ``command`` (argv list) in a child process, sampling the resident memory of it and its descendants
+    together (the exporter runs its converters in child processes); kill them above ``ceiling_mb``.
+    Returns {"returncode", "stdout", "stderr", "peak_mb", "seconds", "killed"}."""
+    import signal
     import subprocess
     import time
 
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     peak, killed = 0.0, False
     while proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/status") as f:
-                rss = int(next(line.split()[1] for line in f if line.startswith("VmRSS:"))) / 1024
-        except (OSError, StopIteration):
-            break
+        rss = tree_rss_mb(proc.pid)
         peak = max(peak, rss)
         if ceiling_mb and rss > ceiling_mb:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             killed = True
             break
         time.sleep(poll_seconds)
     out, err = proc.communicate()
     return {"returncode": proc.returncode, "stdout": out, "stderr": err, "peak_mb": round(peak),
             "seconds": round(time.perf_counter() - start, 1), "killed": killed}
+
+
+def tree_rss_mb(pid):
+    """Resident MB of process ``pid`` and all its descendants (0 once it is gone)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, total = {pid}, 0.0
+    for _ in range(8):  # descendants a few generations deep (the exporter's children, their helpers)
+        tree |= {p for p, parent in parents.items() if parent in tree}
+    for p in tree:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += int(next(line.split()[1] for line in f if line.startswith("VmRSS:"))) / 1024
+        except (OSError, StopIteration):
+            continue
+    return total
 
 
 def record_rows(script, rows):

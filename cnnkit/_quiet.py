@@ -40,7 +40,7 @@ def stderr_silenced():
         os.close(devnull)
 
 
-def import_tensorflow(multiworker=False, serving=False):
+def import_tensorflow(multiworker=False, serving=False, export=False):
     """Import TensorFlow quietly.
 
     ``CNNKIT_CPU_DEVICES=N`` splits the CPU into N logical devices (to try ``--strategy mirrored`` on a
@@ -48,8 +48,14 @@ def import_tensorflow(multiworker=False, serving=False):
     happen before TensorFlow starts its devices. ``serving``: oneDNN kernels off unless the user set
     TF_ENABLE_ONEDNN_OPTS (measured: 1.3-2.9x the embedded server's requests/s with MobileNet v2 at one
     client, benchmarks/RESULTS.md); TensorFlow reads the variable once, when it is first imported.
+    ``export``: the system allocator (see export/child.py: SYSTEM_ALLOCATOR), so that the memory of the
+    models the exporter releases goes back to the system before its converters run.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if export and "tensorflow" not in sys.modules:
+        from export.child import SYSTEM_ALLOCATOR
+
+        os.environ.update({k: os.environ.get(k, v) for k, v in SYSTEM_ALLOCATOR.items()})
     if serving and "tensorflow" not in sys.modules:
         import keras_cnns
 

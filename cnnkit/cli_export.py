@@ -87,7 +87,7 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
       cnnkit export runs/latest --all --name digits
       cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat
     """
-    import_tensorflow()
+    import_tensorflow(export=True)
     from export import export, plan_formats
     from export.exporter import ExportFailed
 

@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from export import onnx_format, parity, savedmodel, tflite
+from export import child, onnx_format, parity, savedmodel, tflite
 from export.source import load_source
 from keras_cnns.errors import CnnkitError
 
@@ -37,6 +37,7 @@ FORMATS = {
     "tflite-dynamic": ("tflite_dynamic", "tflite-dynamic", "tflite/model_dynamic.tflite"),
     "tflite-int8": ("tflite_int8", "tflite-int8", "tflite/model_int8.tflite"),
     "onnx": ("onnx", "onnx", "onnx/model.onnx"),
+    "onnx-float16": ("onnx_float16", "onnx-float16", "onnx/model_float16.onnx"),
     "onnx-int8": ("onnx_int8", "onnx-int8", "onnx/model_int8.onnx"),
     # compressed with tensorflow-model-optimization (fine-tuned on the run's training data first)
     "tflite-qat": ("tflite_qat", "tflite-qat", "tflite/model_qat.tflite"),
@@ -90,14 +91,14 @@ def runner_for(kind, path):
 
 
 #: quantization modes each converter offers besides float32
-QUANTIZE_BY_FORMAT = {"tflite": QUANTIZE, "onnx": ("none", "int8")}
+QUANTIZE_BY_FORMAT = {"tflite": QUANTIZE, "onnx": ("none", "float16", "int8")}
 
 
 def parse_quantize(quantize):
     """``--quantize``: one mode, or one per format (``tflite=float16,onnx=int8``) -> ({format: mode}, named).
 
-    A single mode applies to each format that offers it: ``int8`` to TFLite and ONNX, the others to TFLite
-    (ONNX stays float32). ``named``: the formats the value names explicitly."""
+    A single mode applies to each format that offers it: ``float16`` and ``int8`` to TFLite and ONNX, the
+    others to TFLite (ONNX stays float32). ``named``: the formats the value names explicitly."""
     text = str(quantize).strip()
     if "=" not in text:
         if text not in QUANTIZE:
@@ -118,21 +119,22 @@ def parse_quantize(quantize):
 
 def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="none", everything=False, prune=None,
                  cluster=None):
-    """The formats to write. ``quantize``: see ``parse_quantize``; a TFLite-only mode (dynamic, float16, qat)
-    brings TFLite in, and so does any mode when no format is named."""
+    """The formats to write. ``quantize``: see ``parse_quantize``; a TFLite-only mode (dynamic, qat) brings
+    TFLite in, and so does any mode when no format is named."""
     modes, named = parse_quantize(quantize)
     formats = ["saved_model"]
     if everything:
-        formats += ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx", "onnx-int8"]
+        formats += ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx", "onnx-float16",
+                    "onnx-int8"]
     onnx_out = onnx_out or "onnx" in named
-    tflite_out = (tflite_out or "tflite" in named or modes["tflite"] not in ("none", "int8")
-                  or (modes["tflite"] == "int8" and not onnx_out) or bool(prune) or bool(cluster))
+    tflite_out = (tflite_out or "tflite" in named or bool(prune) or bool(cluster)
+                  or (modes["tflite"] != "none" and not (onnx_out and modes["onnx"] == modes["tflite"])))
     if tflite_out:
         formats.append("tflite-float32")
         if modes["tflite"] != "none":
             formats.append(f"tflite-{modes['tflite']}")
     if onnx_out:
-        formats += ["onnx"] + (["onnx-int8"] if modes["onnx"] == "int8" else [])
+        formats += ["onnx"] + ([f"onnx-{modes['onnx']}"] if modes["onnx"] != "none" else [])
     if prune:
         formats.append("tflite-pruned")
     if cluster:
@@ -277,11 +279,36 @@ def rgb_input(model):
 def _tflite(graph, fmt, variant, representative, int8_io, src, version, path):
     if representative is not None and src.input_shape[-1] == 1:  # the RGB-input mobile graph calibrates on RGB
         representative = np.repeat(representative[..., :1], 3, axis=-1)
-    content = tflite.convert(graph, variant, representative, int8_io)
     description = (f"{src.name}: image classifier of {len(src.labels)} classes exported by cnnkit ({fmt}) from "
                    f"{src.origin}" + (f", trained on {src.data_spec}" if src.data_spec else ""))
-    tflite.write(tflite.add_metadata(content, src.labels, src.name, description, version, author=src.author,
-                                     license=src.license), path)
+    child.run(f"the TFLite conversion ({variant}) of {src.name}", tflite.convert_file, graph, variant, path,
+              src.labels, src.name, description, version, src.author, src.license, representative, int8_io)
+
+
+def _release(src, compressed):
+    """Drop the Keras models once their graphs are on disk: the converters (child processes) and the parity
+    report read them from there. Freed memory goes back to the system (glibc keeps it otherwise)."""
+    import ctypes
+    import gc
+
+    src.release_model()
+    for fmt, (_, details) in compressed.items():
+        compressed[fmt] = (None, details)
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _float_onnx(tmp, scratch, opset):
+    """The float32 ONNX file the float16 and int8 ones derive from: the export's, else one in scratch."""
+    path = os.path.join(tmp, FORMATS["onnx"][2])
+    if not os.path.exists(path):
+        path = os.path.join(scratch, "float.onnx")
+        if not os.path.exists(path):
+            onnx_format.convert_in_child(tmp, path, opset)
+    return path
 
 
 def _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed, int8_io,
@@ -297,6 +324,7 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
         labels_file = os.path.join(scratch, "labels.txt")
         with open(labels_file, "w", encoding="utf-8") as f:
             f.write("\n".join(src.labels) + "\n")
+        # every graph a converter needs is written first; then the Keras models are released
         savedmodel.save(src, tmp, labels_file)
         os.makedirs(os.path.join(tmp, "keras"))
         save_model_atomic(src.model, os.path.join(tmp, "keras", "model.keras"))
@@ -304,31 +332,31 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
         if gray and any(f.startswith("tflite") for f in formats):
             mobile = savedmodel.save(dataclasses.replace(src, model=rgb_input(src.model)),
                                      os.path.join(scratch, "mobile"), labels_file)
+        for fmt, (model, _) in compressed.items():  # each its own SavedModel
+            savedmodel.save(dataclasses.replace(src, model=rgb_input(model) if gray else model),
+                            os.path.join(scratch, fmt), labels_file)
+        _release(src, compressed)
         for fmt in formats:
             artifact, kind, rel = FORMATS[fmt]
             path = os.path.join(tmp, rel) if rel else tmp
             if rel:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             details = {}
-            if fmt in compressed:  # its own SavedModel (scratch), then TFLite; int8 too when asked for
-                model, details = compressed[fmt]
-                graph = os.path.join(scratch, fmt)
-                savedmodel.save(dataclasses.replace(src, model=rgb_input(model) if gray else model), graph,
-                                labels_file)
+            if fmt in compressed:  # TFLite from its own SavedModel; int8 too when asked for
                 variant = "qat" if fmt == "tflite-qat" else ("int8" if "tflite-int8" in formats else "float32")
-                _tflite(graph, fmt, variant, representative, int8_io, src, version, path)
-                details = {**details, **_measured_kernels(fmt, path), "tflite_variant": variant,
+                _tflite(os.path.join(scratch, fmt), fmt, variant, representative, int8_io, src, version, path)
+                details = {**compressed[fmt][1], **_measured_kernels(fmt, path), "tflite_variant": variant,
                            "gzip_bytes": gzip_size(path)}
             elif fmt.startswith("tflite"):
                 _tflite(mobile, fmt, fmt.split("-", 1)[1], representative, int8_io, src, version, path)
             elif fmt == "onnx":
-                details = {"onnx_route": onnx_format.convert(tmp, path, opset)}
+                details = {"onnx_route": onnx_format.convert_in_child(tmp, path, opset)}
+            elif fmt == "onnx-float16":
+                child.run(f"the ONNX float16 conversion of {src.name}", onnx_format.to_float16,
+                          _float_onnx(tmp, scratch, opset), path)
             elif fmt == "onnx-int8":
-                float_onnx = os.path.join(tmp, FORMATS["onnx"][2])
-                if not os.path.exists(float_onnx):
-                    onnx_format.convert(tmp, os.path.join(scratch, "float.onnx"), opset)
-                    float_onnx = os.path.join(scratch, "float.onnx")
-                onnx_format.quantize_int8(float_onnx, path, representative)
+                child.run(f"the ONNX int8 quantization of {src.name}", onnx_format.quantize_int8,
+                          _float_onnx(tmp, scratch, opset), path, representative)
             if fmt.startswith("tflite") and gray:
                 details = {**details, "input": "RGB (the graph converts to gray: MediaPipe Tasks and the TFLite "
                                               "Task Library take RGB images only)"}
@@ -386,12 +414,13 @@ def _mediapipe_text(check):
             f"(needs {MEDIAPIPE_AGREEMENT:.0%}), category names {', '.join(check['names']) or 'none'}")
 
 
-def mediapipe_check(path, litert, images, int8_io=False, count=MEDIAPIPE_IMAGES):
+def mediapipe_check(path, litert_outputs, images, int8_io=False, count=MEDIAPIPE_IMAGES):
     """Does the ``.tflite`` load and classify in MediaPipe Tasks' ImageClassifier from its metadata alone,
-    and agree with ``litert`` (its LiteRT runner)? {"loads", "top1_agreement", "names", "images", "ok", "error"}.
+    and agree with LiteRT (``litert_outputs``: its probabilities on ``images``)?
+    {"loads", "top1_agreement", "names", "images", "ok", "error"}.
     ``int8_io``: int8 input was asked for (--int8-io int8), for runtimes other than MediaPipe: a refusal is
     reported, not a failure."""
-    images = images[:count]
+    images, want = images[:count], litert_outputs[:count]
     if images.shape[-1] not in (1, 3):  # not a photo classifier: nothing MediaPipe Tasks could feed it
         return {"loads": False, "ok": True, "error": f"MediaPipe Tasks classifies RGB images; this model takes "
                                                      f"{images.shape[-1]} channels (not checked)"}
@@ -403,7 +432,6 @@ def mediapipe_check(path, litert, images, int8_io=False, count=MEDIAPIPE_IMAGES)
             else "")}
     got = runner(images).argmax(axis=1)
     runner.close()
-    want = litert(images)
     # agreement: MediaPipe's class is LiteRT's top-1, or tied with it within the float tolerance (an untrained
     # model's near-uniform probabilities leave ties that rounding in either runtime may break either way)
     agreement = float((np.take_along_axis(want, got[:, None], 1)[:, 0] >= want.max(axis=1) - parity.FLOAT_TOLERANCE)
@@ -434,18 +462,22 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
 
     count, repeats, batch = parity.evaluation_plan(profile_model(model).macs, len(images))
     images, labels = images[:count], (labels[:count] if labels is not None else None)
-    runners = [(a["artifact"], a["kind"], os.path.join(export_dir, a["path"]),
-                runner_for(a["kind"], os.path.join(export_dir, a["path"]))) for a in meta["artifacts"]]
-    rows = parity.compare(keras_reference(model, meta["preprocessing"]), runners, images, labels, batch_size=batch,
-                          repeats=repeats)
     extras = {a["artifact"]: {k: v for k, v in a.items() if k not in ("artifact", "kind", "path")}
               for a in meta["artifacts"]}
-    by_name = {name: (path, run) for name, _, path, run in runners}
-    for row in rows:
+
+    def check(row, path, outputs):
         row.update(extras.get(row["artifact"], {}))
         if row["kind"].startswith("tflite"):  # the phone's runtime, next to LiteRT's answers
-            row["mediapipe"] = mediapipe_check(*by_name[row["artifact"]], images, bool(row.get("int8_io")))
+            row["mediapipe"] = mediapipe_check(path, outputs, images, bool(row.get("int8_io")))
             row["ok"] = row["ok"] and row["mediapipe"]["ok"]
+
+    def opener(kind, path):
+        return lambda: runner_for(kind, path)
+
+    artifacts = [(a["artifact"], a["kind"], os.path.join(export_dir, a["path"]),
+                  opener(a["kind"], os.path.join(export_dir, a["path"]))) for a in meta["artifacts"]]
+    rows = parity.compare(keras_reference(model, meta["preprocessing"]), artifacts, images, labels, batch_size=batch,
+                          repeats=repeats, check=check)
     report = {"name": meta["name"], "version": meta["version"], "images": int(len(images)),
               "latency_repeats": repeats, "labelled": labels is not None, "artifacts": rows,
               "ok": all(r["ok"] for r in rows)}

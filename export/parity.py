@@ -30,7 +30,7 @@ def tolerance_of(kind):
     """('max_abs_diff', limit) or ('quantized', None) for an artifact kind."""
     if kind in ("savedmodel", "tflite-float32", "onnx"):
         return "max_abs_diff", FLOAT_TOLERANCE
-    if kind == "tflite-float16":
+    if kind in ("tflite-float16", "onnx-float16"):
         return "max_abs_diff", FLOAT16_TOLERANCE
     return "quantized", None
 
@@ -79,10 +79,12 @@ def evaluation_plan(macs_per_image, available):
     return images, repeats, min(64, max(1, int(BATCH_MACS / macs)))
 
 
-def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20):
+def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20, check=None):
     """Rows of the report. ``reference``/runners: float32 pixels (N, H, W, C) -> probabilities.
 
-    ``artifacts``: [(name, kind, path, runner)]; ``repeats``: batch-1 latency calls per row.
+    ``artifacts``: [(name, kind, path, open_runner)]; each runner is opened, measured and released in turn,
+    so one artifact's runtime is in memory at a time. ``repeats``: batch-1 latency calls per row.
+    ``check(row, path, outputs)``: more checks of a row, given the artifact's outputs on ``images``.
     """
     def predict(run):
         return np.concatenate([run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
@@ -94,7 +96,8 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
              "top1_agreement": 1.0, "accuracy": ref_accuracy, "latency_ms": latency_ms(reference, images[:1], repeats),
              "tolerance": None, "ok": True, "output_spread": float(np.ptp(expected, axis=0).max()),
              "images": int(len(images))}]
-    for name, kind, path, run in artifacts:
+    for name, kind, path, open_runner in artifacts:
+        run = open_runner()
         got = predict(run)
         top1 = got.argmax(axis=1)
         row = {"artifact": name, "kind": kind, "bytes": _size(path),
@@ -103,6 +106,7 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
                "top1_agreement": float((top1 == ref_top1).mean()),
                "accuracy": float((top1 == labels).mean()) if labels is not None else None,
                "latency_ms": latency_ms(run, images[:1], repeats), "images": int(len(images))}
+        del run
         rule, limit = tolerance_of(kind)
         if rule == "max_abs_diff":
             row["tolerance"] = f"max |diff| <= {limit:g}"
@@ -111,6 +115,8 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
             row["tolerance"] = f"top-1 agreement >= {MIN_AGREEMENT:.0%}, accuracy drop <= {MAX_ACCURACY_DROP * 100:g} pt"
             drop_ok = row["accuracy"] is None or ref_accuracy - row["accuracy"] <= MAX_ACCURACY_DROP + 1e-9
             row["ok"] = row["top1_agreement"] >= MIN_AGREEMENT and drop_ok
+        if check:
+            check(row, path, got)
         rows.append(row)
     return rows
 

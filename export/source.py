@@ -32,10 +32,18 @@ class ExportSource:
     untrained: bool = False
     #: pretrained weights a zoo model was built with: source, url, top-1 (export.json "weights")
     weights: dict = None
+    #: the input shape of a model released after its graphs were written (``release_model``)
+    released_shape: tuple = None
 
     @property
     def input_shape(self):
+        if self.model is None:
+            return self.released_shape
         return tuple(int(d) for d in self.model.inputs[0].shape[1:])
+
+    def release_model(self):
+        """Drop the Keras model once every graph made from it is on disk; ``input_shape`` still answers."""
+        self.released_shape, self.model = self.input_shape, None
 
 
 def default_preprocessing(channels):

@@ -55,6 +55,14 @@ def convert(saved_model_dir, variant, representative=None, io_type="uint8"):
     return content
 
 
+def convert_file(saved_model_dir, variant, path, labels, name, description="", version="", author="", license="",
+                 representative=None, io_type="uint8"):
+    """``convert``, then the standard metadata (``add_metadata``), written to ``path``: what the exporter runs
+    in a child process."""
+    content = convert(saved_model_dir, variant, representative, io_type)
+    write(add_metadata(content, labels, name, description, version, author, license), path)
+
+
 def model_t(content):
     from tensorflow.lite.python import schema_py_generated as schema
 

@@ -4,6 +4,7 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -300,20 +301,32 @@ def test_calibration_data_quantizes_a_model_file_and_its_held_out_split_checks_i
 
 
 def test_quantize_is_per_format_so_tflite_float16_and_onnx_go_in_one_export(trained, tmp_path):
-    assert plan_formats(onnx_out=True, quantize="float16") == ["saved_model", "tflite-float32", "tflite-float16",
-                                                               "onnx"]
+    import onnx
+
+    assert plan_formats(quantize="tflite=float16,onnx=none") == ["saved_model", "tflite-float32", "tflite-float16",
+                                                                 "onnx"]
     assert plan_formats(quantize="tflite=float16,onnx=int8") == ["saved_model", "tflite-float32", "tflite-float16",
                                                                  "onnx", "onnx-int8"]
     assert plan_formats(onnx_out=True, quantize="int8") == ["saved_model", "onnx", "onnx-int8"]
-    for wrong, message in (("onnx=float16", "onnx takes none, int8"), ("coreml=int8", "the formats are tflite and onnx"),
-                           ("int4", "unknown --quantize")):
+    assert plan_formats(onnx_out=True, quantize="float16") == ["saved_model", "onnx", "onnx-float16"]
+    assert plan_formats(onnx_out=True, quantize="dynamic") == ["saved_model", "tflite-float32", "tflite-dynamic",
+                                                               "onnx"]  # TFLite's own mode brings TFLite in
+    for wrong, message in (("onnx=dynamic", "onnx takes none, float16, int8"),
+                           ("coreml=int8", "the formats are tflite and onnx"), ("int4", "unknown --quantize")):
         with pytest.raises(CnnkitError, match=message):
             plan_formats(quantize=wrong)
-    _, report = run_export(trained["run"], output=str(tmp_path), formats=plan_formats(onnx_out=True,
-                                                                                      quantize="float16"))
+    path, report = run_export(trained["run"], output=str(tmp_path), formats=plan_formats(
+        quantize="tflite=float16,onnx=float16"))
     assert report["ok"] and [r["artifact"] for r in report["artifacts"]] == [
-        "keras", "saved_model", "tflite_float32", "tflite_float16", "onnx"]
+        "keras", "saved_model", "tflite_float32", "tflite_float16", "onnx", "onnx_float16"]
     assert {r["images"] for r in report["artifacts"]} == {report["images"]}  # every row says what it compared
+    rows = {r["artifact"]: r for r in report["artifacts"]}
+    assert rows["onnx_float16"]["tolerance"] == "max |diff| <= 0.01" and rows["onnx_float16"]["top1_agreement"] >= 0.98
+    assert rows["onnx_float16"]["bytes"] < 0.6 * rows["onnx"]["bytes"]  # half-precision weights
+    graph = onnx.load(os.path.join(path, "onnx", "model_float16.onnx")).graph
+    weights = [t for t in graph.initializer if len(t.dims) == 4]  # the convolution kernels, in half precision
+    assert weights and {t.data_type for t in weights} == {onnx.TensorProto.FLOAT16}
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.FLOAT]  # pixels in as before
 
 
 def test_the_report_spends_less_per_image_on_big_models():
@@ -366,6 +379,57 @@ def test_a_mid_size_model_exports_to_every_format_under_a_memory_ceiling(tmp_pat
     kinds = {r["kind"] for r in report["artifacts"]}
     assert {"savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx",
             "onnx-int8"} <= kinds  # every converter ran (untrained int8 rows may be left unpublished)
+
+
+def _killed_by_the_kernel():
+    os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does
+
+
+def _refuses():
+    raise CnnkitError("a clear message from the child")
+
+
+def test_converters_child_process_returns_raises_and_reports_its_death():
+    from export import child
+
+    assert child.run("the check", child.protobuf_backend) == "upb"
+    assert child.run("the check", child.protobuf_backend, pure_python_protobuf=True) == "python"  # the lean route's
+    assert child.run("the check", os.getenv, "TF_ONEDNN_USE_SYSTEM_ALLOCATOR") == "1"
+    with pytest.raises(CnnkitError, match="^a clear message from the child$"):
+        child.run("the check", _refuses)
+    with pytest.raises(CnnkitError, match=r"the TFLite conversion was killed by SIGKILL \(out of memory\?\) in its "
+                                          "child process; nothing was published"):
+        child.run("the TFLite conversion", _killed_by_the_kernel)
+
+
+def test_the_keras_model_is_released_before_the_converters_run(tmp_path, monkeypatch):
+    """The converters run in child processes while the exporter waits: it must not hold the Keras model (or a
+    compressed copy) then, or its memory stacks on theirs."""
+    import gc
+    import weakref
+
+    from export import child, exporter
+
+    models, seen = [], []
+    load, run = exporter.load_source, child.run
+
+    def loading(*args, **kwargs):
+        src = load(*args, **kwargs)
+        models.append(weakref.ref(src.model))
+        return src
+
+    def converting(what, *args, **kwargs):
+        gc.collect()
+        seen.append((what, [ref() is None for ref in models]))
+        return run(what, *args, **kwargs)
+
+    monkeypatch.setattr(exporter, "load_source", loading)
+    monkeypatch.setattr(child, "run", converting)
+    path, report = run_export("lenet5", output=str(tmp_path), formats=plan_formats(tflite_out=True, onnx_out=True),
+                              weights="none")
+    assert report["ok"] and [what.split(" of ")[0] for what, _ in seen] == [
+        "the TFLite conversion (float32)", "the ONNX conversion"]
+    assert all(released == [True] for _, released in seen)
 
 
 def test_grouped_convolutions_export_to_onnx_and_tflite_as_plain_conv_ops(tmp_path):
