@@ -51,10 +51,10 @@ def test_layout_is_what_tf_serving_loads(trained):
 def test_every_artifact_agrees_with_keras_within_tolerance(trained):
     rows = {r["artifact"]: r for r in trained["report"]["artifacts"]}
     assert set(rows) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8",
-                         "onnx", "onnx_int8"}
+                         "onnx", "onnx_float16", "onnx_int8"}
     for name in ("saved_model", "tflite_float32", "onnx"):
         assert rows[name]["max_abs_diff"] <= 1e-4, name
-    assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2
+    assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2 and rows["onnx_float16"]["max_abs_diff"] <= 1e-2
     for name in ("tflite_dynamic", "tflite_int8", "onnx_int8"):
         assert rows[name]["top1_agreement"] >= 0.98
         assert rows["keras"]["accuracy"] - rows[name]["accuracy"] <= 0.01
@@ -257,16 +257,19 @@ def test_a_failing_variant_is_reported_with_every_row_or_left_out_on_request(tra
 
 def test_validate_recomputes_the_report(trained):
     report = validate(trained["path"])
-    assert report["ok"] and report["labelled"] and len(report["artifacts"]) == 8
+    assert report["ok"] and report["labelled"] and len(report["artifacts"]) == 9
     with pytest.raises(CnnkitError, match="not a cnnkit export"):
         validate(trained["run"])
 
 
 def test_full_disk_mid_export_publishes_nothing(trained, monkeypatch):
+    from export import child
+
     def full(content, path):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr(tflite, "write", full)
+    monkeypatch.setattr(tflite, "write", full)  # in this process: the converter runs here (a child's OSError
+    monkeypatch.setattr(child, "run", lambda what, function, *args, **kwargs: function(*args))  # comes back as one)
     versions = sorted(os.listdir(trained["base"]))
     with pytest.raises(CnnkitError, match="no space left on the device .* earlier versions are untouched"):
         run_export(trained["run"], output=os.path.dirname(trained["base"]), formats=plan_formats(tflite_out=True))
@@ -389,6 +392,10 @@ def _refuses():
     raise CnnkitError("a clear message from the child")
 
 
+def _full_disk():
+    raise OSError(errno.ENOSPC, "No space left on device", "model.tflite")
+
+
 def test_converters_child_process_returns_raises_and_reports_its_death():
     from export import child
 
@@ -397,6 +404,9 @@ def test_converters_child_process_returns_raises_and_reports_its_death():
     assert child.run("the check", os.getenv, "TF_ONEDNN_USE_SYSTEM_ALLOCATOR") == "1"
     with pytest.raises(CnnkitError, match="^a clear message from the child$"):
         child.run("the check", _refuses)
+    with pytest.raises(OSError) as full:  # the exporter turns it into "no space left on the device"
+        child.run("the check", _full_disk)
+    assert full.value.errno == errno.ENOSPC and full.value.filename == "model.tflite"
     with pytest.raises(CnnkitError, match=r"the TFLite conversion was killed by SIGKILL \(out of memory\?\) in its "
                                           "child process; nothing was published"):
         child.run("the TFLite conversion", _killed_by_the_kernel)
