@@ -55,7 +55,8 @@ def import_tensorflow(multiworker=False, serving=False, export=False):
     if export and "tensorflow" not in sys.modules:
         from export.child import SYSTEM_ALLOCATOR
 
-        os.environ.update({k: os.environ.get(k, v) for k, v in SYSTEM_ALLOCATOR.items()})
+        for key, value in SYSTEM_ALLOCATOR.items():
+            os.environ.setdefault(key, value)
     if serving and "tensorflow" not in sys.modules:
         import keras_cnns
 

@@ -43,7 +43,8 @@ def _print_report(report):
 @click.option("--saved-model", is_flag=True, help="The SavedModel (always written: the others derive from it).")
 @click.option("--tflite", "tflite_out", is_flag=True, help="TFLite float32 (+ the --quantize variant).")
 @click.option("--onnx", "onnx_out", is_flag=True, help="ONNX (tf2onnx), run with ONNX Runtime.")
-@click.option("--all", "everything", is_flag=True, help="SavedModel, every TFLite variant and ONNX (float32, float16, int8).")
+@click.option("--all", "everything", is_flag=True,
+              help="SavedModel, every TFLite variant and ONNX (float32, float16, int8).")
 @click.option("--quantize", default="none", show_default=True, metavar="MODE|tflite=MODE,onnx=MODE",
               help="Besides float32, one of none, dynamic, float16, int8, qat: float16 and int8 apply to TFLite and, "
                    "with --onnx, to ONNX as well (int8 = full-integer TFLite with uint8 in/out, ONNX static QDQ; "
@@ -138,8 +139,8 @@ def validate(export_dir, data, as_json):
 @json_option
 def quickstart(epochs, output, samples, as_json):
     """The whole pipeline offline: train LeNet-5 on the bundled digits, export SavedModel + TFLite
-    (float32, float16, dynamic, int8) + ONNX (float32, float16, int8), print the parity table, then serve the export with the
-    embedded server and classify sample PNGs through its REST and gRPC APIs."""
+    (float32, float16, dynamic, int8) + ONNX (float32, float16, int8), print the parity table, then serve the
+    export with the embedded server and classify sample PNGs through its REST and gRPC APIs."""
     import_tensorflow()
     from export import export, plan_formats
     from keras_cnns.training import TrainConfig, train

@@ -19,21 +19,36 @@ SYSTEM_ALLOCATOR = {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
 def run(what, function, *args, pure_python_protobuf=False):
     """``function(*args)`` in a fresh child process: its result, or its exception raised here. A child that
     dies (e.g. killed by the kernel for want of memory) is a CnnkitError naming ``what``.
-    ``pure_python_protobuf``: the child uses protobuf's pure-Python backend (see onnx_format._convert_lean)."""
+    ``pure_python_protobuf``: the child uses protobuf's pure-Python backend (see onnx_format._convert)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(send, pure_python_protobuf, function, args), daemon=True)
-    process.start()
+    process = context.Process(target=_child, args=(send, function, args), daemon=True)
+    environment = {**SYSTEM_ALLOCATOR, **{k: v for k, v in os.environ.items() if k in SYSTEM_ALLOCATOR}}
+    if pure_python_protobuf:
+        environment["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
+    saved = {k: os.environ.get(k) for k in environment}
+    os.environ.update(environment)  # the child's environment from its first instruction: it inherits ours
+    try:
+        process.start()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     send.close()
     try:
         ok, value = receive.recv()
     except EOFError:
         process.join()
         code = process.exitcode
-        how = (f"was killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
-               if code < 0 else f"exited with code {code}")
+        if code < 0:
+            how = f"was killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL
+                                                                   else "")
+        else:  # e.g. the child re-ran a script without the guard and refused to start another process
+            how = f'exited with code {code} (a script that exports needs an `if __name__ == "__main__":` guard)'
         raise CnnkitError(f"{what} {how} in its child process; nothing was published") from None
     finally:
         receive.close()
@@ -43,11 +58,7 @@ def run(what, function, *args, pure_python_protobuf=False):
     return value
 
 
-def _child(send, pure_python_protobuf, function, args):
-    for key, value in SYSTEM_ALLOCATOR.items():  # before TensorFlow is imported
-        os.environ.setdefault(key, value)
-    if pure_python_protobuf:  # before anything imports protobuf (the exporter's modules import it lazily)
-        os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
+def _child(send, function, args):
     try:
         result = (True, function(*args))
     except Exception as err:  # noqa: BLE001 - every error goes back to the parent
@@ -58,10 +69,3 @@ def _child(send, pure_python_protobuf, function, args):
         send.send((False, CnnkitError(f"{type(result[1]).__name__}: {result[1]}")))
     send.close()
 
-
-def protobuf_backend():
-    """The protobuf backend this process uses: "upb", or "python" in a child started with
-    ``pure_python_protobuf``."""
-    from google.protobuf.internal import api_implementation
-
-    return api_implementation.Type()

@@ -158,6 +158,9 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     Every artifact must pass the parity report or nothing is published (``ExportFailed`` carries the report);
     ``allow_failed_variants``: publish without the artifacts out of tolerance (never without the SavedModel),
     which stay in the report marked ``published: false``.
+
+    Each converter runs in a spawned child process (export/child.py), so a script that calls this needs the
+    usual ``if __name__ == "__main__":`` guard.
     """
     if not max_megapixels > 0:
         raise CnnkitError(f"--max-megapixels must be > 0, got {max_megapixels}")
@@ -287,7 +290,8 @@ def _tflite(graph, fmt, variant, representative, int8_io, src, version, path):
 
 def _release(src, compressed):
     """Drop the Keras models once their graphs are on disk: the converters (child processes) and the parity
-    report read them from there. Freed memory goes back to the system (glibc keeps it otherwise)."""
+    report read them from there. The memory goes back to the system with TensorFlow's system allocator
+    (``cnnkit export`` sets it: child.SYSTEM_ALLOCATOR) and glibc's ``malloc_trim``."""
     import ctypes
     import gc
 
@@ -350,7 +354,7 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
             elif fmt.startswith("tflite"):
                 _tflite(mobile, fmt, fmt.split("-", 1)[1], representative, int8_io, src, version, path)
             elif fmt == "onnx":
-                details = {"onnx_route": onnx_format.convert_in_child(tmp, path, opset)}
+                onnx_format.convert_in_child(tmp, path, opset)
             elif fmt == "onnx-float16":
                 child.run(f"the ONNX float16 conversion of {src.name}", onnx_format.to_float16,
                           _float_onnx(tmp, scratch, opset), path)

@@ -1,7 +1,8 @@
 """ONNX from the SavedModel's ``probabilities`` signature with tf2onnx, run with ONNX Runtime.
 
-``convert.from_keras`` fails on tf_keras models under TF 2.21, so the SavedModel's signature is frozen
-and converted, as ``python -m tf2onnx.convert --saved-model`` does (dynamic batch, chosen opset).
+``convert.from_keras`` fails on tf_keras models under TF 2.21, and tf2onnx's own SavedModel route costs far
+more memory than the model (see ``_convert``), so the signature is frozen here and handed to tf2onnx's graph
+converter (dynamic batch, chosen opset).
 """
 import os
 
@@ -10,8 +11,8 @@ import numpy as np
 from keras_cnns.errors import CnnkitError
 
 DEFAULT_OPSET = 17
-#: Above this many bytes of weights the lean path converts (VGG-16, 528 MB: tf2onnx's own route ran past 24 GB).
-LEAN_ABOVE_BYTES = 200 << 20
+#: Above this many bytes of weights the conversion runs with protobuf's pure-Python backend (see ``_convert``)
+PURE_PYTHON_PROTOBUF_ABOVE_BYTES = 200 << 20
 #: TensorFlow function calls tf2onnx 1.17 passes through unconverted (a layer running a tf.function of its own)
 FUNCTION_CALLS = ("PartitionedCall", "StatefulPartitionedCall")
 
@@ -21,38 +22,19 @@ def weights_bytes(saved_model_dir):
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) if os.path.isdir(folder) else 0
 
 
-def route_for(saved_model_dir):
-    """``tf2onnx`` (its own loader and every optimizer pass) or ``lean`` (models over LEAN_ABOVE_BYTES)."""
-    return "lean" if weights_bytes(saved_model_dir) > LEAN_ABOVE_BYTES else "tf2onnx"
-
-
 def convert_in_child(saved_model_dir, path, opset=DEFAULT_OPSET):
-    """``convert`` in a child process (export/child.py); the lean route with protobuf's pure-Python backend."""
+    """``convert`` in a child process (export/child.py); for big models with protobuf's pure-Python backend."""
     from export import child
 
-    route = route_for(saved_model_dir)
-    return child.run(f"the ONNX conversion of {saved_model_dir}", convert, saved_model_dir, path, opset, route,
-                     pure_python_protobuf=route == "lean")
+    child.run("the ONNX conversion", convert, saved_model_dir, path, opset,
+              pure_python_protobuf=weights_bytes(saved_model_dir) > PURE_PYTHON_PROTOBUF_ABOVE_BYTES)
 
 
-def convert(saved_model_dir, path, opset=DEFAULT_OPSET, route=None):
-    """Convert the SavedModel's frozen ``probabilities`` graph (input ``images``, output ``probabilities``).
-    Returns the route taken (``route``, by default ``route_for``)."""
-    import tf2onnx
-    from tf2onnx import tf_loader
-
+def convert(saved_model_dir, path, opset=DEFAULT_OPSET):
+    """Convert the SavedModel's frozen ``probabilities`` graph (input ``images``, output ``probabilities``)."""
     tmp = f"{path}.tmp-{os.getpid()}.onnx"
-    route = route or route_for(saved_model_dir)
     try:
-        if route == "lean":
-            ops = _convert_lean(saved_model_dir, tmp, opset)
-        else:
-            graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
-                saved_model_dir, None, None, tag="serve", signatures=["probabilities"], return_tensors_to_rename=True)
-            model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
-                                                      opset=opset, tensors_to_rename=renames, output_path=tmp)
-            ops = {node.op_type for node in model.graph.node}
-        left = sorted(ops & set(FUNCTION_CALLS))
+        left = sorted(_convert(saved_model_dir, tmp, opset) & set(FUNCTION_CALLS))
         if left:  # tf2onnx passes ops it cannot convert through as they are; ONNX Runtime refuses the file
             raise CnnkitError(f"tf2onnx left TensorFlow ops ONNX Runtime cannot run ({', '.join(left)}: a layer "
                               "that runs a function of its own, e.g. one compiled with XLA); export --tflite, "
@@ -65,25 +47,26 @@ def convert(saved_model_dir, path, opset=DEFAULT_OPSET, route=None):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return route
 
 
-def _convert_lean(saved_model_dir, path, opset):
-    """The route for big models; returns the ONNX op types written. Measured on VGG-19 (548 MB of weights;
-    2 cores, 24 GB), one stage at a time:
+def _convert(saved_model_dir, path, opset):
+    """Write the ONNX file; returns the op types in it. Measured stage by stage (2 cores, 24 GB):
 
+    - tf2onnx's own route (``tf_loader.from_saved_model``, then every optimizer pass) peaked at 3.0 GB for
+      ResNet-18 at 64x64 (46 MB of weights), 3.6 GB for DenseNet-201 and past 24 GB for VGG-16: its loader
+      freezes through Grappler and its passes copy every weight per pass. This route: 1.3 GB, 1.8 GB, and
+      twice as fast, with the same nodes and outputs (DenseNet-201: 613 nodes either way);
     - freezing: TensorFlow's ``convert_variables_to_constants_v2`` copies the weights four times over (the
-      variable values, the frozen GraphDef, a function built from it, its GraphDef again: 5.7 GB peak). Only
-      the first two are needed, taken here from the same steps inside it (2.5 GB);
-    - tf2onnx's own loader freezes through Grappler (13.9 GB on VGG-16), and its ONNX optimizer passes copy
-      every weight per pass: only the passes that change what ONNX Runtime runs are applied (NHWC transposes
-      folded into the convolutions, back-to-back and identity nodes removed). ONNX Runtime folds constants
-      itself when it loads the model;
+      variable values, the frozen GraphDef, a function built from it, its GraphDef again: 5.7 GB peak on
+      VGG-19, 548 MB of weights). Only the first two are needed, taken here from the same steps inside it (2.5 GB);
+    - only the optimizer passes that change what ONNX Runtime runs are applied (NHWC transposes folded into
+      the convolutions, back-to-back and identity nodes removed); ONNX Runtime folds constants itself when it
+      loads the model;
     - with protobuf's upb backend a replaced weight stays in its message's arena until the whole graph is
-      freed: the optimizer passes and ``make_model`` then add 4 GB. ``convert_in_child`` runs this route with
-      the pure-Python backend (faster here too: 20 s instead of 60 s).
-
-    The whole conversion then peaks at 4.0 GB instead of 8.6 GB."""
+      freed: on VGG-19 the passes and ``make_model`` then add 4 GB. ``convert_in_child`` runs big models with
+      the pure-Python backend (faster there too: 20 s instead of 60 s; slower on small ones, so only above
+      PURE_PYTHON_PROTOBUF_ABOVE_BYTES). VGG-19 then peaks at 4.0 GB instead of 8.6 GB.
+    """
     import gc
 
     import tensorflow as tf

@@ -347,15 +347,23 @@ def test_the_report_spends_less_per_image_on_big_models():
         assert batch * macs <= max(parity.BATCH_MACS, macs)  # one batch's activations stay bounded
 
 
-def test_the_lean_onnx_route_for_big_models_converts_exactly(trained, tmp_path, monkeypatch):
+def test_onnx_as_big_models_convert_it_is_exact_with_the_nhwc_transposes_folded(trained, tmp_path, monkeypatch):
     import onnx
 
-    from export import onnx_format
+    from export import child, onnx_format
 
-    monkeypatch.setattr(onnx_format, "LEAN_ABOVE_BYTES", 0)  # LeNet-5 takes the route VGG-16 takes
+    backends = []
+    run = child.run
+
+    def running(what, *args, **kwargs):
+        backends.append(kwargs.get("pure_python_protobuf"))
+        return run(what, *args, **kwargs)
+
+    monkeypatch.setattr(onnx_format, "PURE_PYTHON_PROTOBUF_ABOVE_BYTES", 0)  # LeNet-5 converts as VGG-16 does
+    monkeypatch.setattr(child, "run", running)
     path, report = run_export(trained["run"], output=str(tmp_path), formats=plan_formats(onnx_out=True))
     rows = {r["artifact"]: r for r in report["artifacts"]}
-    assert report["ok"] and rows["onnx"]["onnx_route"] == "lean" and rows["onnx"]["max_abs_diff"] <= 1e-5
+    assert report["ok"] and backends == [True] and rows["onnx"]["max_abs_diff"] <= 1e-5
     model = onnx.load(os.path.join(path, "onnx", "model.onnx"))
     assert [i.name for i in model.graph.input] == ["images"] and [o.name for o in model.graph.output] == [
         "probabilities"]
@@ -392,6 +400,12 @@ def _refuses():
     raise CnnkitError("a clear message from the child")
 
 
+def _protobuf_backend():
+    from google.protobuf.internal import api_implementation
+
+    return api_implementation.Type()
+
+
 def _full_disk():
     raise OSError(errno.ENOSPC, "No space left on device", "model.tflite")
 
@@ -399,8 +413,8 @@ def _full_disk():
 def test_converters_child_process_returns_raises_and_reports_its_death():
     from export import child
 
-    assert child.run("the check", child.protobuf_backend) == "upb"
-    assert child.run("the check", child.protobuf_backend, pure_python_protobuf=True) == "python"  # the lean route's
+    assert child.run("the check", _protobuf_backend) == "upb"
+    assert child.run("the check", _protobuf_backend, pure_python_protobuf=True) == "python"  # big models' ONNX
     assert child.run("the check", os.getenv, "TF_ONEDNN_USE_SYSTEM_ALLOCATOR") == "1"
     with pytest.raises(CnnkitError, match="^a clear message from the child$"):
         child.run("the check", _refuses)
