@@ -371,25 +371,24 @@ def test_onnx_as_big_models_convert_it_is_exact_with_the_nhwc_transposes_folded(
     assert ops.count("Conv") == 3 and ops.count("Transpose") <= 2  # NHWC transposes folded, not one per conv
 
 
-#: peak resident memory allowed to `cnnkit export resnet18 --all` at 64x64 (measured 2.9 GB on 2 cores, AVX-512)
-MEMORY_CEILING_MB = 4096
-
-
-def test_a_mid_size_model_exports_to_every_format_under_a_memory_ceiling(tmp_path):
-    """ResNet-18 (46 MB of weights) to every format in a child process whose resident memory is watched and
-    which is killed above the ceiling, so a memory regression fails here rather than on a user's machine."""
+def test_a_mid_size_model_exports_to_every_format_within_the_memory_goal(tmp_path):
+    """ResNet-18 (45 MB of weights) to every format in a child process whose resident memory, its converters'
+    included, is watched and which is killed above issue 16's goal of 6x the weights + 2 GB (2.3 GB; measured
+    1.85 GB on 2 cores, AVX-512), so a memory regression fails here rather than on a user's machine."""
     from benchmarks._record import run_watched
+    from keras_cnns import create_model
 
-    run = run_watched([sys.executable, "-m", "cnnkit", "export", "resnet18", "--weights", "none", "--all", "--input-size", "64",
-                       "--calibration-data", "shapes:8", "--allow-failed-variants", "--json", "--output",
-                       str(tmp_path)], ceiling_mb=MEMORY_CEILING_MB)
-    assert not run["killed"], f"export passed the {MEMORY_CEILING_MB} MB ceiling"
+    ceiling_mb = 6 * create_model("resnet18", input_shape=(64, 64, 3)).count_params() * 4 / 2 ** 20 + 2048
+    run = run_watched([sys.executable, "-m", "cnnkit", "export", "resnet18", "--weights", "none", "--all",
+                       "--input-size", "64", "--calibration-data", "shapes:8", "--allow-failed-variants", "--json",
+                       "--output", str(tmp_path)], ceiling_mb=ceiling_mb)
+    assert not run["killed"], f"export passed the {ceiling_mb:.0f} MB ceiling"
     assert run["returncode"] == 0, run["stderr"][-2000:]
     out = run["stdout"]
     report = json.loads(out)
     kinds = {r["kind"] for r in report["artifacts"]}
     assert {"savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx",
-            "onnx-int8"} <= kinds  # every converter ran (untrained int8 rows may be left unpublished)
+            "onnx-float16", "onnx-int8"} <= kinds  # every converter ran (untrained int8 rows may be left unpublished)
 
 
 def _killed_by_the_kernel():
