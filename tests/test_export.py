@@ -371,6 +371,24 @@ def test_onnx_as_big_models_convert_it_is_exact_with_the_nhwc_transposes_folded(
     assert ops.count("Conv") == 3 and ops.count("Transpose") <= 2  # NHWC transposes folded, not one per conv
 
 
+def test_the_memory_watch_counts_children_and_kills_the_whole_tree(tmp_path):
+    """What the memory test relies on: a parent that holds little while its child holds 300 MB is measured
+    at 300 MB or more, and above the ceiling both are killed."""
+    import time
+
+    from benchmarks._record import run_watched
+
+    pid_file = tmp_path / "child.pid"
+    child = (f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+             "x = bytearray(300 << 20); x[::4096] = b'1' * len(x[::4096]); time.sleep(30)")
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    run = run_watched([sys.executable, "-c", parent], ceiling_mb=250)
+    assert run["killed"] and run["peak_mb"] > 250 and run["seconds"] < 25
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{pid_file.read_text()}") or "Z" in open(
+        f"/proc/{pid_file.read_text()}/stat").read().rsplit(")", 1)[1].split()[0]  # gone (or a zombie)
+
+
 def test_a_mid_size_model_exports_to_every_format_within_the_memory_goal(tmp_path):
     """ResNet-18 (45 MB of weights) to every format in a child process whose resident memory, its converters'
     included, is watched and which is killed above issue 16's goal of 6x the weights + 2 GB (2.3 GB; measured
