@@ -72,9 +72,10 @@ def tree_rss_mb(pid):
                     parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    tree, total = {pid}, 0.0
-    for _ in range(8):  # descendants a few generations deep (the exporter's children, their helpers)
-        tree |= {p for p, parent in parents.items() if parent in tree}
+    tree, total, grown = {pid}, 0.0, True
+    while grown:  # children, their children, ...
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        tree, grown = tree | more, bool(more)
     for p in tree:
         try:
             with open(f"/proc/{p}/status") as f:

@@ -25,7 +25,7 @@ def run(what, function, *args, pure_python_protobuf=False):
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(send, function, args), daemon=True)
-    environment = {**SYSTEM_ALLOCATOR, **{k: v for k, v in os.environ.items() if k in SYSTEM_ALLOCATOR}}
+    environment = {key: os.environ.get(key, value) for key, value in SYSTEM_ALLOCATOR.items()}
     if pure_python_protobuf:
         environment["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
     saved = {k: os.environ.get(k) for k in environment}
