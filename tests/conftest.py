@@ -1,6 +1,8 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN's own pool keeps what a test freed; with the system allocator (as `cnnkit export` runs) it goes back
+os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 _USER_ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
 
 import keras_cnns  # noqa: E402,F401 - first, so TensorFlow starts as cnnkit sets it up (oneDNN on for training)
@@ -8,6 +10,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
+
+pytest_plugins = ["memory_guard"]  # each test's peak memory logged, and failed above the budget
 
 tf.constant(0)  # TensorFlow has read TF_ENABLE_ONEDNN_OPTS; subprocesses get cnnkit's own defaults, not ours
 if _USER_ONEDNN is None:
@@ -22,6 +26,19 @@ def _fresh_keras_session():
     np.random.seed(0)
     yield
     keras.backend.clear_session()
+    release_memory()
+
+
+def release_memory():
+    """What the test built goes back to the system, so that the next test's peak is its own (memory_guard)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def pytest_configure(config):

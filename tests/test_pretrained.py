@@ -25,6 +25,8 @@ from keras_cnns import pretrained
 from keras_cnns.errors import CnnkitError
 from keras_cnns.registry import list_models
 
+from conftest import release_memory
+
 apps = keras.applications
 
 # zoo model -> (Keras Applications builder, its own preprocess_input or None = in the graph, test input side)
@@ -117,10 +119,12 @@ def test_keras_applications_checkpoint_loads_layer_for_layer(name, tmp_path, flo
     _randomise_keras(reference, rng, preprocess(_images(10, side, 6)))
     path = str(tmp_path / pretrained.find_checkpoint(name, None, (side, side, 3)).filename)
     reference.save_weights(path)
-    model = keras_cnns.create_model(name, input_shape=(side, side, 3), weights=path, classifier_activation=None)
-    checkpoint = pretrained.find_checkpoint(name, None, (side, side, 3))
     x = _images(0, side)
     theirs = reference(preprocess(x.astype(np.float64)), training=False).numpy()
+    del reference  # one float64 model at a time (VGG: 1.1 GB each)
+    release_memory()
+    model = keras_cnns.create_model(name, input_shape=(side, side, 3), weights=path, classifier_activation=None)
+    checkpoint = pretrained.find_checkpoint(name, None, (side, side, 3))
     ours = model(_normalised(x, checkpoint.preprocessing), training=False).numpy()
     assert np.abs(ours - theirs).max() <= 1e-5 * max(1.0, np.abs(theirs).max())
     _assert_outputs_vary(theirs)
@@ -189,11 +193,13 @@ def test_torchvision_checkpoint_loads_layer_for_layer(name, tmp_path, float64):
 
     side = 224 if name.startswith("vgg") else 96 if name.startswith("squeezenet") else 64
     reference, path = _torch_reference(name, tmp_path, side)
-    model = keras_cnns.create_model(name, input_shape=(side, side, 3), weights=path, classifier_activation=None)
     x = _images(1, side)
     x = _normalised(x, pretrained.find_checkpoint(name).preprocessing)  # torchvision's own transforms: the same
     with torch.no_grad():
         theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    del reference  # one float64 model at a time
+    release_memory()
+    model = keras_cnns.create_model(name, input_shape=(side, side, 3), weights=path, classifier_activation=None)
     ours = model(x, training=False).numpy()
     assert np.abs(ours - theirs).max() <= 1e-4 * max(1.0, np.abs(theirs).max())
     _assert_outputs_vary(theirs)
