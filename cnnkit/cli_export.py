@@ -66,6 +66,12 @@ def _print_report(report):
               help="For a zoo model name SOURCE: its published ImageNet checkpoint (the default where one exists: "
                    "downloaded once, cached), none (untrained), or a checkpoint file (.h5 / .pth as published).")
 @click.option("--input-size", type=click.IntRange(min=1), help="Input side for a zoo model name SOURCE.")
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Class names (one a line, in output order) for a .keras/.h5 SOURCE that does not carry them "
+                   "(one saved by cnnkit train carries its run's).")
+@click.option("--preprocessing", metavar="torch|tf|caffe|unit|raw|JSON",
+              help="Normalisation for a .keras/.h5 SOURCE that does not carry it: a name, or "
+                   "'{\"scale\": S, \"mean\": [...], \"std\": [...]}' applied to pixels 0..255.")
 @click.option("--opset", type=click.IntRange(min=9), default=17, show_default=True, help="ONNX opset.")
 @click.option("--author", default="", help="Author field of the TFLite metadata.")
 @click.option("--license", "license_", default="", help="License field of the TFLite metadata.")
@@ -77,8 +83,8 @@ def _print_report(report):
                    "report, marked not published) instead of publishing nothing. Never without the SavedModel.")
 @json_option
 def export_command(source, output, saved_model, tflite_out, onnx_out, everything, quantize, prune, cluster,
-                   finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, opset, author,
-                   license_, max_megapixels, allow_failed_variants, as_json):
+                   finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, labels_file,
+                   preprocessing, opset, author, license_, max_megapixels, allow_failed_variants, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 
     \b
@@ -87,6 +93,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
       cnnkit export --tflite mobilenet                  MobileNet with its ImageNet weights, float32 TFLite
       cnnkit export --tflite resnet50 --weights none    the untrained graph
       cnnkit export runs/latest --all --name digits
+      cnnkit export runs/latest/best.keras --tflite      a model file carries its run's labels and preprocessing
+      cnnkit export model.keras --labels labels.txt --preprocessing torch   a Keras file from elsewhere
       cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat
     """
     import_tensorflow(export=True)
@@ -100,7 +108,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
                                   name=name, version=version, weights=weights, input_size=input_size, opset=opset,
                                   prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
                                   author=author, license=license_, max_megapixels=max_megapixels,
-                                  allow_failed_variants=allow_failed_variants)
+                                  allow_failed_variants=allow_failed_variants, labels=labels_file,
+                                  preprocessing=preprocessing)
     except ExportFailed as err:  # every row, then the reason; exit 1 as validate does
         click.echo(json.dumps(err.report)) if as_json else _print_report(err.report)
         click.echo(f"cnnkit: error: {err} (--allow-failed-variants publishes the rest)", err=True)

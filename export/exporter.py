@@ -16,6 +16,7 @@ failing version, and earlier versions are never touched.
 """
 import errno
 import functools
+import io
 import logging
 import os
 import shutil
@@ -51,6 +52,12 @@ LUMA = (0.299, 0.587, 0.114)
 #: MediaPipe Tasks must agree with LiteRT on the top-1 class of this share of (up to this many) images
 MEDIAPIPE_AGREEMENT = 0.99
 MEDIAPIPE_IMAGES = 200
+#: full-size photos on which MediaPipe Tasks (resizing them itself) must agree with the served SavedModel
+FULL_SIZE_PHOTOS = 60
+#: how many times the input side a full-size photo is (each side drawn apart: the photos are not square)
+FULL_SIZE_FACTORS = (4, 10)
+#: no side above this many pixels (a 224-input model's photos stay phone-sized, and the check quick)
+FULL_SIZE_MAX_SIDE = 1600
 
 
 def next_version(base):
@@ -146,7 +153,7 @@ def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="n
 def export(source, output="exports", formats=("saved_model",), calibration_data=None, name=None, version=None,
            weights=None, input_size=None, opset=onnx_format.DEFAULT_OPSET, data_spec=None, prune=None, cluster=None,
            finetune_epochs=4, int8_io="uint8", author="", license="", max_megapixels=savedmodel.MAX_MEGAPIXELS,
-           allow_failed_variants=False):
+           allow_failed_variants=False, labels=None, preprocessing=None):
     """Export SOURCE (run directory, zoo name, .keras/.h5 file or cnnkit export) into ``output/NAME/VERSION``;
     returns (version directory, report dict).
 
@@ -158,14 +165,15 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
 
     Every artifact must pass the parity report or nothing is published (``ExportFailed`` carries the report);
     ``allow_failed_variants``: publish without the artifacts out of tolerance (never without the SavedModel),
-    which stay in the report marked ``published: false``.
+    which stay in the report marked ``published: false``. ``labels`` (a file) and ``preprocessing`` give a
+    .keras/.h5 SOURCE the class names and normalisation it does not carry (export.source.load_source).
 
     Each converter runs in a spawned child process (export/child.py), so a script that calls this needs the
     usual ``if __name__ == "__main__":`` guard.
     """
     if not max_megapixels > 0:
         raise CnnkitError(f"--max-megapixels must be > 0, got {max_megapixels}")
-    src = load_source(source, weights=weights, input_size=input_size)
+    src = load_source(source, weights=weights, input_size=input_size, labels=labels, preprocessing=preprocessing)
     src.author, src.license, src.max_megapixels = author, license, float(max_megapixels)
     name = name or src.name
     base = os.path.join(output, name)
@@ -333,7 +341,7 @@ def _build(src, tmp, formats, images, labels, representative, opset, name, versi
         # every graph a converter needs is written first; then the Keras models are released
         savedmodel.save(src, tmp, labels_file)
         os.makedirs(os.path.join(tmp, "keras"))
-        save_model_atomic(src.model, os.path.join(tmp, "keras", "model.keras"))
+        save_model_atomic(src.model, os.path.join(tmp, "keras", "model.keras"), src.contract())
         mobile = tmp  # the graph TFLite files come from: RGB input for a grayscale model
         if gray and any(f.startswith("tflite") for f in formats):
             mobile = savedmodel.save(dataclasses.replace(src, model=rgb_input(src.model)),
@@ -412,12 +420,18 @@ def _measured_kernels(fmt, path):
 
 
 def _mediapipe_text(check):
-    if not check or check["ok"]:
+    if not check:
         return ""
     if not check["loads"]:
-        return f"; {check['error']}"
-    return (f"; MediaPipe Tasks agrees with LiteRT on {check['top1_agreement']:.1%} of {check['images']} images "
-            f"(needs {MEDIAPIPE_AGREEMENT:.0%}), category names {', '.join(check['names']) or 'none'}")
+        return "" if check["ok"] else f"; {check['error']}"
+    text = "" if check["ok"] else (
+        f"; MediaPipe Tasks agrees with LiteRT on {check['top1_agreement']:.1%} of {check['images']} images "
+        f"(needs {MEDIAPIPE_AGREEMENT:.0%}), category names {', '.join(check['names']) or 'none'}")
+    full = check.get("full_size")
+    if full and not full["ok"]:
+        text += (f"; on {full['photos']} full-size photos MediaPipe Tasks agrees with {full['against']} on "
+                 f"{full['top1_agreement']:.1%} (needs {MEDIAPIPE_AGREEMENT:.0%}): the decode or resize differs")
+    return text
 
 
 def mediapipe_check(path, litert_outputs, images, int8_io=False, count=MEDIAPIPE_IMAGES):
@@ -438,14 +452,70 @@ def mediapipe_check(path, litert_outputs, images, int8_io=False, count=MEDIAPIPE
             else "")}
     got = runner(images).argmax(axis=1)
     runner.close()
-    # agreement: MediaPipe's class is LiteRT's top-1, or tied with it within the float tolerance (an untrained
-    # model's near-uniform probabilities leave ties that rounding in either runtime may break either way)
-    agreement = float((np.take_along_axis(want, got[:, None], 1)[:, 0] >= want.max(axis=1) - parity.FLOAT_TOLERANCE)
-                      .mean())
+    agreement = _agreement(want, got)
     names = sorted(runner.names)
     return {"loads": True, "images": int(len(images)), "top1_agreement": agreement, "names": names[:20],
             "ok": agreement >= MEDIAPIPE_AGREEMENT and set(names) <= set(runner.labels) and bool(names),
             "error": None}
+
+
+def full_size_photos(images, count=FULL_SIZE_PHOTOS, seed=0):
+    """Encoded photos 4-10x larger than the input on each side, the two sides scaled apart (non-square),
+    made from ``images`` (the evaluation images: what the model knows) with grain (fine texture, which a resize
+    other than the contract renders otherwise), PNG and
+    JPEG in turn: what a user sends, which every runtime must shrink to the input by the resize contract."""
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    photos = []
+    images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    for i in range(count):  # fewer evaluation images than photos: each is used again, at other sizes
+        image = images[i % len(images)]
+        h, w, c = image.shape
+        fy, fx = rng.uniform(*FULL_SIZE_FACTORS, 2)
+        size = (min(FULL_SIZE_MAX_SIDE, max(w * 4, int(w * fx))), min(FULL_SIZE_MAX_SIDE, max(h * 4, int(h * fy))))
+        big = np.asarray(Image.fromarray(image[..., 0] if c == 1 else image).resize(size, Image.BICUBIC), np.float32)
+        big = np.clip(np.round(big + rng.normal(0, 24, big.shape)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(big).save(buffer, **({"format": "PNG"} if len(photos) % 2 else {"format": "JPEG", "quality": 95}))
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def _served_on_photos(export_dir, photos, shape):
+    """(pixels, probabilities) of the served SavedModel on photos: its ``serving_bytes`` signature decodes and
+    resizes them in its graph; the pixels are the same decode and resize (keras_cnns.imaging), for other runtimes."""
+    import tensorflow as tf
+
+    from keras_cnns.imaging import decode, resize
+
+    serve = tf.saved_model.load(export_dir).signatures["serving_bytes"]
+    served = np.concatenate([serve(image_bytes=tf.constant(photos[i:i + 8]))["probabilities"].numpy()
+                             for i in range(0, len(photos), 8)])
+    return np.stack([resize(decode(p, shape[-1]), shape[:2]).numpy() for p in photos]), served
+
+
+def _agreement(reference, got_top1, tolerance=parity.FLOAT_TOLERANCE):
+    """Share of images whose class ``got_top1`` is the reference's top-1 or tied with it within ``tolerance`` (an
+    untrained model's near-uniform probabilities leave ties that rounding in either runtime may break)."""
+    return float((np.take_along_axis(reference, got_top1[:, None], 1)[:, 0] >= reference.max(axis=1) - tolerance)
+                 .mean())
+
+
+def mediapipe_full_size(path, photos, reference, against):
+    """MediaPipe Tasks on full-size photos (decoded as an app decodes them, resized by MediaPipe) against
+    ``reference``, the probabilities ``against`` gave on the same files: {"photos", "top1_agreement",
+    "against", "ok"}."""
+    from PIL import Image
+
+    runner = tflite.MediaPipeRunner(path)
+    try:
+        got = np.stack([runner.scores(np.asarray(Image.open(io.BytesIO(p)).convert("RGB"))) for p in photos])
+    finally:
+        runner.close()
+    agreement = _agreement(reference, got.argmax(axis=1))
+    return {"photos": len(photos), "top1_agreement": agreement, "against": against,
+            "ok": agreement >= MEDIAPIPE_AGREEMENT}
 
 
 def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_failure=False):
@@ -471,11 +541,25 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     extras = {a["artifact"]: {k: v for k, v in a.items() if k not in ("artifact", "kind", "path")}
               for a in meta["artifacts"]}
 
+    full_size = {}  # the photos and the SavedModel's answers, made for the first TFLite row that needs them
+
     def check(row, path, outputs):
         row.update(extras.get(row["artifact"], {}))
         if row["kind"].startswith("tflite"):  # the phone's runtime, next to LiteRT's answers
             row["mediapipe"] = mediapipe_check(path, outputs, images, bool(row.get("int8_io")))
             row["ok"] = row["ok"] and row["mediapipe"]["ok"]
+            if row["mediapipe"]["loads"]:  # and on full-size photos, against what the server answers
+                if not full_size:
+                    full_size["photos"] = full_size_photos(images)
+                    full_size["pixels"], full_size["served"] = _served_on_photos(export_dir, full_size["photos"],
+                                                                                 images.shape[1:])
+                if parity.tolerance_of(row["kind"])[0] == "max_abs_diff":  # a float file: the server's answers
+                    reference, against = full_size["served"], "the served SavedModel"
+                else:  # a quantized or compressed file differs from the float model on its own (its row says by
+                    # how much): the same file in LiteRT, on the photos as the server decodes and resizes them
+                    reference, against = runner_for(row["kind"], path)(full_size["pixels"]), "LiteRT (server's resize)"
+                row["mediapipe"]["full_size"] = mediapipe_full_size(path, full_size["photos"], reference, against)
+                row["ok"] = row["ok"] and row["mediapipe"]["full_size"]["ok"]
 
     artifacts = [(a["artifact"], a["kind"], os.path.join(export_dir, a["path"]),
                   functools.partial(runner_for, a["kind"], os.path.join(export_dir, a["path"])))

@@ -128,7 +128,10 @@ def _mediapipe(check):
     if not check["loads"]:
         return "refused: " + check["error"].split(": ", 1)[-1]
     names = ", ".join(check["names"][:5]) + (" ..." if len(check["names"]) > 5 else "")
-    return f"{check['top1_agreement']:.1%} of {check['images']} agree with LiteRT; {names}"
+    full = check.get("full_size")
+    full = f"; full-size photos: {full['top1_agreement']:.1%} of {full['photos']} agree with {full['against']}" \
+        if full else ""
+    return f"{check['top1_agreement']:.1%} of {check['images']} agree with LiteRT{full}; {names}"
 
 
 def markdown(rows, title):

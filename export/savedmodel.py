@@ -6,7 +6,8 @@ Signatures (all take pixel values 0..255 and normalise inside the graph):
   ``scores``, ``top_classes`` and ``top_labels`` (the top k), ``labels`` (strings of ``classes``);
 - ``serving_uint8``: the same for uint8 images;
 - ``serving_bytes``: ``image_bytes`` tf.string [batch] of encoded JPEG/PNG/GIF/BMP, decoded and
-  resized in the graph - what a TF Serving REST client sends as ``{"b64": ...}``;
+  resized in the graph by the image contract (``keras_cnns.imaging``: what a phone app with MediaPipe Tasks does) -
+  what a TF Serving REST client sends as ``{"b64": ...}``;
 - ``classify``: a classification signature (method ``tensorflow/serving/classify``) for TF Serving's
   Classify API and REST ``:classify``: ``inputs``, serialized ``tf.train.Example`` s with the encoded
   image in feature ``image/encoded`` -> ``classes`` (top-k label strings) and ``scores``;
@@ -131,6 +132,8 @@ def build_module(source):
     import tensorflow as tf
 
     from export.fold import fold_batch_norms, use_native_grouped_convolutions
+    from keras_cnns.imaging import decode as decode_image
+    from keras_cnns.imaging import resize
 
     h, w, c = source.input_shape
     k = min(TOP_K, len(source.labels))
@@ -169,9 +172,8 @@ def build_module(source):
         def _decode(self, image_bytes):
             def decode(data):
                 with tf.control_dependencies([check_pixel_budget(data, budget)]):
-                    image = tf.io.decode_image(data, channels=c, expand_animations=False)
-                image.set_shape([None, None, c])
-                return tf.image.resize(tf.cast(image, tf.float32), (h, w), antialias=True)
+                    image = decode_image(data, c)
+                return resize(image, (h, w))  # as a phone app and MediaPipe Tasks do: keras_cnns.imaging
 
             return tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([h, w, c], tf.float32))
 

@@ -1,6 +1,7 @@
 """What an export starts from: a run directory, a zoo model name, a saved tf_keras model file, or an
 earlier cnnkit export (to add formats to it as a new version)."""
 import dataclasses
+import json
 import logging
 import os
 
@@ -41,6 +42,15 @@ class ExportSource:
             return self.released_shape
         return tuple(int(d) for d in self.model.inputs[0].shape[1:])
 
+    def contract(self):
+        """What the export's own ``keras/model.keras`` carries (keras_cnns.training.runs.model_contract)."""
+        from keras_cnns.imaging import RULE
+
+        return {"cnnkit_contract": 1, "model": self.name, "labels": self.labels, "preprocessing": self.preprocessing,
+                "input_shape": list(self.input_shape), "image": RULE,
+                "data": {"spec": self.data_spec, "val_split": self.val_split, "test_split": self.test_split},
+                "run": self.origin}
+
     def release_model(self):
         """Drop the Keras model once every graph made from it is on disk; ``input_shape`` still answers."""
         self.released_shape, self.model = self.input_shape, None
@@ -53,12 +63,53 @@ def default_preprocessing(channels):
     return {"scale": 1.0 / 255.0, "mean": [0.5] * channels, "std": [0.5] * channels}
 
 
-def load_source(source, weights=None, input_size=None, num_classes=None):
-    """Resolve SOURCE: run directory, zoo model name (``weights`` optional), or .keras/.h5 file."""
+PREPROCESSING_HELP = ("--preprocessing torch|tf|caffe|unit|raw or a JSON object {\"scale\": S, \"mean\": [...], "
+                      "\"std\": [...]} (pixels 0..255 -> (pixel * scale - mean) / std)")
+
+
+def parse_preprocessing(text, channels=3):
+    """``--preprocessing``: a named normalisation (torch = ImageNet mean/std, tf = [-1, 1], caffe = BGR-free
+    ImageNet means on 0..255, unit = [0, 1], raw = the pixels as they are) or a JSON object."""
+    from keras_cnns.pretrained import PREPROCESSING
+
+    named = {**PREPROCESSING, "imagenet": PREPROCESSING["torch"],
+             "unit": {"scale": 1.0 / 255.0, "mean": [0.0] * channels, "std": [1.0] * channels},
+             "raw": {"scale": 1.0, "mean": [0.0] * channels, "std": [1.0] * channels}}
+    if text in named:
+        return named[text]
+    try:
+        value = json.loads(text)
+        value = {"scale": float(value.get("scale", 1.0)), "mean": [float(m) for m in value["mean"]],
+                 "std": [float(d) for d in value["std"]]}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise CnnkitError(f"cannot read --preprocessing {text!r}: {PREPROCESSING_HELP}") from None
+    if len(value["mean"]) != channels or len(value["std"]) != channels or not all(d > 0 for d in value["std"]):
+        raise CnnkitError(f"--preprocessing needs {channels} means and {channels} positive stds, got {text}")
+    return value
+
+
+def _read_labels_file(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as err:
+        raise CnnkitError(f"cannot read --labels {path}: {err.strerror}") from None
+
+
+def load_source(source, weights=None, input_size=None, num_classes=None, labels=None, preprocessing=None):
+    """Resolve SOURCE: run directory, zoo model name (``weights`` optional), or .keras/.h5 file.
+
+    A model file exports with the contract it carries (or its run folder's: ``runs.read_model_contract``);
+    ``labels`` (a file, one class name a line) and ``preprocessing`` (``parse_preprocessing``) give or
+    replace it. A file with neither is refused: its class names and normalisation are never guessed."""
     import keras_cnns
     from keras_cnns.training import runs
 
+    given = [option for option, value in (("--weights", weights), ("--input-size", input_size)) if value]
     if os.path.isdir(source):
+        if given:
+            raise CnnkitError(f"{' and '.join(given)} go with a zoo model name; {source} has its own weights and "
+                              "input size")
         if os.path.exists(os.path.join(source, "saved_model.pb")):
             return _from_export(source)
         run_dir = runs.resolve_run_dir(source)
@@ -69,10 +120,10 @@ def load_source(source, weights=None, input_size=None, num_classes=None):
                             preprocessing=config["preprocessing"], origin=run_dir, data_spec=data["spec"],
                             val_split=data["val_split"], test_split=data["test_split"])
     if source.endswith((".keras", ".h5")):
-        if weights:
-            raise CnnkitError("--weights goes with a zoo model name; a .keras/.h5 model file has its weights")
-        model = keras_cnns.inference_model(runs.load_model_file(source))
-        name = os.path.splitext(os.path.basename(source))[0]
+        if given:
+            raise CnnkitError(f"{' and '.join(given)} go with a zoo model name; a .keras/.h5 model file has its "
+                              "own weights and input size")
+        return _from_model_file(source, labels, preprocessing)
     else:
         try:
             info = keras_cnns.get_model_info(source)
@@ -82,10 +133,35 @@ def load_source(source, weights=None, input_size=None, num_classes=None):
             raise
         shape = (input_size, input_size, info.input_shape[2]) if input_size else None
         return zoo_source(info.name, weights, shape, num_classes)
-    classes = int(model.outputs[0].shape[-1])
-    channels = int(model.inputs[0].shape[-1])
-    return ExportSource(model=model, name=name, labels=[f"class_{i}" for i in range(classes)],
-                        preprocessing=default_preprocessing(channels), origin=os.path.abspath(source))
+
+
+def _from_model_file(path, labels=None, preprocessing=None):
+    """A .keras/.h5 file: its model, with the contract it carries (or its run folder's), ``labels`` and
+    ``preprocessing`` replacing or supplying its parts."""
+    import keras_cnns
+    from keras_cnns.training import runs
+
+    contract = runs.read_model_contract(path) if os.path.exists(path) else None
+    model = keras_cnns.inference_model(runs.load_model_file(path))
+    classes, channels = int(model.outputs[0].shape[-1]), int(model.inputs[0].shape[-1])
+    contract = dict(contract or {})
+    if labels:
+        contract["labels"] = _read_labels_file(labels)
+    if preprocessing:
+        contract["preprocessing"] = parse_preprocessing(preprocessing, channels)
+    missing = [option for option, key in (("--labels FILE", "labels"), ("--preprocessing", "preprocessing"))
+               if key not in contract]
+    if missing:
+        raise CnnkitError(f"{path} carries no class names or preprocessing (not saved by cnnkit train, and no run "
+                          f"folder beside it): pass {' and '.join(missing)} (labels: one class name a line, in output "
+                          f"order; {PREPROCESSING_HELP})")
+    if len(contract["labels"]) != classes:
+        raise CnnkitError(f"{path} has {classes} outputs but {len(contract['labels'])} class names were given")
+    data = contract.get("data") or {}
+    return ExportSource(model=model, name=contract.get("model") or os.path.splitext(os.path.basename(path))[0],
+                        labels=contract["labels"], preprocessing=contract["preprocessing"],
+                        origin=os.path.abspath(path), data_spec=data.get("spec"),
+                        val_split=data.get("val_split", 0.15), test_split=data.get("test_split", 0.15))
 
 
 def zoo_source(name, weights=None, input_shape=None, num_classes=None):

@@ -337,9 +337,12 @@ class LocalModel:
         return None
 
     def _pixels(self, image):
-        """Decode and resize like the SavedModel's ``serving_bytes`` does (antialiased bilinear)."""
+        """Decode and resize like the SavedModel's ``serving_bytes`` and MediaPipe Tasks do (keras_cnns.imaging)."""
+        from keras_cnns.imaging import resize_numpy
+
         h, w, c = self.input_shape
-        return _decode(image, "L" if c == 1 else "RGB", (w, h)).astype(np.float32).reshape(h, w, c)
+        pixels = _decode(image, "L" if c == 1 else "RGB")
+        return resize_numpy(pixels.reshape(pixels.shape[:2] + (c,)), (h, w))
 
     def close(self):
         """Free a MediaPipe classifier now (its own ``__del__`` fails once the interpreter shuts down)."""
@@ -367,16 +370,13 @@ class LocalModel:
                             np.take_along_axis(probabilities, top, axis=1), top_k, self.kind)
 
 
-def _decode(data, mode, size=None):
-    """Encoded image bytes -> uint8 array in PIL ``mode``, resized to ``size`` (w, h) when given."""
+def _decode(data, mode):
+    """Encoded image bytes -> uint8 array in PIL ``mode``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert(mode)
-            if size and img.size != size:
-                img = img.resize(size, Image.BILINEAR)
-            return np.asarray(img)
+            return np.asarray(img.convert(mode))
     except UnidentifiedImageError:
         raise InvalidInput(f"not a readable image: {len(data)} bytes in no image format Pillow knows") from None
     except OSError as err:

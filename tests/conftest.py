@@ -45,17 +45,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a longer training run (still part of the CI suite)")
 
 
-def write_photos(root, per_class=90, size=48, seed=1):
-    """A small folder of PNG and JPEG photos in 3 classes: coloured discs, bars and crosses on noisy backgrounds."""
+def write_photos(root, per_class=90, size=48, seed=1, sizes=None, noise=12):
+    """A small folder of PNG and JPEG photos in 3 classes: coloured discs, bars and crosses on noisy backgrounds.
+    ``sizes``: (low, high) to draw each photo's height and width from apart (full-size, non-square photos);
+    ``noise``: the grain's standard deviation (fine texture, which shrinking a full-size photo may alias)."""
     from PIL import Image
 
     rng = np.random.RandomState(seed)
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5
     for name in ("disc", "bar", "cross"):
         os.makedirs(os.path.join(root, name), exist_ok=True)
         for i in range(per_class):
-            r = rng.uniform(0.2, 0.35) * size
-            cx, cy = rng.uniform(r, size - r, 2)
+            height, width = rng.randint(*sizes, 2) if sizes else (size, size)
+            yy, xx = np.mgrid[0:height, 0:width] + 0.5
+            r = rng.uniform(0.2, 0.35) * min(height, width)
+            cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
             u, v = (xx - cx, yy - cy) if rng.randint(2) else (yy - cy, xx - cx)  # horizontal or vertical
             if name == "disc":
                 mask = u ** 2 + v ** 2 <= r ** 2
@@ -64,7 +67,7 @@ def write_photos(root, per_class=90, size=48, seed=1):
             else:
                 mask = ((np.abs(u) <= r) & (np.abs(v) <= r * 0.22)) | ((np.abs(v) <= r) & (np.abs(u) <= r * 0.22))
             image = np.where(mask[..., None], rng.uniform(130, 255, 3), rng.uniform(0, 110, 3))
-            image = image + rng.normal(0, 12, (size, size, 3))
+            image = image + rng.normal(0, noise, (height, width, 3))
             ext = "jpg" if i % 3 == 0 else "png"
             Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(os.path.join(root, name, f"{i:03d}.{ext}"))
     return str(root)

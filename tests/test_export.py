@@ -668,3 +668,73 @@ def test_int8_model_with_int8_input_and_output(trained, tmp_path):
     runner = tflite.Runner(os.path.join(path, "tflite", "model_int8.tflite"))
     assert runner.input["dtype"] == np.int8 and runner.output["dtype"] == np.int8
     assert report["ok"]
+
+
+# --- a model file carries its own contract --------------------------------------------------------------
+
+def _cnnkit(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+def test_a_model_file_exports_as_its_run_wherever_it_is_copied(tmp_path, photos):
+    """runs/X, runs/X/best.keras and a copy of best.keras elsewhere give the same labels, preprocessing, data
+    and predictions (before, the file exported with class_0.. and ImageNet's mean/std: 0 of 60 agreed)."""
+    import shutil
+
+    from export import savedmodel
+
+    run = train(TrainConfig(model="lenet5", data=photos, input_size=32, epochs=3, output=str(tmp_path / "run")))
+    os.makedirs(tmp_path / "elsewhere")
+    shutil.copy(os.path.join(run.run_dir, "best.keras"), tmp_path / "elsewhere" / "model.keras")
+    metas, outputs = [], []
+    data = load_data(photos, (32, 32, 1), val_split=0.15, test_split=0.15)
+    for i, source in enumerate((run.run_dir, os.path.join(run.run_dir, "best.keras"),
+                                str(tmp_path / "elsewhere" / "model.keras"))):
+        path, report = run_export(source, output=str(tmp_path / f"e{i}"))
+        assert report["ok"] and report["labelled"]  # the run's held-out photos, with their labels
+        metas.append(json.load(open(os.path.join(path, "export.json"))))
+        outputs.append(savedmodel.load_probabilities(path)(data.test.x.astype(np.float32)))
+    for meta in metas:
+        assert meta["labels"] == ["bar", "cross", "disc"] and meta["name"] == "lenet5"
+        assert meta["preprocessing"] == metas[0]["preprocessing"] != {"scale": 1 / 255, "mean": [0.5], "std": [0.5]}
+        assert meta["data"] == photos
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out.argmax(1), outputs[0].argmax(1))
+        np.testing.assert_allclose(out, outputs[0], atol=1e-6)
+    # the export's own Keras file carries the contract too: exported again from a copy, the same export
+    shutil.copy(os.path.join(path, "keras", "model.keras"), tmp_path / "again.keras")
+    again, _ = run_export(str(tmp_path / "again.keras"), output=str(tmp_path / "e3"))
+    assert json.load(open(os.path.join(again, "export.json")))["labels"] == metas[0]["labels"]
+
+
+def test_a_keras_file_from_elsewhere_needs_labels_and_preprocessing(tmp_path):
+    import tf_keras as keras
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2, "softmax")])
+    model.save(tmp_path / "foreign.keras")
+    out = _cnnkit("export", str(tmp_path / "foreign.keras"), "--output", str(tmp_path / "e"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("cnnkit: error")]
+    assert "carries no class names or preprocessing" in line and "--labels FILE and --preprocessing" in line
+    assert not os.path.exists(tmp_path / "e" / "foreign")  # nothing left behind
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    out = _cnnkit("export", str(tmp_path / "foreign.keras"), "--labels", str(tmp_path / "labels.txt"),
+                  "--preprocessing", "tf", "--output", str(tmp_path / "e"), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    meta = json.load(open(tmp_path / "e" / "foreign" / "1" / "export.json"))
+    assert meta["labels"] == ["cat", "dog"] and meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    with pytest.raises(CnnkitError, match="has 2 outputs but 3 class names"):
+        run_export(str(tmp_path / "foreign.keras"), output=str(tmp_path / "e"), labels=str(tmp_path / "three.txt"),
+                   preprocessing="tf")
+    with pytest.raises(CnnkitError, match="cannot read --preprocessing"):
+        run_export(str(tmp_path / "foreign.keras"), output=str(tmp_path / "e"), labels=str(tmp_path / "labels.txt"),
+                   preprocessing="{bad")
+
+
+def test_weights_and_input_size_with_a_run_or_file_are_refused(trained):
+    for source in (trained["run"], os.path.join(trained["run"], "best.keras")):
+        for option in (("--weights", "imagenet"), ("--input-size", "64")):
+            out = _cnnkit("export", source, *option)
+            assert out.returncode == 2 and f"{option[0]}" in out.stderr and "zoo model name" in out.stderr

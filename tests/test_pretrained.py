@@ -97,14 +97,24 @@ def _assert_outputs_vary(out):
 
 
 @pytest.fixture
-def float64():
+def float64(request):
     """Both sides in float64: round-off (which a sensitive 150-layer network amplifies past 1e-5 in float32)
-    then stays near 1e-12, so any difference within the tolerance is a mapping error, not noise."""
+    then stays near 1e-12, so any difference within the tolerance is a mapping error, not noise. Gives the
+    float type the test runs in. VGG stays float32, at a 1e-4 tolerance: its 133-144M parameters in float64 on
+    both sides took a test process to 6 GB, and 11-19 layers keep float32 round-off near 1e-6."""
+    call = getattr(request.node, "callspec", None)
+    if call and str(call.params.get("name", "")).startswith("vgg"):
+        yield np.float32
+        return
     keras.mixed_precision.set_global_policy("float64")
     keras.backend.set_floatx("float64")  # the Input layers too
-    yield
+    yield np.float64
     keras.backend.set_floatx("float32")
     keras.mixed_precision.set_global_policy("float32")
+
+
+def _tolerance(dtype):
+    return 1e-5 if dtype == np.float64 else 1e-4
 
 
 @pytest.mark.parametrize("name", sorted(KERAS_REFERENCES))
@@ -120,13 +130,13 @@ def test_keras_applications_checkpoint_loads_layer_for_layer(name, tmp_path, flo
     path = str(tmp_path / pretrained.find_checkpoint(name, None, (side, side, 3)).filename)
     reference.save_weights(path)
     x = _images(0, side)
-    theirs = reference(preprocess(x.astype(np.float64)), training=False).numpy()
-    del reference  # one float64 model at a time (VGG: 1.1 GB each)
+    theirs = reference(preprocess(x.astype(float64)), training=False).numpy()
+    del reference  # one model at a time
     release_memory()
     model = keras_cnns.create_model(name, input_shape=(side, side, 3), weights=path, classifier_activation=None)
     checkpoint = pretrained.find_checkpoint(name, None, (side, side, 3))
-    ours = model(_normalised(x, checkpoint.preprocessing), training=False).numpy()
-    assert np.abs(ours - theirs).max() <= 1e-5 * max(1.0, np.abs(theirs).max())
+    ours = model(_normalised(x, checkpoint.preprocessing).astype(float64), training=False).numpy()
+    assert np.abs(ours - theirs).max() <= _tolerance(float64) * max(1.0, np.abs(theirs).max())
     _assert_outputs_vary(theirs)
 
 
@@ -163,14 +173,14 @@ def import_torchvision():
     return torchvision
 
 
-def _torch_reference(name, tmp_path, side=64):
+def _torch_reference(name, tmp_path, side=64, dtype=np.float64):
     """torchvision's model with random scales and shifts and batch-norm statistics measured on random images
     (see _randomise_keras), saved as torchvision saves its checkpoints: the state dict."""
     import torch
 
     torch.manual_seed(0)
-    reference = getattr(import_torchvision().models, name)(weights=None).double()
-    calibration = _normalised(_images(10, side, 6), pretrained.TORCH).transpose(0, 3, 1, 2).copy()
+    reference = getattr(import_torchvision().models, name)(weights=None).to(torch.float64 if dtype == np.float64 else torch.float32)
+    calibration = _normalised(_images(10, side, 6), pretrained.TORCH).transpose(0, 3, 1, 2).astype(dtype)
     with torch.no_grad():
         for module in reference.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -192,12 +202,12 @@ def test_torchvision_checkpoint_loads_layer_for_layer(name, tmp_path, float64):
     import torch
 
     side = 224 if name.startswith("vgg") else 96 if name.startswith("squeezenet") else 64
-    reference, path = _torch_reference(name, tmp_path, side)
+    reference, path = _torch_reference(name, tmp_path, side, float64)
     x = _images(1, side)
-    x = _normalised(x, pretrained.find_checkpoint(name).preprocessing)  # torchvision's own transforms: the same
+    x = _normalised(x, pretrained.find_checkpoint(name).preprocessing).astype(float64)  # torchvision's transforms
     with torch.no_grad():
         theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    del reference  # one float64 model at a time
+    del reference  # one model at a time
     release_memory()
     model = keras_cnns.create_model(name, input_shape=(side, side, 3), weights=path, classifier_activation=None)
     ours = model(x, training=False).numpy()

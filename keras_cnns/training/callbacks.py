@@ -11,7 +11,7 @@ import time
 
 import tf_keras as keras
 
-from keras_cnns.training.runs import save_model_atomic, write_atomic
+from keras_cnns.training.runs import model_contract, save_model_atomic, write_atomic
 from keras_cnns.training.schedules import learning_rate_at
 
 log = logging.getLogger(__name__)
@@ -138,11 +138,12 @@ class RunRecorder(keras.callbacks.Callback):
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
         lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in self.rows]
         write_atomic(self.path, "\n".join(lines) + "\n")
-        save_model_atomic(self.save_model, os.path.join(self.run_dir, "last.keras"))
+        contract = model_contract(self.run_dir)  # inside every checkpoint: a copied file exports as its run
+        save_model_atomic(self.save_model, os.path.join(self.run_dir, "last.keras"), contract)
         self.session_epochs += 1
         if self._better(values.get(self.monitor), values.get(self.tie_break)):
             self.best, self.best_loss, self.best_epoch = values[self.monitor], values.get(self.tie_break), epoch
-            save_model_atomic(self.save_model, os.path.join(self.run_dir, "best.keras"))
+            save_model_atomic(self.save_model, os.path.join(self.run_dir, "best.keras"), contract)
 
 
 def _fmt(value):
@@ -164,4 +165,5 @@ class SnapshotSaver(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch in self.epochs:
             os.makedirs(self.folder, exist_ok=True)
-            save_model_atomic(self.save_model, os.path.join(self.folder, f"epoch{epoch + 1:03d}.keras"))
+            save_model_atomic(self.save_model, os.path.join(self.folder, f"epoch{epoch + 1:03d}.keras"),
+                              model_contract(os.path.dirname(self.folder)))

@@ -223,8 +223,10 @@ def _scan_directory(root):
 
 
 def resize_images(images, size, channels, batch=512):
-    """uint8 (N, H, W[, C]) -> uint8 (N, size, size, channels): bilinear with antialiasing."""
+    """uint8 (N, H, W[, C]) -> uint8 (N, size, size, channels), resized by the contract (keras_cnns.imaging)."""
     import tensorflow as tf
+
+    from keras_cnns.imaging import resize
 
     if images.ndim == 3:
         images = images[..., None]
@@ -233,8 +235,8 @@ def resize_images(images, size, channels, batch=512):
         chunk = tf.convert_to_tensor(images[start:start + batch])
         chunk = _convert_channels(chunk, channels)
         if chunk.shape[1:3] != (size, size):
-            chunk = tf.image.resize(tf.cast(chunk, tf.float32), (size, size), antialias=True)
-        out[start:start + batch] = tf.cast(tf.clip_by_value(tf.round(tf.cast(chunk, tf.float32)), 0, 255), tf.uint8)
+            chunk = resize(chunk, (size, size))
+        out[start:start + batch] = tf.cast(chunk, tf.uint8)
     return out
 
 
@@ -252,13 +254,13 @@ def _convert_channels(image, channels):
 
 
 def decode_file(path, size, channels):
-    """tf op: an image file -> uint8 (size, size, channels). Raises at run time if it is not an image."""
+    """tf op: an image file -> uint8 (size, size, channels), resized by the contract (keras_cnns.imaging).
+    Raises at run time if it is not an image."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-    image.set_shape([None, None, channels])
-    image = tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    from keras_cnns.imaging import decode, resize
+
+    return tf.cast(resize(decode(tf.io.read_file(path), channels), (size, size)), tf.uint8)
 
 
 def _decode_directory(paths, size, channels, keep_pixels):

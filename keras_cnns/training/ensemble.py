@@ -92,7 +92,7 @@ def ensemble_runs(run_dirs, output=None):
         "data": first["data"], "preprocessing": first["preprocessing"], "versions": first.get("versions"),
     })
     runs.write_labels(out, labels[0])
-    runs.save_model_atomic(model, os.path.join(out, "best.keras"))
+    runs.save_model_atomic(model, os.path.join(out, "best.keras"), runs.model_contract(out))
     data = _own_data(out, model)
     metrics = evaluate_run(out, model=model, data=data)
     metrics["member_accuracy"] = [evaluate_run(out, model=m, confusion_png=False, data=data)["accuracy"]

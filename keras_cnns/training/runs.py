@@ -41,12 +41,22 @@ def write_atomic(path, data):
     return path
 
 
-def save_model_atomic(model, path):
-    """``model.save(path)`` through a temporary sibling and a rename (Keras needs the .keras suffix)."""
+#: the entry of a ``.keras`` file (a zip archive) that holds its contract (see ``model_contract``)
+CONTRACT_ENTRY = "cnnkit.json"
+
+
+def save_model_atomic(model, path, contract=None):
+    """``model.save(path)`` through a temporary sibling and a rename (Keras needs the .keras suffix), with
+    ``contract`` (see ``model_contract``) inside the file: Keras reads its own entries and ignores this one."""
+    import zipfile
+
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}.keras")
     try:
         model.save(tmp)
+        if contract is not None:
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(CONTRACT_ENTRY, json.dumps(contract, indent=2, default=_jsonable))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -154,3 +164,35 @@ def load_run_model(run_dir, which="best"):
         if os.path.exists(path):
             return load_model_file(path)
     raise CnnkitError(f"{run_dir} has no saved model yet (no completed epoch); resume it with --resume")
+
+
+def model_contract(run_dir):
+    """What a model file of a run must carry so that it exports, serves and predicts exactly as its run
+    does, wherever it is copied: the model name, class names, preprocessing, input shape, the image contract
+    (keras_cnns.imaging) and the data with its splits (for the parity report's held-out images)."""
+    from keras_cnns.imaging import RULE
+
+    config = read_config(run_dir)
+    data = config["data"]
+    return {"cnnkit_contract": 1, "model": config["model"], "labels": read_labels(run_dir),
+            "preprocessing": config["preprocessing"], "input_shape": config["input_shape"], "image": RULE,
+            "data": {"spec": data["spec"], "val_split": data["val_split"], "test_split": data["test_split"]},
+            "run": os.path.realpath(run_dir)}
+
+
+def read_model_contract(path):
+    """The contract a model file carries (``save_model_atomic``), else that of the run folder it sits in,
+    else None. A file whose contract entry is unreadable is a clear error, never a guess."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if CONTRACT_ENTRY in archive.namelist():
+                try:
+                    return json.loads(archive.read(CONTRACT_ENTRY).decode("utf-8"))
+                except (ValueError, UnicodeDecodeError) as err:
+                    raise CnnkitError(f"{path}: its {CONTRACT_ENTRY} is damaged ({err})") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(os.path.join(folder, "config.json")) and os.path.exists(os.path.join(folder, "labels.txt")):
+        return model_contract(folder)
+    return None

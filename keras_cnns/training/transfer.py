@@ -50,8 +50,9 @@ def load_source(source, weights=None, input_size=None):
         run_dir = runs.resolve_run_dir(source)
         config = runs.read_config(run_dir)
         return runs.load_run_model(run_dir), config["preprocessing"], config
-    if source.endswith((".keras", ".h5")):
-        return runs.load_model_file(source), None, None
+    if source.endswith((".keras", ".h5")):  # the normalisation it was trained with, when it carries one
+        contract = runs.read_model_contract(source) if os.path.exists(source) else None
+        return runs.load_model_file(source), (contract or {}).get("preprocessing"), None
     raise CnnkitError(f"finetune source {source!r} must be a run directory, a .keras/.h5 model file or a zoo "
                       "model name with pretrained weights")
 
