@@ -26,7 +26,7 @@ import numpy as np
 
 from export import child, onnx_format, parity, savedmodel, tflite
 from export.source import load_source
-from keras_cnns.errors import CnnkitError
+from keras_cnns.errors import ArtifactError, CnnkitError
 
 log = logging.getLogger("export")
 
@@ -90,12 +90,23 @@ def keras_reference(model, preprocessing):
     return run
 
 
+def open_artifact(kind, path, opener):
+    """``opener(path)``; a missing or damaged file is an ArtifactError, one line naming it."""
+    shown = os.path.join(path, "saved_model.pb") if kind == "savedmodel" else path
+    if not os.path.exists(shown):
+        raise ArtifactError(f"{shown} does not exist")
+    try:
+        return opener(path)
+    except Exception as err:  # each runtime has its own errors for a file it cannot parse
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise ArtifactError(f"cannot load {shown} ({kind}): {reason[:300]}") from None
+
+
 def runner_for(kind, path):
-    if kind == "savedmodel":
-        return savedmodel.load_probabilities(path)
-    if kind.startswith("tflite"):
-        return tflite.Runner(path)
-    return onnx_format.Runner(path)
+    """The artifact at ``path`` opened in its runtime: float32 pixels -> probabilities."""
+    opener = savedmodel.load_probabilities if kind == "savedmodel" else \
+        tflite.Runner if kind.startswith("tflite") else onnx_format.Runner
+    return open_artifact(kind, path, opener)
 
 
 #: quantization modes each converter offers besides float32

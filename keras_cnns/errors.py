@@ -5,6 +5,10 @@ class CnnkitError(ValueError):
     """A bad value given by the user: names the value and what is allowed instead."""
 
 
+class ArtifactError(CnnkitError):
+    """An exported artifact that is missing, or that its runtime cannot load (a damaged or truncated file)."""
+
+
 class UnknownModelError(CnnkitError):
     """A model name that is not in the registry."""
 

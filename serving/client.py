@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from keras_cnns.errors import CnnkitError
+from keras_cnns.errors import ArtifactError, CnnkitError
 from keras_cnns.registry import is_model_name
 
 log = logging.getLogger("serving.client")
@@ -259,6 +259,9 @@ class LocalModel:
         for version_dir in _versions_newest_first(path):
             try:
                 self._open(version_dir, runtime)
+            except ArtifactError as err:
+                broken.append(f"version {os.path.basename(version_dir)} ({err})")
+                continue
             except CnnkitError:
                 raise
             except Exception as err:  # noqa: BLE001 - whatever a damaged artifact raises
@@ -295,15 +298,16 @@ class LocalModel:
             if self.kind is None:
                 raise CnnkitError(f"cannot run {path}: expected a SavedModel folder, .tflite or .onnx")
         self.path = path
+        from export import exporter
+
         if self.kind == "savedmodel":
             import tensorflow as tf
 
-            self._fn = tf.saved_model.load(path).signatures[BYTES_SIGNATURE]
+            self._fn = exporter.open_artifact("savedmodel", path,
+                                              lambda p: tf.saved_model.load(p).signatures[BYTES_SIGNATURE])
             self.name = os.path.basename(os.path.dirname(os.path.abspath(path)))
             self.version = int(os.path.basename(path)) if os.path.basename(path).isdigit() else None
             return
-        from export import exporter
-
         version_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         exported = os.path.basename(version_dir).isdigit()
         self.version = int(os.path.basename(version_dir)) if exported else None

@@ -738,3 +738,22 @@ def test_weights_and_input_size_with_a_run_or_file_are_refused(trained):
         for option in (("--weights", "imagenet"), ("--input-size", "64")):
             out = _cnnkit("export", source, *option)
             assert out.returncode == 2 and f"{option[0]}" in out.stderr and "zoo model name" in out.stderr
+
+
+@pytest.mark.parametrize("artifact", ["saved_model.pb", "tflite/model_float32.tflite", "onnx/model.onnx"])
+def test_a_damaged_artifact_is_one_line_under_validate_and_predict(trained, tmp_path, artifact):
+    import shutil
+
+    broken = tmp_path / "lenet5" / "1"
+    shutil.copytree(trained["path"], broken)
+    with open(broken / artifact, "r+b") as f:  # truncated, as by a full disk or an interrupted copy
+        f.truncate(400)
+    photo = tmp_path / "x.png"
+    Image.fromarray(np.full((40, 50), 128, np.uint8)).save(photo)
+    model = ("--model", str(broken), "--runtime", "savedmodel") if artifact == "saved_model.pb" else \
+        ("--model", str(broken / artifact))
+    for args in (("validate", str(broken)), ("predict", str(photo), *model)):
+        out = _cnnkit(*args)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("cnnkit: error")]
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert len(errors) == 1 and f"cannot load {broken / artifact}" in errors[0]
