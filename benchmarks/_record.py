@@ -25,8 +25,17 @@ def machine():
             f"{'GPU ' + str(len(gpus)) if gpus else 'no GPU'}, {platform.system()}, TensorFlow {tf.__version__}")
 
 
-def replace_section(name, body):
-    """Rewrite the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in RESULTS.md."""
+def add_record_option(parser):
+    parser.add_argument("--record", action="store_true",
+                        help="rewrite this benchmark's section of benchmarks/RESULTS.md (a trial run leaves it as it is)")
+
+
+def replace_section(name, body, record=True):
+    """Rewrite the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in RESULTS.md, if ``record``
+    (the benchmark's ``--record``): a trial or smoke run must not overwrite the recorded measurement."""
+    if not record:
+        print(f"(not recorded in benchmarks/RESULTS.md: pass --record to rewrite its {name} section)")
+        return
     text = open(RESULTS, encoding="utf-8").read()
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text:
@@ -40,7 +49,8 @@ def replace_section(name, body):
 def run_watched(command, ceiling_mb=None, poll_seconds=0.1):
     """Run ``command`` (argv list) in a child process, sampling the resident memory of it and its descendants
     together (the exporter runs its converters in child processes); kill them above ``ceiling_mb``.
-    Returns {"returncode", "stdout", "stderr", "peak_mb", "seconds", "killed"}."""
+    Returns {"returncode", "stdout", "stderr", "peak_mb", "seconds", "killed", "descendants"} (how many
+    processes below it were seen: the exporter's converter children, when they live past one sample)."""
     import signal
     import subprocess
     import time
@@ -48,9 +58,9 @@ def run_watched(command, ceiling_mb=None, poll_seconds=0.1):
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    peak, killed = 0.0, False
+    peak, killed, seen = 0.0, False, set()
     while proc.poll() is None:
-        rss = tree_rss_mb(proc.pid)
+        rss = tree_rss_mb(proc.pid, seen)
         peak = max(peak, rss)
         if ceiling_mb and rss > ceiling_mb:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -59,11 +69,12 @@ def run_watched(command, ceiling_mb=None, poll_seconds=0.1):
         time.sleep(poll_seconds)
     out, err = proc.communicate()
     return {"returncode": proc.returncode, "stdout": out, "stderr": err, "peak_mb": round(peak),
-            "seconds": round(time.perf_counter() - start, 1), "killed": killed}
+            "seconds": round(time.perf_counter() - start, 1), "killed": killed, "descendants": len(seen - {proc.pid})}
 
 
-def tree_rss_mb(pid):
-    """Resident MB of process ``pid`` and all its descendants (0 once it is gone)."""
+def tree_rss_mb(pid, seen=None):
+    """Resident MB of process ``pid`` and all its descendants (0 once it is gone); their pids are added to
+    ``seen``."""
     parents = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -76,6 +87,8 @@ def tree_rss_mb(pid):
     while grown:  # children, their children, ...
         more = {p for p, parent in parents.items() if parent in tree} - tree
         tree, grown = tree | more, bool(more)
+    if seen is not None:
+        seen |= tree
     for p in tree:
         try:
             with open(f"/proc/{p}/status") as f:

@@ -6,7 +6,7 @@ canonical model (untrained weights, canonical input size).
 
 Each cell is one `cnnkit export MODEL [--tflite | --onnx]` in its own process (the SavedModel is always
 written, so the tflite and onnx cells include it), the resident memory of that process and its children (the
-converters) summed every 0.1 s, and killed above the ceiling. Rewrites the export_cost section of
+converters) summed every 0.1 s, and killed above the ceiling. With --record, rewrites the export_cost section of
 benchmarks/RESULTS.md and writes benchmarks/results/export_cost.json; ``--merge`` keeps the recorded rows this
 run does not measure again (only when they were measured on a machine with the same description).
 """
@@ -20,7 +20,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks._record import record_rows, replace_section, run_watched  # noqa: E402
+from benchmarks._record import add_record_option, record_rows, replace_section, run_watched  # noqa: E402
 
 #: the issue's list: the largest canonical model of every family
 MODELS = ("vgg19", "alexnet", "resnet152", "wide_resnet101_2", "resnext101_64x4d", "densenet201", "efficientnet_b7",
@@ -36,6 +36,7 @@ def main():
     parser.add_argument("--formats", default=",".join(FLAGS))
     parser.add_argument("--ceiling-gb", type=float, default=22.0)
     parser.add_argument("--merge", action="store_true", help="Keep recorded rows not measured again (same machine).")
+    add_record_option(parser)
     args = parser.parse_args()
     rows = []
     for name in filter(None, args.models.split(",")):
@@ -74,7 +75,7 @@ def main():
         lines.append(f"| {r['model']} | {r['weights_mb'] or '?'} MB | {r['format']} | {r['seconds']:.0f} s | "
                      f"{r['peak_mb'] / 1024:.1f} GB | {ratio} | {goal} | {r.get('images', '')} | "
                      f"{'ok' if r['ok'] else r['note']} |")
-    replace_section("export_cost", f"`{command}` on {described}\n\n" + "\n".join(lines))
+    replace_section("export_cost", record=args.record, body=f"`{command}` on {described}\n\n" + "\n".join(lines))
 
 
 def _earlier_rows(rows):

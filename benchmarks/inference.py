@@ -7,7 +7,7 @@ Exports the zoo model untrained (latency does not depend on the weights) with ev
 calibrated on the bundled shapes data, runs `bench_infer` at batch 1 and 32 with 1 and 2 threads,
 draws benchmarks/results/inference.png, then times the Keras graph (`tf.function`) of --folding-models
 unfolded and folded, interleaved, in one child process per oneDNN setting (TensorFlow reads
-TF_ENABLE_ONEDNN_OPTS once, at import). Rewrites the inference section of benchmarks/RESULTS.md and
+TF_ENABLE_ONEDNN_OPTS once, at import). With --record, rewrites the inference section of benchmarks/RESULTS.md and
 writes benchmarks/results/inference.json.
 """
 import argparse
@@ -20,7 +20,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks._record import machine, replace_section  # noqa: E402
+from benchmarks._record import add_record_option, machine, replace_section  # noqa: E402
 
 BATCHES = (1, 32)
 
@@ -88,6 +88,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per runtime and batch size")
     parser.add_argument("--folding-models", default="mobilenet_v2,resnet18,efficientnet_b0")
     parser.add_argument("--folding-child", action="store_true", help=argparse.SUPPRESS)
+    add_record_option(parser)
     args = parser.parse_args()
     models = args.folding_models.split(",")
 
@@ -118,7 +119,7 @@ def main():
             *_infer_table(result), "", "![inference latency](results/inference.png)", "",
             f"**Batch-norm folding** (`tf.function` of the Keras model, {args.input_size}x{args.input_size}, "
             "unfolded and folded interleaved; one process per oneDNN setting):", "", *_folding_table(folding)]
-    replace_section("inference", "\n".join(body))
+    replace_section("inference", record=args.record, body="\n".join(body))
     with open(os.path.join(HERE, "results", "inference.json"), "w") as f:
         json.dump({"machine": machine(), "command": command, "infer": result, "folding": folding}, f, indent=1)
     print("\n".join(body))

@@ -6,7 +6,7 @@ decoded from disk.
 
 Cases: the bundled digits (in memory) for LeNet-5; a folder of 256x256 JPEG files (the shapes data
 written out, 300 per class) read from disk on every pass, as a folder too big for RAM is, for LeNet-5
-at 32x32 and MobileNet v2 at 96x96. Rewrites the input_pipeline section of benchmarks/RESULTS.md and
+at 32x32 and MobileNet v2 at 96x96. With --record, rewrites the input_pipeline section of benchmarks/RESULTS.md and
 writes benchmarks/results/input_pipeline.json.
 """
 import argparse
@@ -18,7 +18,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks._record import machine, replace_section  # noqa: E402
+from benchmarks._record import add_record_option, machine, replace_section  # noqa: E402
 
 
 def write_jpeg_folder(folder, per_class=300, size=256):
@@ -37,6 +37,7 @@ def write_jpeg_folder(folder, per_class=300, size=256):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=40, help="batches timed per pipeline variant")
+    add_record_option(parser)
     args = parser.parse_args()
 
     from cnnkit._quiet import import_tensorflow
@@ -63,7 +64,7 @@ def main():
         body.append(f"| {r['data']} | {r['model']} @{r['input_size']} | "
                     + " | ".join(str(r["pipelines"][n]) for n in names)
                     + f" | {r['train_images_per_s']} | {'yes' if r['input_bound'] else 'no'} |")
-    replace_section("input_pipeline", "\n".join(body))
+    replace_section("input_pipeline", record=args.record, body="\n".join(body))
     with open(os.path.join(HERE, "results", "input_pipeline.json"), "w") as f:
         json.dump({"machine": machine(), "results": results}, f, indent=1)
     print("\n".join(body))

@@ -5,7 +5,7 @@ clients, REST and gRPC, with and without server-side batching (and oneDNN), for 
 
 Exports the models (untrained weights: throughput does not depend on them) to a scratch folder, runs
 ``cnnkit serve`` in a child process per setting and the load generator (``cnnkit bench serve``'s) in
-this one, then rewrites the serving section of benchmarks/RESULTS.md and writes
+this one, then (with --record) rewrites the serving section of benchmarks/RESULTS.md and writes
 benchmarks/results/serving.json.
 """
 import argparse
@@ -17,7 +17,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks._record import record_rows, replace_section  # noqa: E402
+from benchmarks._record import add_record_option, record_rows, replace_section  # noqa: E402
 
 
 def main():
@@ -27,6 +27,7 @@ def main():
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--onednn", default="off", help="TensorFlow's oneDNN kernels in the server: off (cnnkit "
                                                         "serve's default), on, or off,on for both")
+    add_record_option(parser)
     args = parser.parse_args()
     if not args.onednn or set(args.onednn.split(",")) - {"on", "off"}:
         parser.error(f"--onednn takes off, on or off,on; got {args.onednn!r}")
@@ -66,7 +67,7 @@ def main():
         lines.append(f"| {r['model']} | {r['protocol']} | {'on' if r['batching'] else 'off'} | {r['onednn']} "
                      f"| {r['concurrency']} "
                      f"| {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
-    replace_section("serving", f"`{command}` on {described}\n\n" + "\n".join(lines))
+    replace_section("serving", record=args.record, body=f"`{command}` on {described}\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

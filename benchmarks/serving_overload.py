@@ -5,7 +5,7 @@ bounds. Goodput (answered req/s), p99 of the answered requests and the share ref
 
 "unbounded" runs `cnnkit serve` with a worker per client and no queue limit (what a thread per connection
 amounts to); "bounded" with its defaults (16 workers, 64 waiting): the connections beyond them are refused
-at once with 503 instead of all sharing two cores. REST, one image per request, closed loop; rewrites the
+at once with 503 instead of all sharing two cores. REST, one image per request, closed loop; with --record, rewrites the
 serving_overload section of benchmarks/RESULTS.md and writes benchmarks/results/serving_overload.json.
 """
 import argparse
@@ -17,7 +17,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks._record import record_rows, replace_section  # noqa: E402
+from benchmarks._record import add_record_option, record_rows, replace_section  # noqa: E402
 
 
 def main():
@@ -25,6 +25,7 @@ def main():
     parser.add_argument("--clients", type=int, default=256)
     parser.add_argument("--requests", type=int, default=8, help="requests per client")
     parser.add_argument("--model", default="mobilenet_v2@96", help="zoo name, @input size")
+    add_record_option(parser)
     args = parser.parse_args()
 
     from cnnkit._quiet import import_tensorflow
@@ -60,7 +61,7 @@ def main():
     for r in rows:
         lines.append(f"| {r['setting']} | `{r['options']}` | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {r['refused_share']:.0%} |")
-    replace_section("serving_overload", f"`{command}` on {described}\n\n" + "\n".join(lines))
+    replace_section("serving_overload", record=args.record, body=f"`{command}` on {described}\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

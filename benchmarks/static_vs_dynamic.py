@@ -5,7 +5,7 @@ lr 0.01) and input, all interleaved in one process.
     pip install -e ".[bench]"      # PyTorch (CPU)
     python benchmarks/static_vs_dynamic.py [--models resnet18,mobilenet_v2] [--batch-size 64] [--input-size 32]
 
-Rewrites the static-vs-dynamic section of benchmarks/RESULTS.md and writes
+With --record, rewrites the static-vs-dynamic section of benchmarks/RESULTS.md and writes
 benchmarks/results/static_vs_dynamic.json.
 """
 import argparse
@@ -17,7 +17,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks._record import machine, replace_section  # noqa: E402
+from benchmarks._record import add_record_option, machine, replace_section  # noqa: E402
 
 
 def torch_steppers(name, x, y, compiled_too=True, seed=0):
@@ -82,6 +82,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    add_record_option(parser)
     args = parser.parse_args()
 
     from cnnkit._quiet import import_tensorflow
@@ -106,7 +107,7 @@ def main():
             lines.append(f"| {mode} | {v['images_per_s']} | {v['min']}–{v['max']} | {v['first_step_s']} "
                          f"| {v['gflops']} | {v['fraction_of_peak']:.1%} |")
         lines.append("")
-    replace_section("static_vs_dynamic", f"`{command}` on {machine()}, PyTorch {torch.__version__} "
+    replace_section("static_vs_dynamic", record=args.record, body=f"`{command}` on {machine()}, PyTorch {torch.__version__} "
                     f"({torch.get_num_threads()} threads)\n\n" + "\n".join(lines).rstrip())
     for line in lines:
         print(line)

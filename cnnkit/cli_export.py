@@ -1,5 +1,6 @@
 """``cnnkit export / validate / quickstart``: thin wrappers over the :mod:`export` package."""
 import json
+import os
 
 import click
 
@@ -167,8 +168,8 @@ def quickstart(epochs, output, samples, as_json):
         rest = predict_files(images, "lenet5", server=f"http://127.0.0.1:{server.rest_port}")
         grpc = predict_files(images, "lenet5", server=f"127.0.0.1:{server.grpc_port}", grpc=True)
         version = connect(f"http://127.0.0.1:{server.rest_port}").status("lenet5")["model_version_status"][0]
-    served = [{"image": image, "rest": r.label, "grpc": g.label, "score": r.score}
-              for (image, r), (_, g) in zip(rest, grpc)]
+    served = [{"image": image, "true": os.path.basename(image).rsplit("_", 1)[0], "rest": r.label, "grpc": g.label,
+               "score": r.score} for (image, r), (_, g) in zip(rest, grpc)]  # write_samples names them LABEL_N.png
     if as_json:
         click.echo(json.dumps({"run_dir": result.run_dir, "test_accuracy": result.metrics["accuracy"],
                                "export": path, "report": report, "served": served}))
@@ -177,8 +178,13 @@ def quickstart(epochs, output, samples, as_json):
     _print_report(report)
     click.echo(f"exported to {path}\n\nembedded server (TF Serving's API), {output}/lenet5 version "
                f"{version['version']} {version['state']}:")
-    click.echo(table(("image", "REST", "gRPC", "score"),
-                     [(s["image"], s["rest"], s["grpc"], f"{s['score']:.3f}") for s in served], right=(3,)))
+    click.echo(table(("image", "true label", "REST", "gRPC", "score"),
+                     [(s["image"], s["true"], s["rest"], s["grpc"], f"{s['score']:.3f}") for s in served], right=(4,)))
+    wrong = sum(s["rest"] != s["true"] for s in served)
+    if wrong:
+        click.echo(f"({wrong} of {len(served)} misclassified: the model's own mistakes, "
+                   f"{result.metrics['accuracy']:.2%} on the test split; REST and gRPC agree)"
+                   if all(s["rest"] == s["grpc"] for s in served) else "")
     click.echo(f"\nnext:  cnnkit serve {output}          (REST :8501, gRPC :8500; production: --emit-config)\n"
                f"       cnnkit predict {images[0]} --model {output}/lenet5")
 

@@ -95,14 +95,15 @@ def _verbosity(as_json):
     return 1 if sys.stdout.isatty() else 2
 
 
-def _report(result, as_json, extra=None):
+def _report(result, as_json, extra=None, json_only=None):
+    """The run's result: ``extra`` printed as lines too, ``json_only`` in --json alone (said while running)."""
     metrics = dict(result.metrics)
-    out = {"run_dir": result.run_dir, **(extra or {}), "metrics": metrics}
+    out = {"run_dir": result.run_dir, **(json_only or {}), **(extra or {}), "metrics": metrics}
     if as_json:
         click.echo(json.dumps(out))
         return
     for key, value in (extra or {}).items():
-        click.echo(f"{key.replace('_', ' ')}: {value}")
+        click.echo(f"{key.replace('_', ' ')}: {f'{value:.6g}' if isinstance(value, float) else value}")
     _print_metrics(metrics)
     if "epochs_completed" in metrics:
         click.echo(f"epochs {metrics['epochs_completed']}, best epoch {metrics['best_epoch']} "
@@ -221,7 +222,8 @@ def finetune(source, data, how, similar, lr_factor, weights, input_size, as_json
     from keras_cnns.training import runs
 
     plan = runs.read_config(result.run_dir)["train"]["finetune"]  # what auto chose, and why
-    _report(result, as_json, extra={"strategy": plan["label"], "why": plan["reason"], "learning_rate": plan["lr"]})
+    _report(result, as_json, extra={"learning_rate": plan["lr"]},  # the strategy was logged when it was chosen
+            json_only={"strategy": plan["label"], "why": plan["reason"]})
 
 
 @click.command()

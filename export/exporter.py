@@ -19,6 +19,7 @@ import functools
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 
@@ -187,8 +188,10 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     src = load_source(source, weights=weights, input_size=input_size, labels=labels, preprocessing=preprocessing)
     src.author, src.license, src.max_megapixels = author, license, float(max_megapixels)
     name = name or src.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise CnnkitError(f"--name {name!r}: letters, digits, '_', '.' and '-' only, not starting with '.' (it "
+                          f"names a folder inside {output})")
     base = os.path.join(output, name)
-    os.makedirs(base, exist_ok=True)
     if version is None:
         version = next_version(base)
     elif os.path.exists(os.path.join(base, str(version))):
@@ -199,6 +202,11 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     if src.untrained:
         _estimate_batch_norm(src, images)
     formats, carried, left = _carry_over(src, formats, can_calibrate=bool(calibration_data) or data is not None)
+    quantized = [f for f in formats if parity.tolerance_of(FORMATS[f][1])[0] == "quantized"]
+    if src.untrained and quantized and not allow_failed_variants:  # say so before the conversions, not after
+        raise CnnkitError(f"{src.name} is untrained (--weights none): its near-uniform answers cannot pass the "
+                          f"top-1 agreement gate of {', '.join(quantized)}; export a trained model (a run folder, or "
+                          "--weights imagenet), or add --allow-failed-variants to publish what passes")
     representative = None
     if any(f in formats for f in ("tflite-int8", "onnx-int8")):
         if calibration_data:
@@ -213,6 +221,8 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     compressed = _compress(src, formats, data, prune, cluster, finetune_epochs)
     final = os.path.join(base, str(version))
     tmp = os.path.join(base, f".partial-{version}-{os.getpid()}")
+    created = [folder for folder in (output, base) if not os.path.isdir(folder)]
+    os.makedirs(base, exist_ok=True)
     try:
         report = _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed,
                         int8_io, allow_failed_variants)
@@ -225,6 +235,11 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(final):  # a failed export leaves no empty folder behind
+            from keras_cnns.training.runs import remove_if_empty
+
+            for folder in reversed(created):
+                remove_if_empty(folder)
     report["path"] = final
     if src.earlier_artifacts:
         report["carried_over"], report["not_carried_over"] = carried, left

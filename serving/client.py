@@ -80,13 +80,25 @@ class RestClient:
     def _call(self, method, url, body=None):
         import requests
 
+        not_rest = ("it does not speak REST (HTTP/1.1): is this the gRPC port? TF Serving and `cnnkit serve` "
+                    "take REST on 8501 and gRPC on 8500 by default")
         try:
             response = self.session.request(method, url, json=body, timeout=self.timeout)
+        except requests.Timeout:
+            raise CnnkitError(f"the model server at {self.url} did not answer within {self.timeout:g} s") from None
+        except requests.ConnectionError as err:
+            refused = "BadStatusLine" not in str(err) and "RemoteDisconnected" not in str(err)
+            raise CnnkitError(f"cannot reach the model server at {self.url}: " + (
+                "nothing answers there (is `cnnkit serve` or TF Serving running, on that host and port?)"
+                if refused else not_rest)) from None
         except requests.RequestException as err:
-            raise CnnkitError(f"cannot reach the model server at {self.url}: {err}") from None
+            raise CnnkitError(f"cannot reach the model server at {self.url}: {type(err).__name__}") from None
         try:
             payload = response.json()
         except ValueError:
+            if any(c < " " and c not in "\r\n\t" for c in response.text[:200]):  # binary: not an HTTP/1.1 API
+                raise CnnkitError(f"the server at {self.url} answered {response.status_code} with no JSON: "
+                                  f"{not_rest}") from None
             payload = {"error": response.text[:200]}
         if response.status_code != 200:
             raise (InvalidInput if response.status_code == 400 else CnnkitError)(f"model server answered {response.status_code}: {payload.get('error', payload)}")

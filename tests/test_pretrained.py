@@ -523,3 +523,84 @@ def test_train_from_imagenet_weights_starts_from_the_checkpoint(tmp_path, resnet
     model = runs.load_run_model(result.run_dir)
     np.testing.assert_allclose(model.get_layer("conv1_conv").kernel.numpy(),
                                state["conv1.weight"].numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-6)
+
+
+# --- the checkpoint table against the sources' own tables, shipped in the installed packages ---------------
+
+def test_keras_checkpoints_match_keras_applications_own_urls_and_md5s():
+    """Keras Applications' modules name each file and its md5 (WEIGHTS_HASHES, or file_hash= beside the URL):
+    every Keras-sourced checkpoint of ours is the very same file."""
+    import inspect
+
+    from tf_keras.src.applications import densenet, efficientnet, resnet, vgg16, vgg19
+
+    checked = 0
+    for name in sorted(KERAS_REFERENCES):
+        c = pretrained.find_checkpoint(name)
+        if name.startswith("efficientnet_"):
+            variant = name.rsplit("_", 1)[1]
+            assert c.url == f"{efficientnet.BASE_WEIGHTS_PATH}efficientnet{variant}.h5"
+            assert c.file_hash == efficientnet.WEIGHTS_HASHES[variant][0]
+        elif name.startswith("preact_resnet"):
+            model = f"resnet{name[len('preact_resnet'):]}v2"
+            assert c.url == f"{resnet.BASE_WEIGHTS_PATH}{model}_weights_tf_dim_ordering_tf_kernels.h5"
+            assert c.file_hash == resnet.WEIGHTS_HASHES[model][0]
+        elif name.startswith(("densenet", "vgg")):
+            module = {"vgg16": vgg16, "vgg19": vgg19}.get(name, densenet)
+            source = inspect.getsource(module)
+            # the module names the file, and the md5 stands right after the file it checks
+            filename = c.url.rsplit("/", 1)[1]
+            assert c.url.startswith("https://storage.googleapis.com/tensorflow/keras-applications/")
+            after = source.split(filename.replace("_weights_tf_dim_ordering_tf_kernels.h5", ""), 1)
+            assert len(after) == 2 and c.file_hash in source, name
+        else:  # MobileNets: Keras publishes no hash for them
+            assert c.file_hash is None and name.startswith("mobilenet")
+            continue
+        checked += 1
+    assert checked == 16
+
+
+def test_torchvision_checkpoints_match_torchvisions_weight_enums():
+    """torchvision's weight enums (DEFAULT) give each file's URL and its published ImageNet top-1."""
+    models = import_torchvision().models
+    for name in TORCHVISION_MODELS:
+        c = pretrained.find_checkpoint(name)
+        weights = models.get_model_weights(name).DEFAULT
+        assert c.url == weights.url, name
+        assert c.top1 == pytest.approx(weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]), name
+
+
+# --- a checkpoint that does not fit is refused whole ----------------------------------------------------------
+
+def _unchanged_after(load, model):
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(CnnkitError) as err:
+        load()
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # nothing was set
+    return str(err.value)
+
+
+def test_a_checkpoint_with_extra_tensors_or_for_a_deeper_model_is_refused(resnet18_pth, tmp_path):
+    import torch
+
+    model = keras_cnns.create_model("resnet18")
+    checkpoint = pretrained.find_checkpoint("resnet18")
+    state = torch.load(resnet18_pth, weights_only=True)
+    state["layer5.0.conv1.weight"] = torch.zeros(3, 3, 1, 1)  # one tensor the model has no layer for
+    extra = str(tmp_path / "extra-f37072fd.pth")
+    torch.save(state, extra)
+    message = _unchanged_after(lambda: pretrained.load_into(model, checkpoint, extra), model)
+    assert "resnet18" in message and "layer5.0" in message  # the tensor it cannot place, named
+    deeper = str(tmp_path / "resnet34-b627a593.pth")  # resnet34's tensors hold resnet18's and more
+    torch.save(import_torchvision().models.resnet34(weights=None).state_dict(), deeper)
+    message = _unchanged_after(lambda: pretrained.load_into(model, checkpoint, deeper), model)
+    assert "resnet18" in message and "deeper" in message
+
+
+def test_a_truncated_checkpoint_is_refused(resnet18_pth, tmp_path):
+    truncated = tmp_path / "resnet18-f37072fd.pth"
+    truncated.write_bytes(open(resnet18_pth, "rb").read()[:200_000])
+    model = keras_cnns.create_model("resnet18")
+    message = _unchanged_after(lambda: pretrained.load_into(model, pretrained.find_checkpoint("resnet18"),
+                                                            str(truncated)), model)
+    assert "not a readable PyTorch checkpoint" in message

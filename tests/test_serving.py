@@ -535,12 +535,15 @@ def test_predict_cli_reports_bad_input_and_keeps_the_rest(exported, server, tmp_
         assert len(result["errors"]) == 1 and "broken.png" in result["errors"][0]
         assert ("no image format" if not options else "Unknown image file format") in result["errors"][0]
     for args, message in ((["--model", str(tmp_path / "missing")], "does not exist"),
-                          (["--model", MODEL, "--server", "http://127.0.0.1:1"], "cannot reach"),
+                          (["--model", MODEL, "--server", "http://127.0.0.1:1"], "nothing answers there"),
+                          (["--model", MODEL, "--server", f"http://127.0.0.1:{server.grpc_port}"],
+                           "does not speak REST (HTTP/1.1): is this the gRPC port?"),
                           (["--model", "nope", "--server", server.url], "404"),
                           (["--model", MODEL, "--grpc"], "--grpc needs --server"),
                           (["--model", MODEL, "--server", server.url, "--runtime", "onnx"], "--runtime picks a local")):
         out = cli("predict", exported["files"][0], *args)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+        assert "Max retries" not in out.stderr and "\\x00" not in out.stderr  # the library's words, raw bytes
 
 
 def _listening_addresses(port):

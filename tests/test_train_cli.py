@@ -105,11 +105,13 @@ def test_evaluate_and_finetune_from_the_command_line(tmp_path):
 
     out = run("finetune", src, "--data", "shapes:10", "--epochs", "1", "--output", str(tmp_path / "ft"))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "strategy: head" in out.stdout and "why: small data set" in out.stdout
+    assert "finetune strategy head: small data set" in out.stderr and "strategy" not in out.stdout  # said once
+    (rate,) = [line.split(": ")[1] for line in out.stdout.splitlines() if line.startswith("learning rate: ")]
+    assert len(rate) <= 8 and float(rate) > 0  # 1/10 of the source's, as a person writes it (not 0.00030000000000000003)
     out = run("finetune", src, "--data", "shapes:10", "--different", "--epochs", "1", "--output",
               str(tmp_path / "ft2"))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "strategy: top:" in out.stdout and "different domain" in out.stdout  # the notes' table, other row
+    assert "finetune strategy top:" in out.stderr and "different domain" in out.stderr  # the notes' table, other row
 
     other = str(tmp_path / "src2")
     one_json(run("train", "lenet5", "--epochs", "1", "--seed", "1", "--output", other, "--json"))

@@ -105,6 +105,14 @@ def new_run_dir(name, output=None, root=DEFAULT_ROOT):
             path = f"{base}-{n}"
 
 
+def remove_if_empty(folder):
+    """Remove ``folder`` if nothing is in it (what a failed command created and never filled)."""
+    try:
+        os.rmdir(folder)
+    except OSError:  # not empty, or already gone
+        pass
+
+
 def update_latest(run_dir):
     """Point ``<parent>/latest`` at ``run_dir`` (replaced atomically; skipped where links are not allowed)."""
     parent = os.path.dirname(os.path.abspath(run_dir))

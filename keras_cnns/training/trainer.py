@@ -401,6 +401,10 @@ def train(config, resume_dir=None, verbose=0, data=None):
         seconds = time.time() - started
         traces = model.train_function.experimental_get_tracing_count() \
             if hasattr(model.train_function, "experimental_get_tracing_count") else 0
+    except BaseException:
+        if chief and not resume_dir:  # a run that failed before writing anything leaves no empty folder
+            runs.remove_if_empty(run_dir)
+        raise
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if nan_guard.message:
