@@ -57,8 +57,8 @@ MEDIAPIPE_IMAGES = 200
 FULL_SIZE_PHOTOS = 60
 #: how many times the input side a full-size photo is (each side drawn apart: the photos are not square)
 FULL_SIZE_FACTORS = (4, 10)
-#: no side above this many pixels (a 224-input model's photos stay phone-sized, and the check quick)
-FULL_SIZE_MAX_SIDE = 1600
+#: no side above this many pixels (a 224-input model's 60 photos stay near 60 MB encoded, the check quick)
+FULL_SIZE_MAX_SIDE = 1280
 
 
 def next_version(base):
@@ -202,11 +202,6 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     if src.untrained:
         _estimate_batch_norm(src, images)
     formats, carried, left = _carry_over(src, formats, can_calibrate=bool(calibration_data) or data is not None)
-    quantized = [f for f in formats if parity.tolerance_of(FORMATS[f][1])[0] == "quantized"]
-    if src.untrained and quantized and not allow_failed_variants:  # say so before the conversions, not after
-        raise CnnkitError(f"{src.name} is untrained (--weights none): its near-uniform answers cannot pass the "
-                          f"top-1 agreement gate of {', '.join(quantized)}; export a trained model (a run folder, or "
-                          "--weights imagenet), or add --allow-failed-variants to publish what passes")
     representative = None
     if any(f in formats for f in ("tflite-int8", "onnx-int8")):
         if calibration_data:
@@ -218,6 +213,11 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
         else:
             raise CnnkitError("int8 quantization needs calibration images: export a training run, or give "
                               "--calibration-data SPEC (e.g. a folder of sample images)")
+    quantized = [f for f in formats if parity.tolerance_of(FORMATS[f][1])[0] == "quantized" and f not in COMPRESSED]
+    if src.untrained and quantized and not allow_failed_variants:  # say so before the conversions, not after
+        raise CnnkitError(f"{src.name} is untrained (--weights none): its near-uniform answers cannot pass the "
+                          f"top-1 agreement gate of {', '.join(quantized)}; export a trained model (a run folder, or "
+                          "--weights imagenet), or add --allow-failed-variants to publish what passes")
     compressed = _compress(src, formats, data, prune, cluster, finetune_epochs)
     final = os.path.join(base, str(version))
     tmp = os.path.join(base, f".partial-{version}-{os.getpid()}")
@@ -488,8 +488,8 @@ def mediapipe_check(path, litert_outputs, images, int8_io=False, count=MEDIAPIPE
 def full_size_photos(images, count=FULL_SIZE_PHOTOS, seed=0):
     """Encoded photos 4-10x larger than the input on each side, the two sides scaled apart (non-square),
     made from ``images`` (the evaluation images: what the model knows) with grain (fine texture, which a resize
-    other than the contract renders otherwise), PNG and
-    JPEG in turn: what a user sends, which every runtime must shrink to the input by the resize contract."""
+    other than the contract renders otherwise), JPEG and one in four PNG: what a user sends, which every runtime
+    must decode and shrink to the input by the image contract (keras_cnns.imaging)."""
     from PIL import Image
 
     rng = np.random.RandomState(seed)
@@ -499,11 +499,13 @@ def full_size_photos(images, count=FULL_SIZE_PHOTOS, seed=0):
         image = images[i % len(images)]
         h, w, c = image.shape
         fy, fx = rng.uniform(*FULL_SIZE_FACTORS, 2)
-        size = (min(FULL_SIZE_MAX_SIDE, max(w * 4, int(w * fx))), min(FULL_SIZE_MAX_SIDE, max(h * 4, int(h * fy))))
+        shrink = min(1.0, FULL_SIZE_MAX_SIDE / max(w * fx, h * fy))  # a big input's photos keep their aspect
+        size = (int(w * fx * shrink), int(h * fy * shrink))
         big = np.asarray(Image.fromarray(image[..., 0] if c == 1 else image).resize(size, Image.BICUBIC), np.float32)
         big = np.clip(np.round(big + rng.normal(0, 24, big.shape)), 0, 255).astype(np.uint8)
         buffer = io.BytesIO()
-        Image.fromarray(big).save(buffer, **({"format": "PNG"} if len(photos) % 2 else {"format": "JPEG", "quality": 95}))
+        Image.fromarray(big).save(buffer, **({"format": "PNG"} if len(photos) % 4 == 3 else {"format": "JPEG",
+                                                                                           "quality": 95}))
         photos.append(buffer.getvalue())
     return photos
 

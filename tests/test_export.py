@@ -115,6 +115,16 @@ def test_saved_model_cli_lists_the_named_signatures(trained):
         assert name in out.stdout
 
 
+def _export_model_file(model, tmp_path, name, **options):
+    """Save a Keras model built in the test (no cnnkit contract) and export it with class names and
+    preprocessing given, as a user of a Keras file from elsewhere must."""
+    path = str(tmp_path / f"{name}.keras")
+    model.save(path)
+    labels = tmp_path / f"{name}-labels.txt"
+    labels.write_text("".join(f"c{i}\n" for i in range(int(model.outputs[0].shape[-1]))))
+    return run_export(path, output=str(tmp_path / "exports"), labels=str(labels), preprocessing="unit", **options)
+
+
 @pytest.mark.parametrize("model, options", [("fractalnet20_cifar", {}), ("resnet20_cifar", {"stochastic_depth": 0.5}),
                                             ("googlenet", {})])
 def test_training_only_parts_leave_the_serving_graph(tmp_path, model, options):
@@ -123,9 +133,7 @@ def test_training_only_parts_leave_the_serving_graph(tmp_path, model, options):
     from export.savedmodel import has_random_ops, load_probabilities
 
     built = keras_cnns.create_model(model, num_classes=4, input_shape=(32, 32, 3), **options)
-    source_file = str(tmp_path / f"{model}.keras")
-    built.save(source_file)
-    path, _ = run_export(source_file, output=str(tmp_path / "exports"))
+    path, _ = _export_model_file(built, tmp_path, model)
     assert has_random_ops(path) == []
     x = np.random.RandomState(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     run = load_probabilities(path)
@@ -178,9 +186,7 @@ def test_batch_norms_fold_into_their_convolutions_in_the_serving_graph(tmp_path)
     np.testing.assert_array_equal(model(x, training=False).numpy(), before)
     assert fold_batch_norms(folded) is folded  # nothing left to fold
 
-    source_file = str(tmp_path / "convbn.keras")
-    model.save(source_file)
-    path, report = run_export(source_file, output=str(tmp_path / "exports"))
+    path, report = _export_model_file(model, tmp_path, "convbn")
     graph = tf.saved_model.load(path).signatures["probabilities"].graph.as_graph_def()
     ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
     assert sum(op.startswith("FusedBatchNorm") for op in ops) == 2  # the two that cannot fold
@@ -487,9 +493,8 @@ def test_grouped_convolutions_export_to_onnx_and_tflite_as_plain_conv_ops(tmp_pa
 
     model = keras.Sequential([keras.Input((16, 16, 4)), keras.layers.Conv2D(4, 3, groups=2),  # AlexNet's towers
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3), keras.layers.Softmax()])
-    model.save(str(tmp_path / "grouped.keras"))  # 4 channels: no photo model, so MediaPipe is not asked
-    path, report = run_export(str(tmp_path / "grouped.keras"), output=str(tmp_path / "out"),
-                              formats=plan_formats(tflite_out=True, onnx_out=True))
+    path, report = _export_model_file(model, tmp_path, "grouped",  # 4 channels: no photo model, so MediaPipe
+                                      formats=plan_formats(tflite_out=True, onnx_out=True))  # is not asked
     assert report["ok"] and {r["kind"] for r in report["artifacts"]} >= {"onnx", "tflite-float32"}
     tflite_row = next(r for r in report["artifacts"] if r["kind"] == "tflite-float32")
     assert not tflite_row["mediapipe"]["loads"] and "takes 4 channels (not checked)" in tflite_row["mediapipe"]["error"]
@@ -568,8 +573,7 @@ def test_a_model_whose_outputs_ignore_the_input_gets_a_warning(tmp_path):
 
     model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(5, kernel_initializer="zeros"), keras.layers.Softmax()])
-    model.save(str(tmp_path / "flat.keras"))
-    _, report = run_export(str(tmp_path / "flat.keras"), output=str(tmp_path / "out"))
+    _, report = _export_model_file(model, tmp_path, "flat")
     assert report["ok"] and "hardly depend on the input" in report["warning"]
     assert "Warning:" in open(os.path.join(report["path"], "report.md")).read()
 
@@ -663,6 +667,7 @@ def test_quickstart_is_the_whole_pipeline_offline(tmp_path):
     assert sorted(os.listdir(tmp_path / "samples")) == [f"{d}_0.png" for d in range(10)]
     assert all(s["rest"] == s["grpc"] for s in served)
     assert sum(s["rest"] == os.path.basename(s["image"])[0] for s in served) >= 8
+    assert [s["true"] for s in served] == [os.path.basename(s["image"])[0] for s in served]  # the table's column
 
 
 def test_int8_model_with_int8_input_and_output(trained, tmp_path):
@@ -760,3 +765,47 @@ def test_a_damaged_artifact_is_one_line_under_validate_and_predict(trained, tmp_
         errors = [line for line in out.stderr.splitlines() if line.startswith("cnnkit: error")]
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert len(errors) == 1 and f"cannot load {broken / artifact}" in errors[0]
+
+
+def test_export_name_stays_inside_the_export_base(tmp_path):
+    for bad in ("../evil", "a/b", ".hidden", " "):
+        with pytest.raises(CnnkitError, match="letters, digits"):
+            run_export("lenet5", output=str(tmp_path / "base"), name=bad)
+    assert not os.path.exists(tmp_path / "evil") and not os.path.exists(tmp_path / "base")
+
+
+def test_failed_commands_leave_no_empty_folders(tmp_path, monkeypatch):
+    """An export that fails (here: a converter refuses) and a run that fails before its first epoch (here: a
+    model option the model does not take) leave nothing behind, not even an empty folder."""
+    import export.exporter as exporter
+
+    def refuse(*args, **kwargs):
+        raise CnnkitError("the converter refuses")
+
+    monkeypatch.setattr(exporter, "_tflite", refuse)
+    with pytest.raises(CnnkitError, match="the converter refuses"):
+        run_export("lenet5", output=str(tmp_path / "exports"), formats=plan_formats(tflite_out=True))
+    assert not os.path.exists(tmp_path / "exports")
+    monkeypatch.chdir(tmp_path)
+    out = _cnnkit("train", "lenet5", "--data", "shapes:6", "--epochs", "1", "-o", "no_such_option=1")
+    assert out.returncode == 2 and "no_such_option" in out.stderr
+    assert not os.path.exists(tmp_path / "runs") or os.listdir(tmp_path / "runs") == []
+
+
+def test_untrained_with_quantized_variants_is_refused_before_converting(tmp_path):
+    out = _cnnkit("export", "lenet5", "--quantize", "int8", "--calibration-data", "shapes:6", "--output",
+                  str(tmp_path))
+    assert out.returncode == 2 and "untrained" in out.stderr and "--allow-failed-variants" in out.stderr
+    assert "out of tolerance" not in out.stderr and not os.listdir(tmp_path)
+
+
+def test_benchmarks_rewrite_results_only_with_record(tmp_path, monkeypatch):
+    from benchmarks import _record
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("a\n<!-- s:start -->\nrecorded\n<!-- s:end -->\nb\n")
+    monkeypatch.setattr(_record, "RESULTS", str(results))
+    _record.replace_section("s", "smoke run", record=False)
+    assert "recorded" in results.read_text() and "smoke" not in results.read_text()
+    _record.replace_section("s", "measured", record=True)
+    assert results.read_text() == "a\n<!-- s:start -->\nmeasured\n<!-- s:end -->\nb\n"

@@ -364,7 +364,8 @@ def _cached_files():
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
-def test_download_is_verified_cached_and_then_needs_no_network(mirror, caplog):
+def test_download_is_verified_cached_and_then_needs_no_network(mirror, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("keras_cnns"), "propagate", True)  # a CLI test run in-process stops it
     body = os.urandom(3_000_000)
     mirror.files["w-x.pth"] = body
     for md5 in (True, False):  # Keras' md5 and torch.hub's sha256 prefix

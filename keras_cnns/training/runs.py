@@ -177,9 +177,12 @@ def load_run_model(run_dir, which="best"):
 def model_contract(run_dir):
     """What a model file of a run must carry so that it exports, serves and predicts exactly as its run
     does, wherever it is copied: the model name, class names, preprocessing, input shape, the image contract
-    (keras_cnns.imaging) and the data with its splits (for the parity report's held-out images)."""
+    (keras_cnns.imaging) and the data with its splits (for the parity report's held-out images). None for a
+    folder that holds no run (a multi-worker run's non-chief workers save into one of their own)."""
     from keras_cnns.imaging import RULE
 
+    if not os.path.exists(os.path.join(run_dir, "config.json")):
+        return None
     config = read_config(run_dir)
     data = config["data"]
     return {"cnnkit_contract": 1, "model": config["model"], "labels": read_labels(run_dir),
