@@ -41,8 +41,20 @@ def release_memory():
         pass
 
 
+#: modules whose tests train a model, export one, or build the zoo's biggest: all of them are "slow", so that
+#: `pytest -n 2 -m "not slow" tests` is a quick loop of a few minutes (CI runs everything)
+SLOW_MODULES = {"test_batchnorm.py", "test_bench.py", "test_export.py", "test_mobile.py", "test_pretrained.py",
+                "test_serving.py", "test_train_cli.py", "test_training.py", "test_zoo_build.py"}
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a longer training run (still part of the CI suite)")
+    config.addinivalue_line("markers", "slow: trains, exports or builds big models (not in the quick loop; CI runs it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def write_photos(root, per_class=90, size=48, seed=1, sizes=None, noise=12):
