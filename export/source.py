@@ -43,13 +43,12 @@ class ExportSource:
         return tuple(int(d) for d in self.model.inputs[0].shape[1:])
 
     def contract(self):
-        """What the export's own ``keras/model.keras`` carries (keras_cnns.training.runs.model_contract)."""
-        from keras_cnns.imaging import RULE
+        """What the export's own ``keras/model.keras`` carries (keras_cnns.training.runs.contract)."""
+        from keras_cnns.training.runs import contract
 
-        return {"cnnkit_contract": 1, "model": self.name, "labels": self.labels, "preprocessing": self.preprocessing,
-                "input_shape": list(self.input_shape), "image": RULE,
-                "data": {"spec": self.data_spec, "val_split": self.val_split, "test_split": self.test_split},
-                "run": self.origin}
+        return contract(self.name, self.labels, self.preprocessing, self.input_shape,
+                        {"spec": self.data_spec, "val_split": self.val_split, "test_split": self.test_split},
+                        self.origin)
 
     def release_model(self):
         """Drop the Keras model once every graph made from it is on disk; ``input_shape`` still answers."""

@@ -174,21 +174,27 @@ def load_run_model(run_dir, which="best"):
     raise CnnkitError(f"{run_dir} has no saved model yet (no completed epoch); resume it with --resume")
 
 
-def model_contract(run_dir):
-    """What a model file of a run must carry so that it exports, serves and predicts exactly as its run
-    does, wherever it is copied: the model name, class names, preprocessing, input shape, the image contract
-    (keras_cnns.imaging) and the data with its splits (for the parity report's held-out images). None for a
-    folder that holds no run (a multi-worker run's non-chief workers save into one of their own)."""
+def contract(name, labels, preprocessing, input_shape, data, source):
+    """What a model file must carry so that it exports, serves and predicts exactly as where it came from,
+    wherever it is copied: the model name, class names, preprocessing, input shape, the image contract
+    (keras_cnns.imaging), the data ({"spec", "val_split", "test_split"}: the parity report's held-out images)
+    and its source (a run folder, or what an export came from)."""
     from keras_cnns.imaging import RULE
 
+    return {"cnnkit_contract": 1, "model": name, "labels": list(labels), "preprocessing": preprocessing,
+            "input_shape": list(input_shape), "image": RULE, "data": data, "run": source}
+
+
+def model_contract(run_dir):
+    """The ``contract`` of a run's model files; None for a folder that holds no run (a multi-worker run's
+    non-chief workers save into one of their own)."""
     if not os.path.exists(os.path.join(run_dir, "config.json")):
         return None
     config = read_config(run_dir)
     data = config["data"]
-    return {"cnnkit_contract": 1, "model": config["model"], "labels": read_labels(run_dir),
-            "preprocessing": config["preprocessing"], "input_shape": config["input_shape"], "image": RULE,
-            "data": {"spec": data["spec"], "val_split": data["val_split"], "test_split": data["test_split"]},
-            "run": os.path.realpath(run_dir)}
+    return contract(config["model"], read_labels(run_dir), config["preprocessing"], config["input_shape"],
+                    {"spec": data["spec"], "val_split": data["val_split"], "test_split": data["test_split"]},
+                    os.path.realpath(run_dir))
 
 
 def read_model_contract(path):
