@@ -5,8 +5,9 @@ canonical model (untrained weights, canonical input size).
                                      [--ceiling-gb 22] [--merge]
 
 Each cell is one `cnnkit export MODEL [--tflite | --onnx]` in its own process (the SavedModel is always
-written, so the tflite and onnx cells include it), the resident memory of that process and its children (the
-converters) summed every 0.1 s, and killed above the ceiling. With --record, rewrites the export_cost section of
+written, so the tflite and onnx cells include it), the memory of that process and its children (the converters)
+sampled every 0.1 s (benchmarks._record.tree_memory_mb: mapped libraries counted once), and killed above the
+ceiling. With --record, rewrites the export_cost section of
 benchmarks/RESULTS.md and writes benchmarks/results/export_cost.json; ``--merge`` keeps the recorded rows this
 run does not measure again (only when they were measured on a machine with the same description).
 """
