@@ -146,6 +146,9 @@ def create_model(name, num_classes=None, input_shape=None, include_top=True, wei
         merged.update(checkpoint.options)
     model = info.builder(num_classes=num_classes, input_shape=shape, include_top=include_top, **merged)
     model._name = info.name
+    from keras_cnns.layers.grouped import use_native_grouped_convolutions
+
+    use_native_grouped_convolutions(model)
     if checkpoint is not None:
         left_out = pretrained.load_into(model, checkpoint, path)
         if left_out:

@@ -184,3 +184,46 @@ def test_custom_layers_survive_save_and_load(tmp_path):
     batch = np.random.rand(2, 16, 16, 3).astype("float32")
     np.testing.assert_allclose(loaded(batch, training=False).numpy(), model(batch, training=False).numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_convolutions_run_on_tensorflows_kernel_with_the_same_answers_and_gradients(tmp_path):
+    """ResNeXt's grouped 3x3 convolutions leave tf_keras' XLA-compiled path (30x slower to train on a CPU
+    with oneDNN) where TensorFlow's own kernel can take their gradients, before and after a save; same
+    outputs and gradients as the XLA path."""
+    import subprocess
+    import sys
+
+    from keras_cnns import create_model
+    from keras_cnns.layers.grouped import native_grouped_gradients, use_native_grouped_convolutions
+    from keras_cnns.training.runs import load_model_file
+
+    model = create_model("resnext50_32x4d", num_classes=5, input_shape=(32, 32, 3))
+    grouped = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and l.groups > 1]
+    assert len(grouped) == 16  # one per bottleneck block
+    native = native_grouped_gradients()
+    assert all(("_jit_compiled_convolution_op" in vars(l)) == native for l in grouped)
+    reference = keras.models.clone_model(model)  # plain tf_keras layers: the XLA path
+    reference.set_weights(model.get_weights())
+    assert not any("_jit_compiled_convolution_op" in vars(l) for l in reference.layers)
+    x = tf.random.stateless_uniform((2, 32, 32, 3), (1, 2))
+
+    def answers(m):
+        with tf.GradientTape() as tape:
+            y = m(x, training=True)
+            loss = tf.reduce_sum(y * y)
+        return y.numpy(), [g.numpy() for g in tape.gradient(loss, m.trainable_weights)]
+
+    (y1, g1), (y2, g2) = answers(model), answers(reference)
+    np.testing.assert_allclose(y1, y2, atol=1e-5)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()))
+    model.save(str(tmp_path / "m.keras"))
+    loaded = load_model_file(str(tmp_path / "m.keras"))
+    assert all(("_jit_compiled_convolution_op" in vars(l)) == native
+               for l in loaded.layers if isinstance(l, keras.layers.Conv2D) and l.groups > 1)
+    assert use_native_grouped_convolutions(keras.Sequential([keras.layers.Dense(2)])) == 0
+    # TensorFlow's Eigen kernel (oneDNN off) cannot: such a CPU keeps the XLA path
+    probe = subprocess.run([sys.executable, "-c", "from keras_cnns.layers.grouped import native_grouped_gradients "
+                            "as n; print(n())"], capture_output=True, text=True, timeout=120,
+                           env={**__import__("os").environ, "TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert probe.stdout.strip() == "False", probe.stderr[-1000:]

@@ -158,10 +158,14 @@ def load_model_file(path):
 
     if not os.path.exists(path):
         raise CnnkitError(f"model file {path} does not exist")
+    from keras_cnns.layers.grouped import use_native_grouped_convolutions
+
     try:
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
     except Exception as err:  # a damaged or foreign file
         raise CnnkitError(f"cannot load model {path}: {err}") from None
+    use_native_grouped_convolutions(model)
+    return model
 
 
 def load_run_model(run_dir, which="best"):
