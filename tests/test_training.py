@@ -161,7 +161,7 @@ def test_full_disk_keeps_completed_epochs_and_the_run_resumes(tmp_path, monkeypa
 
     def failing_save(self, path, *args, **kwargs):
         saves["n"] += 1
-        if saves["n"] == 3:  # epoch 1 saved last + best; the first save of epoch 2 fills the disk midway
+        if saves["n"] == 2:  # epoch 1 saved last.keras (best.keras: its bytes); epoch 2's save fills the disk midway
             for name in ("best.keras", "last.keras"):
                 before[name] = open(os.path.join(run, name), "rb").read()
             real_save(self, path, *args, **kwargs)
