@@ -1,7 +1,7 @@
 """Grouped convolutions in training: tf_keras' XLA-compiled path against TensorFlow's own kernel
 (keras_cnns/layers/grouped.py), graph-mode training steps of the models that have them.
 
-    python benchmarks/grouped_conv.py [--models resnext50_32x4d,alexnet] [--input-size 64] [--batch-size 16]
+    python benchmarks/grouped_conv.py [--models resnext50_32x4d:64,alexnet:227] [--batch-size 16]
 
 Both paths are timed in one process, alternating (xla, native, xla, native, ...), and each again in a fresh
 process of its own. With --record, rewrites the grouped_conv section of benchmarks/RESULTS.md and writes
@@ -73,8 +73,7 @@ def alternating(name, input_size, batch_size, steps, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnext50_32x4d,alexnet")
-    parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument("--models", default="resnext50_32x4d:64,alexnet:227", help="MODEL:INPUT_SIZE, ...")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
@@ -82,22 +81,23 @@ def main():
     add_record_option(parser)
     args = parser.parse_args()
     if args.one:
-        name, path = args.one.split(":")
-        step = stepper(name, args.input_size, args.batch_size, path)
+        name, size, path = args.one.split(":")
+        step = stepper(name, int(size), args.batch_size, path)
         step().numpy()
         print(json.dumps(sorted(timed(step, args.steps) for _ in range(args.repeats))[args.repeats // 2]))
         return
     rows = []
-    for name in filter(None, args.models.split(",")):
-        together = alternating(name, args.input_size, args.batch_size, args.steps, args.repeats)
+    for name, size in (m.split(":") for m in filter(None, args.models.split(","))):
+        size = int(size)
+        together = alternating(name, size, args.batch_size, args.steps, args.repeats)
         apart = {}
         for path in PATHS:
-            out = subprocess.run([sys.executable, __file__, "--one", f"{name}:{path}", "--input-size",
-                                  str(args.input_size), "--batch-size", str(args.batch_size), "--steps",
+            out = subprocess.run([sys.executable, __file__, "--one", f"{name}:{size}:{path}",
+                                  "--batch-size", str(args.batch_size), "--steps",
                                   str(args.steps), "--repeats", str(args.repeats)], capture_output=True, text=True,
                                  check=True)
             apart[path] = json.loads(out.stdout.strip().splitlines()[-1])
-        row = {"model": name, "input_size": args.input_size, "batch_size": args.batch_size,
+        row = {"model": name, "input_size": size, "batch_size": args.batch_size,
                "alternating_s": together, "separate_s": apart}
         rows.append(row)
         print(json.dumps(row), flush=True)
