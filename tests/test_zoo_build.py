@@ -145,3 +145,12 @@ def test_efficientnet_variants_grow_from_coefficients():
     assert b3.input_shape == (None, 300, 300, 3)
     depthwise = [sum(isinstance(l, keras.layers.DepthwiseConv2D) for l in m.layers) for m in (b0, b3)]
     assert depthwise == [16, 26]  # sum of ceil(1.4 * repeats) over the B0 stages
+
+
+def test_alexnet_full_stem_says_its_smallest_input_instead_of_failing_inside_keras():
+    from keras_cnns.errors import CnnkitError
+
+    assert create_model("alexnet", num_classes=3, input_shape=(67, 67, 3)).output_shape == (None, 3)
+    for side in (64, 66):  # 64 used to fail at pool5 with Keras' "Negative dimension size"
+        with pytest.raises(CnnkitError, match="needs at least 67x67"):
+            create_model("alexnet", input_shape=(side, side, 3))

@@ -27,7 +27,8 @@ def _conv(x, filters, kernel, name, strides=1, padding="same", groups=1):
 def alexnet(num_classes=1000, input_shape=(227, 227, 3), include_top=True, two_tower=True, lrn=True,
             dropout=0.5, fc_units=4096, small_input=None, pooling=None, classifier_activation="softmax"):
     small = use_small_stem(small_input, input_shape)
-    inputs = image_input(input_shape, min_size=32 if small else 63)
+    # the full stem: 11x11 stride-4 conv, then three 3x3 stride-2 poolings need 67 pixels (64 left pool5 a 2x2 map)
+    inputs = image_input(input_shape, min_size=32 if small else 67)
     groups = 2 if two_tower else 1
     if small:  # CIFAR-size input: a 5x5 stride-1 first layer keeps enough resolution for 3 poolings
         x = _conv(inputs, 96, 5, "conv1")
