@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from keras_cnns.errors import CnnkitError
+from keras_cnns.files import replaced_atomically
 
 DEFAULT_OPSET = 17
 #: Above this many bytes of weights the conversion runs with protobuf's pure-Python backend (see ``_convert``)
@@ -32,21 +33,17 @@ def convert_in_child(saved_model_dir, path, opset=DEFAULT_OPSET):
 
 def convert(saved_model_dir, path, opset=DEFAULT_OPSET):
     """Convert the SavedModel's frozen ``probabilities`` graph (input ``images``, output ``probabilities``)."""
-    tmp = f"{path}.tmp-{os.getpid()}.onnx"
     try:
-        left = sorted(_convert(saved_model_dir, tmp, opset) & set(FUNCTION_CALLS))
-        if left:  # tf2onnx passes ops it cannot convert through as they are; ONNX Runtime refuses the file
-            raise CnnkitError(f"tf2onnx left TensorFlow ops ONNX Runtime cannot run ({', '.join(left)}: a layer "
-                              "that runs a function of its own, e.g. one compiled with XLA); export --tflite, "
-                              "or replace that layer")
-        os.replace(tmp, path)
+        with replaced_atomically(path, ".onnx") as tmp:
+            left = sorted(_convert(saved_model_dir, tmp, opset) & set(FUNCTION_CALLS))
+            if left:  # tf2onnx passes ops it cannot convert through as they are; ONNX Runtime refuses the file
+                raise CnnkitError(f"tf2onnx left TensorFlow ops ONNX Runtime cannot run ({', '.join(left)}: a "
+                                  "layer that runs a function of its own, e.g. one compiled with XLA); export "
+                                  "--tflite, or replace that layer")
     except CnnkitError:
         raise
     except Exception as err:
         raise CnnkitError(f"ONNX conversion failed (opset {opset}): {str(err).splitlines()[0][:300]}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _convert(saved_model_dir, path, opset):
@@ -132,13 +129,8 @@ def to_float16(float_path, path):
     with warnings.catch_warnings():  # "the float32 number 4e-08 will be truncated to 1e-07": what half means
         warnings.simplefilter("ignore", UserWarning)
         model = float16.convert_float_to_float16(model, keep_io_types=True)
-    tmp = f"{path}.tmp-{os.getpid()}.onnx"
-    try:
+    with replaced_atomically(path, ".onnx") as tmp:
         onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
@@ -156,14 +148,9 @@ def quantize_int8(float_path, path, representative):
         def get_next(self):
             return next(self.items, None)
 
-    tmp = f"{path}.tmp-{os.getpid()}.onnx"
-    try:
+    with replaced_atomically(path, ".onnx") as tmp:
         # uint8 weights and activations: on x86 without VNNI (AVX2, AVX-512) ONNX Runtime's u8s8 kernels can
         # saturate; measured on LeNet-5/digits: s8 weights agreed 98.1% (accuracy -1.1 pt), u8 weights 99.6%
         quantize_static(float_path, tmp, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QUInt8, per_channel=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -1,6 +1,5 @@
 """Charts: the notes' model comparison (operations on x, parameters on y, bubble area = memory of
 weights + one image's activations, as float32), training history and confusion matrices."""
-import os
 
 
 def _pyplot():
@@ -14,11 +13,13 @@ def _pyplot():
 
 def _save(fig, path):
     """Write the figure to ``path`` through a temporary sibling (atomic) and close it."""
-    plt = _pyplot()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from keras_cnns.files import replaced_atomically
+
+    try:
+        with replaced_atomically(path, ".png") as tmp:
+            fig.savefig(tmp)
+    finally:
+        _pyplot().close(fig)
     return path
 
 

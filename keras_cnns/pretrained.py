@@ -29,6 +29,7 @@ import urllib.request
 import numpy as np
 
 from keras_cnns.errors import CnnkitError
+from keras_cnns.files import replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -245,21 +246,17 @@ def fetch(checkpoint, progress=True, timeout=60):
             return path
     url = _mirror(checkpoint.url)
     os.makedirs(folder, exist_ok=True)
-    partial = f"{target}.part{os.getpid()}"
     try:
-        _download(url, partial, progress, timeout)
-        if not hash_matches(partial, checkpoint.file_hash):
-            raise CnnkitError(f"{url} does not have the hash {checkpoint.file_hash} that {checkpoint.source} "
-                              "publishes for it (a changed or corrupt file); nothing was kept")
-        os.replace(partial, target)
+        with replaced_atomically(target) as partial:
+            _download(url, partial, progress, timeout)
+            if not hash_matches(partial, checkpoint.file_hash):
+                raise CnnkitError(f"{url} does not have the hash {checkpoint.file_hash} that {checkpoint.source} "
+                                  "publishes for it (a changed or corrupt file); nothing was kept")
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, "reason", None) or err.strerror or err
         raise CnnkitError(
             f"cannot download {url} ({reason}); download it elsewhere and pass it with --weights FILE "
             f"(weights=FILE), or use --weights none for the untrained model") from None
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     return target
 
 

@@ -38,6 +38,7 @@ def zoo_stats(name):
 
 
 def write_zoo_stats(path=STATS_FILE, log=None):
+    from keras_cnns.files import replaced_atomically
     from keras_cnns.registry import list_models
 
     table = {}
@@ -45,11 +46,9 @@ def write_zoo_stats(path=STATS_FILE, log=None):
         table[name] = model_stats(name)
         if log:
             log(f"{name}: {table[name]['params']:,} params, {table[name]['macs']:,} MACs")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(table, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
     load_zoo_stats.cache_clear()
     return table
 

@@ -23,21 +23,17 @@ import re
 import time
 
 from keras_cnns.errors import CnnkitError
+from keras_cnns.files import replaced_atomically
 
 DEFAULT_ROOT = "runs"
 
 
 def write_atomic(path, data):
     """Write ``data`` (str or bytes) through a temporary sibling and a rename: never half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
     binary = isinstance(data, bytes)
-    try:
-        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with replaced_atomically(path) as tmp, open(tmp, "wb" if binary else "w",
+                                                 encoding=None if binary else "utf-8") as f:
+        f.write(data)
     return path
 
 
@@ -50,17 +46,11 @@ def save_model_atomic(model, path, contract=None):
     ``contract`` (see ``model_contract``) inside the file: Keras reads its own entries and ignores this one."""
     import zipfile
 
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}.keras")
-    try:
+    with replaced_atomically(path, ".keras") as tmp:
         model.save(tmp)
         if contract is not None:
             with zipfile.ZipFile(tmp, "a") as archive:
                 archive.writestr(CONTRACT_ENTRY, json.dumps(contract, indent=2, default=_jsonable))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_json(path, obj):
