@@ -12,6 +12,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
     with pytest.raises(OSError):
         with replaced_atomically(str(path), ".json") as tmp:
             assert tmp.endswith(".json") and os.path.dirname(tmp) == str(tmp_path)
+            assert os.path.basename(tmp).startswith(".")  # hidden from a reader listing *.json
             with open(tmp, "w") as f:
                 f.write("half")
             raise OSError(28, "No space left on device")
