@@ -32,6 +32,8 @@ def _layers(model):
         yield layer
         if hasattr(layer, "layers"):  # a nested model
             yield from _layers(layer)
+        if hasattr(getattr(layer, "layer", None), "groups"):  # the layer inside a tensorflow-model-optimization wrapper
+            yield layer.layer
 
 
 def use_native_grouped_convolutions(model):

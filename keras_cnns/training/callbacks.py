@@ -7,10 +7,12 @@ import csv
 import logging
 import math
 import os
+import shutil
 import time
 
 import tf_keras as keras
 
+from keras_cnns.files import replaced_atomically
 from keras_cnns.training.runs import model_contract, save_model_atomic, write_atomic
 from keras_cnns.training.schedules import learning_rate_at
 
@@ -143,9 +145,9 @@ class RunRecorder(keras.callbacks.Callback):
         self.session_epochs += 1
         if self._better(values.get(self.monitor), values.get(self.tie_break)):
             self.best, self.best_loss, self.best_epoch = values[self.monitor], values.get(self.tie_break), epoch
-            # the same model state as last.keras: its bytes, not a second serialisation (0.7 s for MobileNet v2)
-            with open(os.path.join(self.run_dir, "last.keras"), "rb") as f:
-                write_atomic(os.path.join(self.run_dir, "best.keras"), f.read())
+            # the same model state as last.keras: a copy of it, not a second serialisation (0.7 s for MobileNet v2)
+            with replaced_atomically(os.path.join(self.run_dir, "best.keras")) as tmp:
+                shutil.copyfile(os.path.join(self.run_dir, "last.keras"), tmp)
 
 
 def _fmt(value):
