@@ -43,7 +43,7 @@ setup(
         "bench": ["torch==2.13.0"],
         # the tests check the PyTorch twins of the Keras models, and every checkpoint mapping against
         # torchvision's own models
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "torchvision==0.28.0"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "torch==2.13.0", "torchvision==0.28.0"],
     },
     entry_points={"console_scripts": ["cnnkit=cnnkit.cli:main"]},
 )

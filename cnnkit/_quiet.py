@@ -9,7 +9,6 @@ import contextlib
 import os
 import sys
 
-
 _terminal = None  # the real stderr while file descriptor 2 is silenced
 
 

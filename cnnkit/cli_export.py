@@ -5,8 +5,8 @@ import os
 import click
 
 from cnnkit._common import table
-from cnnkit._quiet import stderr_silenced as native_logs_silenced
 from cnnkit._quiet import import_tensorflow
+from cnnkit._quiet import stderr_silenced as native_logs_silenced
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 
@@ -46,6 +46,8 @@ def _print_report(report):
 @click.option("--onnx", "onnx_out", is_flag=True, help="ONNX (tf2onnx), run with ONNX Runtime.")
 @click.option("--all", "everything", is_flag=True,
               help="SavedModel, every TFLite variant and ONNX (float32, float16, int8).")
+@click.option("--format", "extra", multiple=True, metavar="NAME",
+              help="One more format by its name in export/formats.py (repeatable), e.g. --format onnx-float16.")
 @click.option("--quantize", default="none", show_default=True, metavar="MODE|tflite=MODE,onnx=MODE",
               help="Besides float32, one of none, dynamic, float16, int8, qat: float16 and int8 apply to TFLite and, "
                    "with --onnx, to ONNX as well (int8 = full-integer TFLite with uint8 in/out, ONNX static QDQ; "
@@ -83,7 +85,7 @@ def _print_report(report):
               help="Publish the version without the artifacts that fail the parity report (they stay in the "
                    "report, marked not published) instead of publishing nothing. Never without the SavedModel.")
 @json_option
-def export_command(source, output, saved_model, tflite_out, onnx_out, everything, quantize, prune, cluster,
+def export_command(source, output, saved_model, tflite_out, onnx_out, everything, extra, quantize, prune, cluster,
                    finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, labels_file,
                    preprocessing, opset, author, license_, max_megapixels, allow_failed_variants, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
@@ -99,22 +101,21 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
       cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat
     """
     import_tensorflow(export=True)
-    from export import export, plan_formats
+    from export import ExportOptions, export, plan_formats
     from export.exporter import ExportFailed
 
-    formats = plan_formats(saved_model, tflite_out, onnx_out, quantize, everything, prune, cluster)
+    formats = plan_formats(saved_model, tflite_out, onnx_out, quantize, everything, prune, cluster, extra)
     try:
         with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
-            path, report = export(source, output=output, formats=formats, calibration_data=calibration_data,
-                                  name=name, version=version, weights=weights, input_size=input_size, opset=opset,
-                                  prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
-                                  author=author, license=license_, max_megapixels=max_megapixels,
-                                  allow_failed_variants=allow_failed_variants, labels=labels_file,
-                                  preprocessing=preprocessing)
+            path, report = export(source, output, formats, ExportOptions(
+                calibration_data=calibration_data, name=name, version=version, weights=weights, input_size=input_size,
+                opset=opset, prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
+                author=author, license=license_, max_megapixels=max_megapixels,
+                allow_failed_variants=allow_failed_variants, labels=labels_file, preprocessing=preprocessing))
     except ExportFailed as err:  # every row, then the reason; exit 1 as validate does
         click.echo(json.dumps(err.report)) if as_json else _print_report(err.report)
         click.echo(f"cnnkit: error: {err} (--allow-failed-variants publishes the rest)", err=True)
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(1) from None
     if as_json:
         click.echo(json.dumps(report))
         return

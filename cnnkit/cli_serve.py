@@ -8,6 +8,7 @@ import click
 from cnnkit._common import log_to_stderr, table
 from cnnkit._quiet import import_tensorflow
 from cnnkit._quiet import stderr_silenced as native_logs_silenced
+from export.local import runtimes as local_runtimes
 
 
 @click.command()
@@ -110,7 +111,7 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
                                                "(REST) or host:8500 with --grpc.")
 @click.option("--grpc", "use_grpc", is_flag=True, help="Talk gRPC to --server.")
 @click.option("--version", "model_version", type=click.IntRange(min=1), help="Ask the server for this version.")
-@click.option("--runtime", type=click.Choice(("auto", "savedmodel", "tflite", "onnx", "mediapipe")), default="auto",
+@click.option("--runtime", type=click.Choice(local_runtimes()), default="auto",
               show_default=True,
               help="Locally, which artifact of an export runs: auto = the fastest that gives the Keras model's "
                    "answers, by the batch-1 latency in the export's parity report; mediapipe = the float32 TFLite "

@@ -7,6 +7,7 @@ The SavedModel is the one canonical static graph; TFLite and ONNX are derived fr
 is compared with the Keras model before the version directory appears (see ``exporter``).
 Dependency direction: ``cnnkit -> serving -> export -> keras_cnns``.
 """
-from export.exporter import FORMATS, QUANTIZE, export, plan_formats, validate
+from export.exporter import ExportOptions, export, plan_formats, validate
+from export.formats import FORMATS, QUANTIZE
 
-__all__ = ["export", "validate", "plan_formats", "FORMATS", "QUANTIZE"]
+__all__ = ["export", "validate", "plan_formats", "ExportOptions", "FORMATS", "QUANTIZE"]

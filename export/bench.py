@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from export import onnx_format, tflite
 from export.exporter import keras_reference
+from export.formats import runner_for
 from export.parity import latency_samples_ms
 from export.savedmodel import load_probabilities
 from keras_cnns.utils import onednn_enabled
@@ -26,7 +26,7 @@ def _runtimes(export_dir, meta, threads):
     """[(runtime name, threads label, callable float32 pixels -> probabilities)]."""
     import tensorflow as tf
 
-    from keras_cnns.training.runs import load_model_file
+    from keras_cnns.files import load_model_file
 
     model = load_model_file(os.path.join(export_dir, "keras", "model.keras"))
     reference = keras_reference(model, meta["preprocessing"])
@@ -36,13 +36,10 @@ def _runtimes(export_dir, meta, threads):
     runtimes = [("keras (eager)", "tf", reference),
                 ("savedmodel (graph)", "tf", load_probabilities(export_dir)),
                 ("keras + xla", "tf", lambda images: xla(tf.constant(images)).numpy())]
-    for artifact in meta["artifacts"]:
+    for artifact in meta["artifacts"]:  # the SavedModel is measured above, with the Keras model
         path = os.path.join(export_dir, artifact["path"])
-        for t in threads:
-            if artifact["kind"].startswith("tflite"):
-                runtimes.append((artifact["artifact"], str(t), tflite.Runner(path, threads=t)))
-            elif artifact["kind"].startswith("onnx"):
-                runtimes.append((artifact["artifact"], str(t), onnx_format.Runner(path, threads=t)))
+        if artifact["kind"] != "savedmodel":
+            runtimes += [(artifact["artifact"], str(t), runner_for(artifact["kind"], path, threads=t)) for t in threads]
     return runtimes
 
 
@@ -51,8 +48,8 @@ def bench_infer(export_dir, batch_sizes=(1, 32), threads=(1, 2), repeats=30, see
     p90_ms, images_per_s}]}; the lower-bound rows have no spread."""
     from keras_cnns.analysis import profile_model
     from keras_cnns.errors import CnnkitError
+    from keras_cnns.files import load_model_file, read_json
     from keras_cnns.training.bench import matmul_peak_gflops
-    from keras_cnns.training.runs import load_model_file, read_json
 
     meta_path = os.path.join(export_dir, "export.json")
     if not os.path.exists(meta_path):

@@ -10,6 +10,7 @@ plain Keras model (wrappers stripped) that exports like any other:
 import gzip
 import io
 import logging
+import os
 
 import numpy as np
 
@@ -94,6 +95,53 @@ def cluster(model, data, preprocessing, clusters, epochs=4, lr=1e-4):
         layer, number_of_clusters=clusters, cluster_centroids_init=init))
     _fine_tune(wrapped, data, preprocessing, epochs, lr)
     return tfmot.clustering.keras.strip_clustering(wrapped)
+
+
+def compressed_models(src, formats, data, options):
+    """{format name: (compressed Keras model, details)} for the compressed formats in the plan, fine-tuned
+    ``options.finetune_epochs`` on the run's training data."""
+    wanted = [f.name for f in formats if f.compressed]
+    if not wanted:
+        return {}
+    if data is None or data.class_names != src.labels:
+        raise CnnkitError("--prune, --cluster and --quantize qat fine-tune on the training data: export a run "
+                          "directory (its data set is used)")
+    epochs, out = options.finetune_epochs, {}
+    if "tflite-qat" in wanted:
+        out["tflite-qat"] = (quantization_aware(src.model, data, src.preprocessing, epochs), {})
+    if "tflite-pruned" in wanted:
+        model = prune(src.model, data, src.preprocessing, options.prune, epochs)
+        out["tflite-pruned"] = (model, {"target_sparsity": options.prune})
+    if "tflite-clustered" in wanted:
+        model = cluster(src.model, data, src.preprocessing, options.cluster, epochs)
+        out["tflite-clustered"] = (model, {"clusters": options.cluster})
+    return out
+
+
+def build_tflite(job, fmt, path):
+    """A compressed model's TFLite file from its own SavedModel (``scratch/NAME``): integer when the plan has
+    full-integer TFLite too (or it was trained quantization-aware), with what pruning or clustering left in it."""
+    from export import tflite
+
+    variant = "qat" if fmt.name == "tflite-qat" else ("int8" if "tflite-int8" in job.formats else "float32")
+    tflite.convert_for(job, os.path.join(job.scratch, fmt.name), fmt.name, variant, path)
+    details = {**job.compressed[fmt.name][1], **measured_kernels(fmt.name, path), "tflite_variant": variant,
+               "gzip_bytes": gzip_size(path)}
+    return tflite.io_details(job, variant == "int8", details)
+
+
+def measured_kernels(fmt, path):
+    """What pruning / clustering left in the ``.tflite`` file itself: sparsity or distinct values per kernel
+    of the conv, depthwise and dense weights read from its buffers."""
+    from export import tflite
+
+    with open(path, "rb") as f:
+        arrays = tflite.kernel_tensors(f.read())
+    if fmt == "tflite-pruned":
+        return {"sparsity": sparsity(arrays)}
+    if fmt == "tflite-clustered":
+        return {"max_unique_values_per_kernel": max_unique_values(arrays)}
+    return {}
 
 
 def sparsity(arrays):

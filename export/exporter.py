@@ -14,9 +14,9 @@ A version is built in a hidden sibling directory and renamed into place only whe
 within tolerance, so TF Serving (which watches the numbered directories) never sees a half-written or
 failing version, and earlier versions are never touched.
 """
+import dataclasses
 import errno
 import functools
-import io
 import logging
 import os
 import re
@@ -25,40 +25,49 @@ import tempfile
 
 import numpy as np
 
-from export import child, onnx_format, parity, savedmodel, tflite
+from export import compress, mediapipe_check, onnx_format, parity, savedmodel
+from export.formats import FORMATS, QUANTIZE, RUNTIMES, BuildJob, by_kind, quantize_modes, runner_for
 from export.source import load_source
-from keras_cnns.errors import ArtifactError, CnnkitError
+from keras_cnns.errors import CnnkitError
+from keras_cnns.files import load_model_file, read_json, remove_if_empty, save_model_atomic, write_json
 
 log = logging.getLogger("export")
 
-QUANTIZE = ("none", "dynamic", "float16", "int8", "qat")
-#: format -> (artifact name, kind, relative path)
-FORMATS = {
-    "saved_model": ("saved_model", "savedmodel", ""),
-    "tflite-float32": ("tflite_float32", "tflite-float32", "tflite/model_float32.tflite"),
-    "tflite-float16": ("tflite_float16", "tflite-float16", "tflite/model_float16.tflite"),
-    "tflite-dynamic": ("tflite_dynamic", "tflite-dynamic", "tflite/model_dynamic.tflite"),
-    "tflite-int8": ("tflite_int8", "tflite-int8", "tflite/model_int8.tflite"),
-    "onnx": ("onnx", "onnx", "onnx/model.onnx"),
-    "onnx-float16": ("onnx_float16", "onnx-float16", "onnx/model_float16.onnx"),
-    "onnx-int8": ("onnx_int8", "onnx-int8", "onnx/model_int8.onnx"),
-    # compressed with tensorflow-model-optimization (fine-tuned on the run's training data first)
-    "tflite-qat": ("tflite_qat", "tflite-qat", "tflite/model_qat.tflite"),
-    "tflite-pruned": ("tflite_pruned", "tflite-pruned", "tflite/model_pruned.tflite"),
-    "tflite-clustered": ("tflite_clustered", "tflite-clustered", "tflite/model_clustered.tflite"),
-}
-COMPRESSED = ("tflite-qat", "tflite-pruned", "tflite-clustered")
 #: ITU-R BT.601 luma weights (they sum to 1): RGB -> gray in the mobile form of a grayscale model
 LUMA = (0.299, 0.587, 0.114)
-#: MediaPipe Tasks must agree with LiteRT on the top-1 class of this share of (up to this many) images
-MEDIAPIPE_AGREEMENT = 0.99
-MEDIAPIPE_IMAGES = 200
-#: full-size photos on which MediaPipe Tasks (resizing them itself) must agree with the served SavedModel
-FULL_SIZE_PHOTOS = 60
-#: how many times the input side a full-size photo is (each side drawn apart: the photos are not square)
-FULL_SIZE_FACTORS = (4, 10)
-#: no side above this many pixels (a 224-input model's 60 photos stay near 60 MB encoded, the check quick)
-FULL_SIZE_MAX_SIDE = 1280
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """How to export, beside the source, the output folder and the formats (see ``export``)."""
+    #: images for int8 calibration (a data spec); default: the run's data
+    calibration_data: str = None
+    #: the model's folder name in the export base (default: the model's name) and its version (default: next)
+    name: str = None
+    version: int = None
+    #: for a zoo model name: imagenet | none | a checkpoint file, and the input side
+    weights: str = None
+    input_size: int = None
+    #: the held-out images the parity report compares on (default: the run's test split)
+    data_spec: str = None
+    opset: int = onnx_format.DEFAULT_OPSET
+    #: target sparsity of tflite-pruned, clusters per kernel of tflite-clustered
+    prune: float = None
+    cluster: int = None
+    #: fine-tuning epochs of the compressed formats (tflite-qat, -pruned, -clustered)
+    finetune_epochs: int = 4
+    #: input/output type of full-integer TFLite: uint8 or int8
+    int8_io: str = "uint8"
+    #: the TFLite metadata's author and license fields
+    author: str = ""
+    license: str = ""
+    #: the SavedModel refuses an encoded image whose header declares more pixels than this, before decoding
+    max_megapixels: float = savedmodel.MAX_MEGAPIXELS
+    #: publish without the artifacts out of tolerance (never without the SavedModel)
+    allow_failed_variants: bool = False
+    #: for a .keras/.h5 source that does not carry them: a class-names file and the normalisation
+    labels: str = None
+    preprocessing: object = None
 
 
 def next_version(base):
@@ -91,27 +100,8 @@ def keras_reference(model, preprocessing):
     return run
 
 
-def open_artifact(kind, path, opener):
-    """``opener(path)``; a missing or damaged file is an ArtifactError, one line naming it."""
-    shown = os.path.join(path, "saved_model.pb") if kind == "savedmodel" else path
-    if not os.path.exists(shown):
-        raise ArtifactError(f"{shown} does not exist")
-    try:
-        return opener(path)
-    except Exception as err:  # each runtime has its own errors for a file it cannot parse
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        raise ArtifactError(f"cannot load {shown} ({kind}): {reason[:300]}") from None
-
-
-def runner_for(kind, path):
-    """The artifact at ``path`` opened in its runtime: float32 pixels -> probabilities."""
-    opener = savedmodel.load_probabilities if kind == "savedmodel" else \
-        tflite.Runner if kind.startswith("tflite") else onnx_format.Runner
-    return open_artifact(kind, path, opener)
-
-
 #: quantization modes each converter offers besides float32
-QUANTIZE_BY_FORMAT = {"tflite": QUANTIZE, "onnx": ("none", "float16", "int8")}
+QUANTIZE_BY_FORMAT = {runtime: quantize_modes(runtime) for runtime in ("tflite", "onnx")}
 
 
 def parse_quantize(quantize):
@@ -138,14 +128,13 @@ def parse_quantize(quantize):
 
 
 def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="none", everything=False, prune=None,
-                 cluster=None):
+                 cluster=None, extra=()):
     """The formats to write. ``quantize``: see ``parse_quantize``; a TFLite-only mode (dynamic, qat) brings
-    TFLite in, and so does any mode when no format is named."""
+    TFLite in, and so does any mode when no format is named. ``extra``: more formats by name (``--format``)."""
     modes, named = parse_quantize(quantize)
     formats = ["saved_model"]
     if everything:
-        formats += ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx", "onnx-float16",
-                    "onnx-int8"]
+        formats += [f.name for f in FORMATS.values() if f.in_all]
     onnx_out = onnx_out or "onnx" in named
     tflite_out = (tflite_out or "tflite" in named or bool(prune) or bool(cluster)
                   or (modes["tflite"] != "none" and not (onnx_out and modes["onnx"] == modes["tflite"])))
@@ -159,21 +148,19 @@ def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="n
         formats.append("tflite-pruned")
     if cluster:
         formats.append("tflite-clustered")
-    return list(dict.fromkeys(formats))
+    unknown = [f for f in extra if f not in FORMATS]
+    if unknown:
+        raise CnnkitError(f"unknown export format {', '.join(unknown)}; the formats are {', '.join(FORMATS)}")
+    return list(dict.fromkeys(formats + list(extra)))
 
 
-def export(source, output="exports", formats=("saved_model",), calibration_data=None, name=None, version=None,
-           weights=None, input_size=None, opset=onnx_format.DEFAULT_OPSET, data_spec=None, prune=None, cluster=None,
-           finetune_epochs=4, int8_io="uint8", author="", license="", max_megapixels=savedmodel.MAX_MEGAPIXELS,
-           allow_failed_variants=False, labels=None, preprocessing=None):
-    """Export SOURCE (run directory, zoo name, .keras/.h5 file or cnnkit export) into ``output/NAME/VERSION``;
-    returns (version directory, report dict).
+def export(source, output="exports", formats=("saved_model",), options=None, **fields):
+    """Export SOURCE (run directory, zoo model name, .keras/.h5 file or cnnkit export) into ``output/NAME/VERSION``
+    in ``formats`` (names of FORMATS: see ``plan_formats``); returns (version directory, report dict).
 
-    ``prune`` (target sparsity) and ``cluster`` (clusters per kernel) go with the formats
-    ``tflite-pruned`` / ``tflite-clustered``; they and ``tflite-qat`` fine-tune ``finetune_epochs``
-    on the run's training data. ``int8_io``: input/output type of full-integer TFLite (uint8 or int8).
-    ``author`` and ``license`` go into the TFLite metadata. ``max_megapixels``: the SavedModel refuses an
-    encoded image whose header declares more pixels than this, before decoding it.
+    ``options``: an ExportOptions, or its fields as keywords (``name="digits", prune=0.5``). ``prune`` (target
+    sparsity) and ``cluster`` (clusters per kernel) go with the formats ``tflite-pruned`` / ``tflite-clustered``;
+    they and ``tflite-qat`` fine-tune ``finetune_epochs`` on the run's training data.
 
     Every artifact must pass the parity report or nothing is published (``ExportFailed`` carries the report);
     ``allow_failed_variants``: publish without the artifacts out of tolerance (never without the SavedModel),
@@ -183,49 +170,47 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
     Each converter runs in a spawned child process (export/child.py), so a script that calls this needs the
     usual ``if __name__ == "__main__":`` guard.
     """
-    if not max_megapixels > 0:
-        raise CnnkitError(f"--max-megapixels must be > 0, got {max_megapixels}")
-    src = load_source(source, weights=weights, input_size=input_size, labels=labels, preprocessing=preprocessing)
-    src.author, src.license, src.max_megapixels = author, license, float(max_megapixels)
-    name = name or src.name
+    options = dataclasses.replace(options or ExportOptions(), **fields)
+    if not options.max_megapixels > 0:
+        raise CnnkitError(f"--max-megapixels must be > 0, got {options.max_megapixels}")
+    formats = plan_formats(extra=formats)  # names checked, the SavedModel first
+    src = load_source(source, weights=options.weights, input_size=options.input_size, labels=options.labels,
+                      preprocessing=options.preprocessing)
+    name = options.name or src.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise CnnkitError(f"--name {name!r}: letters, digits, '_', '.' and '-' only, not starting with '.' (it "
                           f"names a folder inside {output})")
-    base = os.path.join(output, name)
+    base, version = os.path.join(output, name), options.version
     if version is None:
         version = next_version(base)
     elif os.path.exists(os.path.join(base, str(version))):
         raise CnnkitError(f"{base}/{version} already exists; exports never overwrite a version")
     # with no data of its own, the parity check runs on the calibration set's held-out split (real images,
     # never the ones calibrated on) rather than on noise
-    images, labels, data = _evaluation_images(src, data_spec or (None if src.data_spec else calibration_data))
+    calibration = options.calibration_data
+    images, labels, data = _evaluation_images(src, options.data_spec or (None if src.data_spec else calibration))
     if src.untrained:
         _estimate_batch_norm(src, images)
-    formats, carried, left = _carry_over(src, formats, can_calibrate=bool(calibration_data) or data is not None)
-    representative = None
-    if any(f in formats for f in ("tflite-int8", "onnx-int8")):
-        if calibration_data:
-            from keras_cnns.training.data import load_data
-
-            representative = load_data(calibration_data, src.input_shape).train.x[:200]
-        elif data is not None:
-            representative = data.train.x[:200]
-        else:
-            raise CnnkitError("int8 quantization needs calibration images: export a training run, or give "
-                              "--calibration-data SPEC (e.g. a folder of sample images)")
-    quantized = [f for f in formats if parity.tolerance_of(FORMATS[f][1])[0] == "quantized" and f not in COMPRESSED]
-    if src.untrained and quantized and not allow_failed_variants:  # say so before the conversions, not after
+    names, carried, left = _carry_over(src, formats, can_calibrate=bool(calibration) or data is not None)
+    plan = [FORMATS[f] for f in names]
+    representative = _calibration_images(src, plan, calibration, data)
+    quantized = [f.name for f in plan if f.precision is None and not f.compressed]
+    if src.untrained and quantized and not options.allow_failed_variants:  # say so before the conversions
         raise CnnkitError(f"{src.name} is untrained (--weights none): its near-uniform answers cannot pass the "
                           f"top-1 agreement gate of {', '.join(quantized)}; export a trained model (a run folder, or "
                           "--weights imagenet), or add --allow-failed-variants to publish what passes")
-    compressed = _compress(src, formats, data, prune, cluster, finetune_epochs)
+    compressed = compress.compressed_models(src, plan, data, options)
     final = os.path.join(base, str(version))
     tmp = os.path.join(base, f".partial-{version}-{os.getpid()}")
     created = [folder for folder in (output, base) if not os.path.isdir(folder)]
     os.makedirs(base, exist_ok=True)
     try:
-        report = _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed,
-                        int8_io, allow_failed_variants)
+        with tempfile.TemporaryDirectory() as scratch:
+            job = BuildJob(src, tmp, scratch, names, options, version, representative, compressed=compressed)
+            artifacts = _build(job, plan)
+        write_json(os.path.join(tmp, "export.json"), _manifest(src, name, version, artifacts, options))
+        report = validate(tmp, images=images, labels=labels, raise_on_failure=not options.allow_failed_variants)
+        _publish_what_passed(tmp, report)
         os.rename(tmp, final)
     except OSError as err:
         if err.errno == errno.ENOSPC:
@@ -236,14 +221,26 @@ def export(source, output="exports", formats=("saved_model",), calibration_data=
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.exists(final):  # a failed export leaves no empty folder behind
-            from keras_cnns.training.runs import remove_if_empty
-
             for folder in reversed(created):
                 remove_if_empty(folder)
     report["path"] = final
     if src.earlier_artifacts:
         report["carried_over"], report["not_carried_over"] = carried, left
     return final, report
+
+
+def _calibration_images(src, plan, calibration_data, data):
+    """Up to 200 training images for the formats that calibrate (full-integer ones), else None."""
+    if not any(f.calibrated for f in plan):
+        return None
+    if calibration_data:
+        from keras_cnns.training.data import load_data
+
+        return load_data(calibration_data, src.input_shape).train.x[:200]
+    if data is not None:
+        return data.train.x[:200]
+    raise CnnkitError("int8 quantization needs calibration images: export a training run, or give "
+                      "--calibration-data SPEC (e.g. a folder of sample images)")
 
 
 def _estimate_batch_norm(src, images):
@@ -267,37 +264,15 @@ def _carry_over(src, formats, can_calibrate):
     """Adding formats to an earlier export: the new version holds the earlier one's formats too, rebuilt from
     its Keras model and checked again. Not the tensorflow-model-optimization variants (they need the run's
     fine-tuning options), nor full-integer ones without calibration images. Returns (formats, carried, left)."""
-    earlier = [f for f, (artifact, _, _) in FORMATS.items() if artifact in src.earlier_artifacts and f not in formats]
-    carried = [f for f in earlier if f not in COMPRESSED and (can_calibrate or not f.endswith("int8"))]
-    left = [f for f in earlier if f not in carried]
+    earlier = [f for f in FORMATS.values() if f.artifact in src.earlier_artifacts and f.name not in formats]
+    carried = [f.name for f in earlier if not f.compressed and (can_calibrate or not f.calibrated)]
+    left = [f.name for f in earlier if f.name not in carried]
     if carried:
         log.info("carried over from %s (rebuilt and checked again): %s", src.origin, ", ".join(carried))
     if left:
         log.warning("not carried over from %s: %s (export those from the training run)", src.origin,
                     ", ".join(left))
     return [*formats, *carried], carried, left
-
-
-def _compress(src, formats, data, prune, cluster, epochs):
-    """{format: (compressed Keras model, details)} for the tensorflow-model-optimization formats."""
-    from export import compress
-
-    wanted = [f for f in formats if f in COMPRESSED]
-    if not wanted:
-        return {}
-    if data is None or data.class_names != src.labels:
-        raise CnnkitError("--prune, --cluster and --quantize qat fine-tune on the training data: export a run "
-                          "directory (its data set is used)")
-    out = {}
-    if "tflite-qat" in wanted:
-        out["tflite-qat"] = (compress.quantization_aware(src.model, data, src.preprocessing, epochs), {})
-    if "tflite-pruned" in wanted:
-        model = compress.prune(src.model, data, src.preprocessing, prune, epochs)
-        out["tflite-pruned"] = (model, {"target_sparsity": prune})
-    if "tflite-clustered" in wanted:
-        model = compress.cluster(src.model, data, src.preprocessing, cluster, epochs)
-        out["tflite-clustered"] = (model, {"clusters": cluster})
-    return out
 
 
 def rgb_input(model):
@@ -312,15 +287,6 @@ def rgb_input(model):
     x = luma(inputs)
     luma.set_weights([np.array(LUMA, np.float32).reshape(1, 1, 3, 1)])
     return keras.Model(inputs, model(x), name=f"{model.name}_rgb")
-
-
-def _tflite(graph, fmt, variant, representative, int8_io, src, version, path):
-    if representative is not None and src.input_shape[-1] == 1:  # the RGB-input mobile graph calibrates on RGB
-        representative = np.repeat(representative[..., :1], 3, axis=-1)
-    description = (f"{src.name}: image classifier of {len(src.labels)} classes exported by cnnkit ({fmt}) from "
-                   f"{src.origin}" + (f", trained on {src.data_spec}" if src.data_spec else ""))
-    child.run(f"the TFLite conversion ({variant}) of {src.name}", tflite.convert_file, graph, variant, path,
-              src.labels, src.name, description, version, src.author, src.license, representative, int8_io)
 
 
 def _release(src, compressed):
@@ -341,216 +307,71 @@ def _release(src, compressed):
         pass
 
 
-def _float_onnx(tmp, scratch, opset):
-    """The float32 ONNX file the float16 and int8 ones derive from: the export's, else one in scratch."""
-    path = os.path.join(tmp, FORMATS["onnx"][2])
-    if not os.path.exists(path):
-        path = os.path.join(scratch, "float.onnx")
-        if not os.path.exists(path):
-            onnx_format.convert_in_child(tmp, path, opset)
-    return path
-
-
-def _build(src, tmp, formats, images, labels, representative, opset, name, version, compressed, int8_io,
-           allow_failed=False):
-    import dataclasses
-
-    from export.compress import gzip_size
-    from keras_cnns.training.runs import read_json, save_model_atomic, write_json
-
+def _build(job, plan):
+    """Write every artifact of ``plan`` into ``job.out``: first the graphs (the SavedModel, the Keras model the
+    report compares against, the mobile graph, each compressed model's SavedModel) while the Keras models are in
+    memory, then, with them released, each format's ``build`` (the converters run in child processes).
+    Returns the export.json entries."""
+    src, gray = job.src, job.src.input_shape[-1] == 1
+    labels_file = os.path.join(job.scratch, "labels.txt")  # the asset keeps its file name: labels.txt
+    with open(labels_file, "w", encoding="utf-8") as f:
+        f.write("\n".join(src.labels) + "\n")
+    megapixels = job.options.max_megapixels
+    savedmodel.save(src, job.out, labels_file, megapixels)
+    os.makedirs(os.path.join(job.out, "keras"))
+    save_model_atomic(src.model, os.path.join(job.out, "keras", "model.keras"), src.contract())
+    job.mobile = job.out  # the graph TFLite files come from: RGB input for a grayscale model
+    if gray and any(f.runtime == "tflite" and not f.compressed for f in plan):
+        job.mobile = savedmodel.save(dataclasses.replace(src, model=rgb_input(src.model)),
+                                     os.path.join(job.scratch, "mobile"), labels_file, megapixels)
+    for name, (model, _) in job.compressed.items():  # each its own SavedModel
+        savedmodel.save(dataclasses.replace(src, model=rgb_input(model) if gray else model),
+                        os.path.join(job.scratch, name), labels_file, megapixels)
+    _release(src, job.compressed)
     artifacts = []
-    gray = src.input_shape[-1] == 1
-    with tempfile.TemporaryDirectory() as scratch:  # the asset keeps its file name: labels.txt
-        labels_file = os.path.join(scratch, "labels.txt")
-        with open(labels_file, "w", encoding="utf-8") as f:
-            f.write("\n".join(src.labels) + "\n")
-        # every graph a converter needs is written first; then the Keras models are released
-        savedmodel.save(src, tmp, labels_file)
-        os.makedirs(os.path.join(tmp, "keras"))
-        save_model_atomic(src.model, os.path.join(tmp, "keras", "model.keras"), src.contract())
-        mobile = tmp  # the graph TFLite files come from: RGB input for a grayscale model
-        if gray and any(f.startswith("tflite") for f in formats):
-            mobile = savedmodel.save(dataclasses.replace(src, model=rgb_input(src.model)),
-                                     os.path.join(scratch, "mobile"), labels_file)
-        for fmt, (model, _) in compressed.items():  # each its own SavedModel
-            savedmodel.save(dataclasses.replace(src, model=rgb_input(model) if gray else model),
-                            os.path.join(scratch, fmt), labels_file)
-        _release(src, compressed)
-        for fmt in formats:
-            artifact, kind, rel = FORMATS[fmt]
-            path = os.path.join(tmp, rel) if rel else tmp
-            if rel:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            details = {}
-            if fmt in compressed:  # TFLite from its own SavedModel; int8 too when asked for
-                variant = "qat" if fmt == "tflite-qat" else ("int8" if "tflite-int8" in formats else "float32")
-                _tflite(os.path.join(scratch, fmt), fmt, variant, representative, int8_io, src, version, path)
-                details = {**compressed[fmt][1], **_measured_kernels(fmt, path), "tflite_variant": variant,
-                           "gzip_bytes": gzip_size(path)}
-            elif fmt.startswith("tflite"):
-                _tflite(mobile, fmt, fmt.split("-", 1)[1], representative, int8_io, src, version, path)
-            elif fmt == "onnx":
-                onnx_format.convert_in_child(tmp, path, opset)
-            elif fmt == "onnx-float16":
-                child.run(f"the ONNX float16 conversion of {src.name}", onnx_format.to_float16,
-                          _float_onnx(tmp, scratch, opset), path)
-            elif fmt == "onnx-int8":
-                child.run(f"the ONNX int8 quantization of {src.name}", onnx_format.quantize_int8,
-                          _float_onnx(tmp, scratch, opset), path, representative)
-            if fmt.startswith("tflite") and gray:
-                details = {**details, "input": "RGB (the graph converts to gray: MediaPipe Tasks and the TFLite "
-                                              "Task Library take RGB images only)"}
-            if int8_io == "int8" and (fmt == "tflite-int8" or details.get("tflite_variant") == "int8"):
-                details = {**details, "int8_io": True}
-            artifacts.append({"artifact": artifact, "kind": kind, "path": rel, **details})
-    write_json(os.path.join(tmp, "export.json"), {
-        "name": name, "version": version, "source": src.origin, "input_shape": list(src.input_shape),
-        "labels": src.labels, "preprocessing": src.preprocessing, "data": src.data_spec,
-        "val_split": src.val_split, "test_split": src.test_split, "artifacts": artifacts, "onnx_opset": opset,
-        "max_megapixels": src.max_megapixels, "weights": src.weights,
-    })
-    report = validate(tmp, images=images, labels=labels, raise_on_failure=not allow_failed)
+    for fmt in plan:
+        path = os.path.join(job.out, fmt.path) if fmt.path else job.out
+        if fmt.path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        details = fmt.build(job, fmt, path)
+        artifacts.append({"artifact": fmt.artifact, "kind": fmt.artifact_kind, "path": fmt.path, **details})
+    return artifacts
+
+
+def _manifest(src, name, version, artifacts, options):
+    """export.json: what the version holds and how its inputs are made."""
+    return {"name": name, "version": version, "source": src.origin, "input_shape": list(src.input_shape),
+            "labels": src.labels, "preprocessing": src.preprocessing, "data": src.data_spec,
+            "val_split": src.val_split, "test_split": src.test_split, "artifacts": artifacts,
+            "onnx_opset": options.opset, "max_megapixels": float(options.max_megapixels), "weights": src.weights}
+
+
+def _publish_what_passed(version_dir, report):
+    """With --allow-failed-variants, the artifacts out of tolerance are removed from the version (never the
+    SavedModel: then nothing is published); the report keeps their rows, marked ``published: false``."""
     failed = [r for r in report["artifacts"] if not r["ok"]]
-    if failed and any(r["kind"] == "savedmodel" for r in failed):
+    if not failed:
+        return
+    if any(r["kind"] == "savedmodel" for r in failed):
         raise ExportFailed(f"out of tolerance, nothing exported: {failure_details(report)}", report)
-    if failed:  # --allow-failed-variants: publish the rest; the report keeps the failed rows, marked
-        gone = {r["artifact"] for r in failed}
-        for a in artifacts:
-            if a["artifact"] in gone:
-                os.remove(os.path.join(tmp, a["path"]))
-        meta = read_json(os.path.join(tmp, "export.json"))
-        write_json(os.path.join(tmp, "export.json"),
-                   {**meta, "artifacts": [a for a in meta["artifacts"] if a["artifact"] not in gone]})
-        for r in report["artifacts"]:
-            r["published"] = r["ok"]
-        report["not_published"] = sorted(gone)
-        report["ok"] = True
-        write_json(os.path.join(tmp, "report.json"), report)
-        with open(os.path.join(tmp, "report.md"), "a", encoding="utf-8") as f:
-            f.write(f"\n**Not published** (out of tolerance, --allow-failed-variants): {', '.join(sorted(gone))}.\n")
-    return report
-
-
-def _measured_kernels(fmt, path):
-    """What pruning / clustering left in the ``.tflite`` file itself: sparsity or distinct values per kernel
-    of the conv, depthwise and dense weights read from its buffers."""
-    from export import compress
-
-    with open(path, "rb") as f:
-        arrays = tflite.kernel_tensors(f.read())
-    if fmt == "tflite-pruned":
-        return {"sparsity": compress.sparsity(arrays)}
-    if fmt == "tflite-clustered":
-        return {"max_unique_values_per_kernel": compress.max_unique_values(arrays)}
-    return {}
-
-
-def _mediapipe_text(check):
-    if not check:
-        return ""
-    if not check["loads"]:
-        return "" if check["ok"] else f"; {check['error']}"
-    text = "" if check["ok"] else (
-        f"; MediaPipe Tasks agrees with LiteRT on {check['top1_agreement']:.1%} of {check['images']} images "
-        f"(needs {MEDIAPIPE_AGREEMENT:.0%}), category names {', '.join(check['names']) or 'none'}")
-    full = check.get("full_size")
-    if full and not full["ok"]:
-        text += (f"; on {full['photos']} full-size photos MediaPipe Tasks agrees with {full['against']} on "
-                 f"{full['top1_agreement']:.1%} (needs {MEDIAPIPE_AGREEMENT:.0%}): the decode or resize differs")
-    return text
-
-
-def mediapipe_check(path, litert_outputs, images, int8_io=False, count=MEDIAPIPE_IMAGES):
-    """Does the ``.tflite`` load and classify in MediaPipe Tasks' ImageClassifier from its metadata alone,
-    and agree with LiteRT (``litert_outputs``: its probabilities on ``images``)?
-    {"loads", "top1_agreement", "names", "images", "ok", "error"}.
-    ``int8_io``: int8 input was asked for (--int8-io int8), for runtimes other than MediaPipe: a refusal is
-    reported, not a failure."""
-    images, want = images[:count], litert_outputs[:count]
-    if images.shape[-1] not in (1, 3):  # not a photo classifier: nothing MediaPipe Tasks could feed it
-        return {"loads": False, "ok": True, "error": f"MediaPipe Tasks classifies RGB images; this model takes "
-                                                     f"{images.shape[-1]} channels (not checked)"}
-    try:
-        runner = tflite.MediaPipeRunner(path)
-    except CnnkitError as err:
-        return {"loads": False, "ok": int8_io, "error": str(err) + (
-            " (int8 input was asked for with --int8-io int8; MediaPipe Tasks takes uint8 or float32)" if int8_io
-            else "")}
-    got = runner(images).argmax(axis=1)
-    runner.close()
-    agreement = _agreement(want, got)
-    names = sorted(runner.names)
-    return {"loads": True, "images": int(len(images)), "top1_agreement": agreement, "names": names[:20],
-            "ok": agreement >= MEDIAPIPE_AGREEMENT and set(names) <= set(runner.labels) and bool(names),
-            "error": None}
-
-
-def full_size_photos(images, count=FULL_SIZE_PHOTOS, seed=0):
-    """Encoded photos 4-10x larger than the input on each side, the two sides scaled apart (non-square),
-    made from ``images`` (the evaluation images: what the model knows) with grain (fine texture, which a resize
-    other than the contract renders otherwise), JPEG and one in four PNG: what a user sends, which every runtime
-    must decode and shrink to the input by the image contract (keras_cnns.imaging)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    photos = []
-    images = np.clip(np.round(images), 0, 255).astype(np.uint8)
-    for i in range(count):  # fewer evaluation images than photos: each is used again, at other sizes
-        image = images[i % len(images)]
-        h, w, c = image.shape
-        fy, fx = rng.uniform(*FULL_SIZE_FACTORS, 2)
-        shrink = min(1.0, FULL_SIZE_MAX_SIDE / max(w * fx, h * fy))  # a big input's photos keep their aspect
-        size = (int(w * fx * shrink), int(h * fy * shrink))
-        big = np.asarray(Image.fromarray(image[..., 0] if c == 1 else image).resize(size, Image.BICUBIC), np.float32)
-        big += 24 * rng.standard_normal(big.shape, dtype=np.float32)
-        big = np.clip(np.round(big), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()  # PNG at zlib level 1: the same pixels, written 7x faster
-        Image.fromarray(big).save(buffer, **({"format": "PNG", "compress_level": 1} if len(photos) % 4 == 3
-                                             else {"format": "JPEG", "quality": 95}))
-        photos.append(buffer.getvalue())
-    return photos
-
-
-def _served_on_photos(export_dir, photos, shape):
-    """(pixels, probabilities) of the served SavedModel on photos: its ``serving_bytes`` signature decodes and
-    resizes them in its graph; the pixels are the same decode and resize (keras_cnns.imaging), for other runtimes."""
-    import tensorflow as tf
-
-    from keras_cnns.imaging import decode, resize
-
-    serve = tf.saved_model.load(export_dir).signatures["serving_bytes"]
-    served = np.concatenate([serve(image_bytes=tf.constant(photos[i:i + 8]))["probabilities"].numpy()
-                             for i in range(0, len(photos), 8)])
-    return np.stack([resize(decode(p, shape[-1]), shape[:2]).numpy() for p in photos]), served
-
-
-def _agreement(reference, got_top1, tolerance=parity.FLOAT_TOLERANCE):
-    """Share of images whose class ``got_top1`` is the reference's top-1 or tied with it within ``tolerance`` (an
-    untrained model's near-uniform probabilities leave ties that rounding in either runtime may break)."""
-    return float((np.take_along_axis(reference, got_top1[:, None], 1)[:, 0] >= reference.max(axis=1) - tolerance)
-                 .mean())
-
-
-def mediapipe_full_size(path, photos, reference, against):
-    """MediaPipe Tasks on full-size photos (decoded as an app decodes them, resized by MediaPipe) against
-    ``reference``, the probabilities ``against`` gave on the same files: {"photos", "top1_agreement",
-    "against", "ok"}."""
-    from PIL import Image
-
-    runner = tflite.MediaPipeRunner(path)
-    try:
-        got = np.stack([runner.scores(np.asarray(Image.open(io.BytesIO(p)).convert("RGB"))) for p in photos])
-    finally:
-        runner.close()
-    agreement = _agreement(reference, got.argmax(axis=1))
-    return {"photos": len(photos), "top1_agreement": agreement, "against": against,
-            "ok": agreement >= MEDIAPIPE_AGREEMENT}
+    gone = {r["artifact"] for r in failed}
+    meta = read_json(os.path.join(version_dir, "export.json"))
+    for a in meta["artifacts"]:
+        if a["artifact"] in gone:
+            os.remove(os.path.join(version_dir, a["path"]))
+    write_json(os.path.join(version_dir, "export.json"),
+               {**meta, "artifacts": [a for a in meta["artifacts"] if a["artifact"] not in gone]})
+    for r in report["artifacts"]:
+        r["published"] = r["ok"]
+    report["not_published"] = sorted(gone)
+    report["ok"] = True
+    write_json(os.path.join(version_dir, "report.json"), report)
+    with open(os.path.join(version_dir, "report.md"), "a", encoding="utf-8") as f:
+        f.write(f"\n**Not published** (out of tolerance, --allow-failed-variants): {', '.join(sorted(gone))}.\n")
 
 
 def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_failure=False):
     """Run the parity report over an export version directory; writes report.json and report.md."""
-    from keras_cnns.training.runs import load_model_file, read_json, write_json
-
     meta_path = os.path.join(export_dir, "export.json")
     if not os.path.exists(meta_path):
         raise CnnkitError(f"{export_dir} is not a cnnkit export version directory (no export.json)")
@@ -570,29 +391,20 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     extras = {a["artifact"]: {k: v for k, v in a.items() if k not in ("artifact", "kind", "path")}
               for a in meta["artifacts"]}
 
-    full_size = {}  # the photos and the SavedModel's answers, made for the first TFLite row that needs them
+    context = {"images": images, "export_dir": export_dir}  # what the runtimes' judges share in one report
 
     def check(row, path, outputs):
         row.update(extras.get(row["artifact"], {}))
-        if row["kind"].startswith("tflite"):  # the phone's runtime, next to LiteRT's answers
-            row["mediapipe"] = mediapipe_check(path, outputs, images, bool(row.get("int8_io")))
-            row["ok"] = row["ok"] and row["mediapipe"]["ok"]
-            if row["mediapipe"]["loads"]:  # and on full-size photos, against what the server answers
-                if not full_size:
-                    full_size["photos"] = full_size_photos(images)
-                    full_size["pixels"], full_size["served"] = _served_on_photos(export_dir, full_size["photos"],
-                                                                                 images.shape[1:])
-                if parity.tolerance_of(row["kind"])[0] == "max_abs_diff":  # a float file: the server's answers
-                    reference, against = full_size["served"], "the served SavedModel"
-                else:  # a quantized or compressed file differs from the float model on its own (its row says by
-                    # how much): the same file in LiteRT, on the photos as the server decodes and resizes them
-                    reference, against = runner_for(row["kind"], path)(full_size["pixels"]), "LiteRT (server's resize)"
-                row["mediapipe"]["full_size"] = mediapipe_full_size(path, full_size["photos"], reference, against)
-                row["ok"] = row["ok"] and row["mediapipe"]["full_size"]["ok"]
+        fmt = by_kind(row["kind"])
+        judge = RUNTIMES[fmt.runtime].judge
+        if judge:  # e.g. MediaPipe Tasks, the phone's runtime, next to LiteRT's answers
+            judge(row, fmt, path, outputs, context)
 
-    artifacts = [(a["artifact"], a["kind"], os.path.join(export_dir, a["path"]),
-                  functools.partial(runner_for, a["kind"], os.path.join(export_dir, a["path"])))
-                 for a in meta["artifacts"]]
+    artifacts = []
+    for a in meta["artifacts"]:
+        path = os.path.join(export_dir, a["path"])
+        artifacts.append((a["artifact"], a["kind"], path, functools.partial(runner_for, a["kind"], path),
+                          by_kind(a["kind"]).tolerance))
     rows = parity.compare(keras_reference(model, meta["preprocessing"]), artifacts, images, labels, batch_size=batch,
                           repeats=repeats, check=check)
     report = {"name": meta["name"], "version": meta["version"], "images": int(len(images)),
@@ -601,11 +413,12 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     warning = parity.constant_output_warning(rows[0]["output_spread"], len(images))
     if warning:
         report["warning"] = warning
-    if any(r["kind"].startswith("tflite") for r in rows):
-        first = next(a for a in meta["artifacts"] if a["kind"].startswith("tflite"))
-        with open(os.path.join(export_dir, first["path"]), "rb") as f:
-            compatible, warnings = tflite.gpu_compatibility(f.read())
-        report["tflite_gpu_delegate"] = {"compatible": compatible, "warnings": warnings[:20]}
+    noted = set()
+    for a in meta["artifacts"]:  # what a runtime says of the version, from its first artifact
+        runtime = RUNTIMES[by_kind(a["kind"]).runtime]
+        if runtime.notes and runtime.name not in noted:
+            noted.add(runtime.name)
+            report.update(runtime.notes(os.path.join(export_dir, a["path"])))
     write_json(os.path.join(export_dir, "report.json"), report)
     title = f"Parity report: {meta['name']} version {meta['version']} ({len(images)} images)"
     with open(os.path.join(export_dir, "report.md"), "w", encoding="utf-8") as f:
@@ -632,5 +445,6 @@ def failure_details(report):
             continue
         accuracy = f", accuracy {r['accuracy']:.2%} (Keras {reference:.2%})" if r["accuracy"] is not None else ""
         clauses.append(f"{r['artifact']}: max |diff| {r['max_abs_diff']:.2e}, top-1 agreement "
-                       f"{r['top1_agreement']:.1%}{accuracy} ({r['tolerance']})" + _mediapipe_text(r.get("mediapipe")))
+                       f"{r['top1_agreement']:.1%}{accuracy} ({r['tolerance']})"
+                       + mediapipe_check.failure_text(r.get("mediapipe")))
     return "; ".join(clauses)

@@ -82,6 +82,13 @@ def image_classifier_metadata(name, labels, description="", version="", author="
     return bytes(builder.Output())
 
 
+def model_t(content):
+    """A ``.tflite`` flatbuffer as TFLite schema objects (``ModelT``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+
+
 def name_of(item):
     """A flatbuffer object's ``name``: bytes when read from a file, str when set in Python."""
     return item.name.decode() if isinstance(item.name, bytes) else item.name
@@ -93,8 +100,6 @@ def populate(content, metadata, files):
     and packed files."""
     import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
-
-    from export.tflite import model_t
 
     model = model_t(content)
     buffer = schema.BufferT()
@@ -119,8 +124,6 @@ def populate(content, metadata, files):
 
 def read(content):
     """The ``ModelMetadataT`` of a ``.tflite`` (bytes), or None."""
-    from export.tflite import model_t
-
     m = _schema()
     model = model_t(content)
     for entry in model.metadata or []:

@@ -31,6 +31,37 @@ def convert_in_child(saved_model_dir, path, opset=DEFAULT_OPSET):
               pure_python_protobuf=weights_bytes(saved_model_dir) > PURE_PYTHON_PROTOBUF_ABOVE_BYTES)
 
 
+def build(job, fmt, path):
+    """The float32 ONNX file of the export's SavedModel (``job.out``)."""
+    convert_in_child(job.out, path, job.options.opset)
+    return {}
+
+
+def build_float16(job, fmt, path):
+    from export import child
+
+    child.run(f"the ONNX float16 conversion of {job.src.name}", to_float16, float_file(job), path)
+    return {}
+
+
+def build_int8(job, fmt, path):
+    from export import child
+
+    child.run(f"the ONNX int8 quantization of {job.src.name}", quantize_int8, float_file(job), path,
+              job.representative)
+    return {}
+
+
+def float_file(job):
+    """The float32 ONNX file the float16 and int8 ones derive from: the export's, else one in scratch."""
+    path = job.artifact_path("onnx")
+    if not os.path.exists(path):
+        path = os.path.join(job.scratch, "float.onnx")
+        if not os.path.exists(path):
+            convert_in_child(job.out, path, job.options.opset)
+    return path
+
+
 def convert(saved_model_dir, path, opset=DEFAULT_OPSET):
     """Convert the SavedModel's frozen ``probabilities`` graph (input ``images``, output ``probabilities``)."""
     try:
@@ -112,6 +143,8 @@ class Runner:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
+        self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
+        self.classes = int(self.session.get_outputs()[0].shape[-1])
 
     def __call__(self, images):
         return self.session.run(None, {self.input: np.asarray(images, np.float32)})[0]

@@ -26,15 +26,6 @@ def constant_output_warning(spread, images):
             f"over {images} images), so agreement within {FLOAT_TOLERANCE:g} proves little: export a trained model")
 
 
-def tolerance_of(kind):
-    """('max_abs_diff', limit) or ('quantized', None) for an artifact kind."""
-    if kind in ("savedmodel", "tflite-float32", "onnx"):
-        return "max_abs_diff", FLOAT_TOLERANCE
-    if kind in ("tflite-float16", "onnx-float16"):
-        return "max_abs_diff", FLOAT16_TOLERANCE
-    return "quantized", None
-
-
 def _size(path):
     """Bytes of a file, or of a SavedModel (graph + variables; other artifacts share its directory)."""
     if os.path.isdir(path):
@@ -82,8 +73,9 @@ def evaluation_plan(macs_per_image, available):
 def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20, check=None):
     """Rows of the report. ``reference``/runners: float32 pixels (N, H, W, C) -> probabilities.
 
-    ``artifacts``: [(name, kind, path, open_runner)]; each runner is opened, measured and released in turn,
-    so one artifact's runtime is in memory at a time. ``repeats``: batch-1 latency calls per row.
+    ``artifacts``: [(name, kind, path, open_runner, tolerance)]; each runner is opened, measured and released in
+    turn, so one artifact's runtime is in memory at a time. ``tolerance``: the largest |difference| allowed, or
+    None for a quantized artifact (held to top-1 agreement and accuracy). ``repeats``: batch-1 latency calls per row.
     ``check(row, path, outputs)``: more checks of a row, given the artifact's outputs on ``images``.
     """
     def predict(run):
@@ -96,7 +88,7 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
              "top1_agreement": 1.0, "accuracy": ref_accuracy, "latency_ms": latency_ms(reference, images[:1], repeats),
              "tolerance": None, "ok": True, "output_spread": float(np.ptp(expected, axis=0).max()),
              "images": int(len(images))}]
-    for name, kind, path, open_runner in artifacts:
+    for name, kind, path, open_runner, limit in artifacts:
         run = open_runner()
         got = predict(run)
         top1 = got.argmax(axis=1)
@@ -107,8 +99,7 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
                "accuracy": float((top1 == labels).mean()) if labels is not None else None,
                "latency_ms": latency_ms(run, images[:1], repeats), "images": int(len(images))}
         del run
-        rule, limit = tolerance_of(kind)
-        if rule == "max_abs_diff":
+        if limit is not None:
             row["tolerance"] = f"max |diff| <= {limit:g}"
             row["ok"] = row["max_abs_diff"] <= limit
         else:

@@ -24,6 +24,8 @@ import os
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 IMAGE_FEATURE = "image/encoded"
+#: the signature that takes encoded images (decoded and resized in the graph: the image contract)
+BYTES_SIGNATURE = "serving_bytes"
 TOP_K = 5
 #: default pixel budget of an encoded image, in megapixels (a 12 MP phone photo fits three times over)
 MAX_MEGAPIXELS = 40.0
@@ -125,8 +127,13 @@ def check_pixel_budget(data, max_megapixels, max_frames=MAX_GIF_FRAMES):
     return tf.debugging.Assert((frames <= max_frames) & (total <= limit), [message])
 
 
+def build(job, fmt, path):
+    """The SavedModel is the export's base (every other artifact derives from it): the exporter writes it into
+    the version folder first, while the Keras model is still in memory (``save``). Nothing is left to build."""
+    return {}
 
-def build_module(source):
+
+def build_module(source, max_megapixels):
     """A ``tf.Module`` holding the model (batch norms folded into their convolutions: export/fold.py)
     and the signature functions."""
     import tensorflow as tf
@@ -138,7 +145,6 @@ def build_module(source):
     h, w, c = source.input_shape
     k = min(TOP_K, len(source.labels))
     pre = source.preprocessing
-    budget = source.max_megapixels
 
     class Serving(tf.Module):
         def __init__(self):
@@ -171,7 +177,7 @@ def build_module(source):
 
         def _decode(self, image_bytes):
             def decode(data):
-                with tf.control_dependencies([check_pixel_budget(data, budget)]):
+                with tf.control_dependencies([check_pixel_budget(data, max_megapixels)]):
                     image = decode_image(data, c)
                 return resize(image, (h, w))  # as a phone app and MediaPipe Tasks do: keras_cnns.imaging
 
@@ -194,14 +200,15 @@ def build_module(source):
     return Serving()
 
 
-def save(source, path, labels_path):
-    """Write the SavedModel to ``path`` (which must not exist) with ``labels_path`` as an asset."""
+def save(source, path, labels_path, max_megapixels):
+    """Write the SavedModel to ``path`` (which must not exist) with ``labels_path`` as an asset; an encoded
+    image over ``max_megapixels`` is refused before decoding."""
     import tensorflow as tf
 
-    module = build_module(source)
+    module = build_module(source, max_megapixels)
     module.labels_file = tf.saved_model.Asset(labels_path)
     signatures = {"serving_default": module.serve, "serving_uint8": module.serve_uint8,
-                  "serving_bytes": module.serve_bytes, "classify": module.classify,
+                  BYTES_SIGNATURE: module.serve_bytes, "classify": module.classify,
                   "probabilities": module.probabilities}
     tf.saved_model.save(module, path, signatures=signatures)
     _mark_classification(path, "classify")
@@ -214,7 +221,7 @@ def _mark_classification(path, signature):
     from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow.python.saved_model import fingerprinting_utils
 
-    from keras_cnns.training.runs import write_atomic
+    from keras_cnns.files import write_atomic
 
     pb = os.path.join(path, "saved_model.pb")
     saved = saved_model_pb2.SavedModel()
@@ -238,6 +245,17 @@ def load_probabilities(path):
 
     run.loaded = loaded
     return run
+
+
+def op_error_message(err):
+    """The cause in a TensorFlow op error ("Unknown image file format..."), without graph-execution boilerplate."""
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[", "Op:")
+    lines = [line.strip() for line in err.message.splitlines()]
+    causes = [line for line in lines if line and not line.startswith(noise)]
+    cause = causes[0] if causes else lines[0]
+    if cause.startswith("assertion failed: [") and cause.endswith("]"):  # a check in the graph (the pixel budget)
+        cause = cause[len("assertion failed: ["):-1]
+    return cause
 
 
 def has_random_ops(path):

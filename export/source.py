@@ -6,6 +6,7 @@ import logging
 import os
 
 from keras_cnns.errors import CnnkitError
+from keras_cnns.files import load_model_file, read_json
 
 
 @dataclasses.dataclass
@@ -22,11 +23,6 @@ class ExportSource:
     data_spec: str = None
     val_split: float = 0.15
     test_split: float = 0.15
-    #: written into the TFLite metadata
-    author: str = ""
-    license: str = ""
-    #: pixel budget of one encoded image in the SavedModel's serving_bytes / classify (savedmodel.py)
-    max_megapixels: float = 40.0
     #: an earlier cnnkit export's artifact names (its formats are carried into the new version)
     earlier_artifacts: tuple = ()
     #: a zoo model with no weights (random initialisation)
@@ -128,7 +124,7 @@ def load_source(source, weights=None, input_size=None, num_classes=None, labels=
             info = keras_cnns.get_model_info(source)
         except CnnkitError:
             if os.path.sep in source or os.path.exists(source):
-                raise CnnkitError(f"cannot export {source!r}: not a run directory, .keras/.h5 file or model name")
+                raise CnnkitError(f"cannot export {source!r}: not a run directory, .keras/.h5 file or model name") from None
             raise
         shape = (input_size, input_size, info.input_shape[2]) if input_size else None
         return zoo_source(info.name, weights, shape, num_classes)
@@ -141,7 +137,7 @@ def _from_model_file(path, labels=None, preprocessing=None):
     from keras_cnns.training import runs
 
     contract = runs.read_model_contract(path) if os.path.exists(path) else None
-    model = keras_cnns.inference_model(runs.load_model_file(path))
+    model = keras_cnns.inference_model(load_model_file(path))
     classes, channels = int(model.outputs[0].shape[-1]), int(model.inputs[0].shape[-1])
     contract = dict(contract or {})
     if labels:
@@ -200,8 +196,6 @@ def zoo_source(name, weights=None, input_shape=None, num_classes=None):
 
 def _from_export(path):
     """A cnnkit export version directory: its Keras model, labels and preprocessing (to add formats)."""
-    from keras_cnns.training.runs import load_model_file, read_json
-
     meta_path = os.path.join(path, "export.json")
     if not os.path.exists(meta_path):
         raise CnnkitError(f"{path} is a SavedModel that cnnkit did not export (no export.json); export from the "

@@ -12,6 +12,8 @@ import io
 
 import numpy as np
 
+from export import metadata
+from export.metadata import model_t
 from keras_cnns.errors import CnnkitError
 
 VARIANTS = ("float32", "float16", "dynamic", "int8", "qat")
@@ -63,10 +65,36 @@ def convert_file(saved_model_dir, variant, path, labels, name, description="", v
     write(add_metadata(content, labels, name, description, version, author, license), path)
 
 
-def model_t(content):
-    from tensorflow.lite.python import schema_py_generated as schema
+def build(job, fmt, path):
+    """A format's TFLite file (``tflite-MODE``) from the export's mobile graph, in a child process."""
+    convert_for(job, job.mobile, fmt.name, fmt.name.split("-", 1)[1], path)
+    return io_details(job, fmt.name == "tflite-int8")
 
-    return schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+
+def convert_for(job, graph, fmt, variant, path):
+    """``convert_file`` of the SavedModel ``graph`` in a child process (export/child.py), with the export's
+    labels and metadata; calibrated on ``job.representative`` (RGB for a grayscale model's RGB mobile graph)."""
+    from export import child
+
+    src, representative = job.src, job.representative
+    if representative is not None and src.input_shape[-1] == 1:
+        representative = np.repeat(representative[..., :1], 3, axis=-1)
+    description = (f"{src.name}: image classifier of {len(src.labels)} classes exported by cnnkit ({fmt}) from "
+                   f"{src.origin}" + (f", trained on {src.data_spec}" if src.data_spec else ""))
+    child.run(f"the TFLite conversion ({variant}) of {src.name}", convert_file, graph, variant, path, src.labels,
+              src.name, description, job.version, job.options.author, job.options.license, representative,
+              job.options.int8_io)
+
+
+def io_details(job, integer, details=None):
+    """What export.json says of a TFLite file's input: RGB for a grayscale model, int8 when asked for."""
+    details = dict(details or {})
+    if job.src.input_shape[-1] == 1:
+        details["input"] = ("RGB (the graph converts to gray: MediaPipe Tasks and the TFLite Task Library take RGB "
+                            "images only)")
+    if integer and job.options.int8_io == "int8":
+        details["int8_io"] = True
+    return details
 
 
 def kernel_tensors(content):
@@ -108,8 +136,6 @@ def op_names(content):
 
 def add_metadata(content, labels, name, description="", version="", author="", license=""):
     """The model with standard TFLite Model Metadata and ``labels`` packed as its output's label file."""
-    from export import metadata
-
     meta = metadata.image_classifier_metadata(name, labels, description, version, author, license)
     return metadata.populate(content, meta, {metadata.LABELS_FILE: ("\n".join(labels) + "\n").encode("utf-8")})
 
@@ -117,8 +143,6 @@ def add_metadata(content, labels, name, description="", version="", author="", l
 def read_labels(path):
     """The class names of a ``.tflite``: its standard metadata's label file, else the entry written by
     cnnkit before 0.2; None when it has neither."""
-    from export import metadata
-
     with open(path, "rb") as f:
         content = f.read()
     found = metadata.labels(content)
@@ -155,6 +179,8 @@ class Runner:
         self.interpreter = Interpreter(model_path=path, num_threads=threads)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        self.input_shape = tuple(int(d) for d in self.input["shape"][1:])
+        self.classes = int(self.output["shape"][-1])
         self._batch = None
 
     def __call__(self, images):
@@ -228,6 +254,6 @@ class MediaPipeRunner:
 
 
 def write(content, path):
-    from keras_cnns.training.runs import write_atomic
+    from keras_cnns.files import write_atomic
 
     return write_atomic(path, content)

@@ -24,7 +24,6 @@ from keras_cnns.registry import create_model, get_model_info, list_families, lis
 from keras_cnns.utils import inference_model  # noqa: E402
 
 
-
 def _register_with_keras():
     import keras_cnns.layers  # noqa: F401
     import keras_cnns.training.schedules  # noqa: F401

@@ -100,7 +100,7 @@ def kubernetes(names, replicas=2, max_replicas=8):
 def emit(export_base, output="tfserving", keep_versions=2, max_batch_size=32, batch_timeout_ms=2.0,
          batch_threads=2):
     """Write the deployment files for every model under ``export_base``; returns the paths written."""
-    from keras_cnns.training.runs import write_atomic
+    from keras_cnns.files import write_atomic
 
     names = sorted(ModelRepository(export_base).model_dirs())
     if not names:

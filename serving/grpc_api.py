@@ -1,52 +1,19 @@
 """TF Serving's gRPC API on the embedded server: ``PredictionService`` (Predict, GetModelMetadata) and
 ``ModelService`` (GetModelStatus), with the protos of ``tensorflow-serving-api``.
 
-The status and metadata responses are built here once; the REST API renders the same protos as JSON.
+The status, metadata and Classify answers come from serving/api.py, which the REST API shares.
 """
 import logging
 import time
 
 import grpc
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import classification_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
+from serving.api import classify, metadata_response, status_response
 from serving.errors import ServingError, invalid
 
 ENTRYPOINT = "GRPC"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
 log = logging.getLogger("serving")
-
-
-def status_response(repository, name, version=None):
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for v, state, code, message in repository.status(name, version):
-        entry = response.model_version_status.add()
-        entry.version = v
-        entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state)
-        entry.status.error_code = code_value(code)
-        entry.status.error_message = message
-    return response
-
-
-def code_value(code):
-    from tensorflow.core.protobuf import error_codes_pb2
-
-    return error_codes_pb2.Code.Value(code)
-
-
-def signature_map(servable):
-    signatures = get_model_metadata_pb2.SignatureDefMap()
-    for key, signature_def in servable.signature_defs.items():
-        signatures.signature_def[key].CopyFrom(signature_def)
-    return signatures
-
-
-def metadata_response(servable):
-    response = get_model_metadata_pb2.GetModelMetadataResponse()
-    response.model_spec.name = servable.name
-    response.model_spec.version.value = servable.version
-    response.metadata["signature_def"].Pack(signature_map(servable))
-    return response
 
 
 def _version(model_spec):
@@ -54,18 +21,6 @@ def _version(model_spec):
         raise ServingError("NOT_FOUND", f"no version labels are configured for {model_spec.name}; ask for a "
                            "version number")
     return model_spec.version.value if model_spec.HasField("version") else None
-
-
-def classify(servable, signature, serialized_examples):
-    """Run a classification signature on serialized tf.train.Examples -> (classes, scores) arrays."""
-    signature = signature or "serving_default"
-    signature_def = servable.signature_defs.get(signature)
-    if signature_def is None or signature_def.method_name != CLASSIFY_METHOD:
-        was = signature_def.method_name if signature_def is not None else "no such signature"
-        raise invalid(f"Expected classification signature method_name to be {CLASSIFY_METHOD}. Was: {was}")
-    (input_name,) = servable.input_specs(signature)
-    outputs = servable.predict(signature, {input_name: list(serialized_examples)})
-    return outputs["classes"], outputs["scores"]
 
 
 def predict(repository, request):

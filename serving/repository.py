@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from export.savedmodel import IMAGE_FEATURE
+from export.savedmodel import IMAGE_FEATURE, op_error_message
 from serving.batching import Batcher
 from serving.errors import ServingError, invalid, not_found
 
@@ -34,17 +34,6 @@ def read_signature_defs(path):
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         saved.ParseFromString(f.read())
     return dict(saved.meta_graphs[0].signature_def)
-
-
-def op_error_message(err):
-    """The cause in a TensorFlow op error ("Unknown image file format..."), without graph-execution boilerplate."""
-    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[", "Op:")
-    lines = [line.strip() for line in err.message.splitlines()]
-    causes = [line for line in lines if line and not line.startswith(noise)]
-    cause = causes[0] if causes else lines[0]
-    if cause.startswith("assertion failed: [") and cause.endswith("]"):  # a check in the graph (the pixel budget)
-        cause = cause[len("assertion failed: ["):-1]
-    return cause
 
 
 def _coerce(name, value, spec):

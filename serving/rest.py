@@ -26,8 +26,8 @@ import numpy as np
 from google.protobuf import json_format
 
 from serving import metrics as metrics_module
+from serving.api import classify, signature_map, status_response
 from serving.errors import ServingError, invalid, not_found
-from serving.grpc_api import classify, signature_map, status_response
 
 log = logging.getLogger("serving")
 ENTRYPOINT = "REST"

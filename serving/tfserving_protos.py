@@ -6,8 +6,7 @@
 TF Serving's package, message and field names, numbers and types, in a private descriptor pool.
 The text format is keyed by field name, so a file these parse is a file the server parses.
 """
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 _F = descriptor_pb2.FieldDescriptorProto

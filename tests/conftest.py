@@ -5,11 +5,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 _USER_ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
 
+# isort: off
 import keras_cnns  # noqa: E402,F401 - first, so TensorFlow starts as cnnkit sets it up (oneDNN on for training)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
+# isort: on
 
 pytest_plugins = ["memory_guard"]  # each test's peak memory logged, and failed above the budget
 

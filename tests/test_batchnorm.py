@@ -8,11 +8,17 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from keras_cnns.files import load_model_file
 from keras_cnns.training import TrainConfig, train
-from keras_cnns.training.batchnorm import (Recalibrator, batch_norm_layers, consistency_check, default_momentum,
-                                           needs_recalibration, recalibrate)
+from keras_cnns.training.batchnorm import (
+    Recalibrator,
+    batch_norm_layers,
+    consistency_check,
+    default_momentum,
+    needs_recalibration,
+    recalibrate,
+)
 from keras_cnns.training.data import load_data, make_dataset
-from keras_cnns.training.runs import load_model_file
 
 layers = keras.layers
 

@@ -5,8 +5,14 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_cnns.errors import CnnkitError
-from keras_cnns.training.data import (augment_image, generate_shapes, load_data, make_dataset, parse_augment,
-                                      stratified_split)
+from keras_cnns.training.data import (
+    augment_image,
+    generate_shapes,
+    load_data,
+    make_dataset,
+    parse_augment,
+    stratified_split,
+)
 
 
 def test_digits_are_the_real_scikit_learn_digits_split_stratified_and_deterministic():

@@ -2,6 +2,7 @@
 versioning, and bad input that must leave earlier exports untouched."""
 import errno
 import hashlib
+import io
 import json
 import os
 import signal
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export import parity, plan_formats, tflite, validate
 from export import export as run_export
+from export import parity, plan_formats, tflite, validate
 from keras_cnns.errors import CnnkitError
 from keras_cnns.training import TrainConfig, train
 from keras_cnns.training.data import load_data
@@ -559,7 +560,7 @@ def test_export_cli_untrained_zoo_model_and_validate(tmp_path):
     out = run("validate", ".")
     assert out.returncode == 2 and out.stderr.startswith("cnnkit: error: ") and len(out.stderr.splitlines()) == 1
     # an artifact that no longer matches its Keras model: validate says so and exits 1
-    from keras_cnns.training.runs import load_model_file
+    from keras_cnns.files import load_model_file
 
     keras_file = str(tmp_path / "exports" / "mobilenet" / "1" / "keras" / "model.keras")
     model = load_model_file(keras_file)
@@ -779,12 +780,10 @@ def test_export_name_stays_inside_the_export_base(tmp_path):
 def test_failed_commands_leave_no_empty_folders(tmp_path, monkeypatch):
     """An export that fails (here: a converter refuses) and a run that fails before its first epoch (here: a
     model option the model does not take) leave nothing behind, not even an empty folder."""
-    import export.exporter as exporter
-
     def refuse(*args, **kwargs):
         raise CnnkitError("the converter refuses")
 
-    monkeypatch.setattr(exporter, "_tflite", refuse)
+    monkeypatch.setattr(tflite, "convert_for", refuse)
     with pytest.raises(CnnkitError, match="the converter refuses"):
         run_export("lenet5", output=str(tmp_path / "exports"), formats=plan_formats(tflite_out=True))
     assert not os.path.exists(tmp_path / "exports")
@@ -811,3 +810,57 @@ def test_benchmarks_rewrite_results_only_with_record(tmp_path, monkeypatch):
     assert "recorded" in results.read_text() and "smoke" not in results.read_text()
     _record.replace_section("s", "measured", record=True)
     assert results.read_text() == "a\n<!-- s:start -->\nmeasured\n<!-- s:end -->\nb\n"
+
+
+class _H5Runner:
+    """The toy format's runtime: the Keras H5 file run in tf_keras, normalised as its export.json says."""
+
+    def __init__(self, path, threads=None):
+        from export.exporter import keras_reference
+        from keras_cnns.files import load_model_file, read_json
+
+        meta = read_json(os.path.join(os.path.dirname(os.path.dirname(path)), "export.json"))
+        model = load_model_file(path)
+        self.run = keras_reference(model, meta["preprocessing"])
+        self.input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        self.classes = int(model.outputs[0].shape[-1])
+
+    def __call__(self, images):
+        return self.run(images)
+
+
+def _build_h5(job, fmt, path):
+    from keras_cnns.files import load_model_file
+
+    load_model_file(os.path.join(job.out, "keras", "model.keras")).save(path)
+    return {"note": "toy"}
+
+
+def test_a_new_export_format_is_one_module_and_one_table_row(tmp_path, monkeypatch):
+    """A format registered here (a Keras H5 file with its own runtime) goes through the plan, the build, the
+    parity report, validate and a local prediction without a line changed elsewhere."""
+    from export import formats
+    from export.local import LocalModel, runtimes
+
+    monkeypatch.setitem(formats.RUNTIMES, "h5", formats.Runtime("h5", _H5Runner, "--format keras-h5", ".h5"))
+    monkeypatch.setitem(formats.FORMATS, "keras-h5", formats.Format("keras-h5", "keras_h5", "h5/model.h5", "h5",
+                                                                    _build_h5, "float32"))
+    plan = plan_formats(tflite_out=True, extra=["keras-h5"])
+    assert plan == ["saved_model", "tflite-float32", "keras-h5"]
+    path, report = run_export("lenet5", output=str(tmp_path), formats=plan, weights="none")
+    rows = {r["artifact"]: r for r in report["artifacts"]}
+    assert report["ok"] and rows["keras_h5"]["kind"] == "keras-h5" and rows["keras_h5"]["note"] == "toy"
+    assert rows["keras_h5"]["tolerance"] == "max |diff| <= 0.0001" and rows["keras_h5"]["max_abs_diff"] <= 1e-4
+    meta = json.load(open(os.path.join(path, "export.json")))
+    assert meta["artifacts"][-1] == {"artifact": "keras_h5", "kind": "keras-h5", "path": "h5/model.h5", "note": "toy"}
+    assert [r["artifact"] for r in validate(path)["artifacts"]] == ["keras", "saved_model", "tflite_float32",
+                                                                    "keras_h5"]
+    assert "h5" in runtimes()
+    photo = io.BytesIO()
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (32, 32), np.uint8)).save(photo, format="PNG")
+    toy, served = LocalModel(path, runtime="h5"), LocalModel(path, runtime="savedmodel")
+    assert toy.kind == "keras-h5" and toy.input_shape == (32, 32, 1) and toy.labels == meta["labels"]
+    (got,), (want,) = toy.classify([photo.getvalue()]), served.classify([photo.getvalue()])
+    assert got.runtime == "keras-h5" and got.label == want.label and abs(got.score - want.score) < 1e-4
+    with pytest.raises(CnnkitError, match="unknown export format nope"):
+        plan_formats(extra=["nope"])

@@ -112,7 +112,7 @@ def test_the_savedmodel_itself_refuses_bombs_before_decoding(budget_export):
     animations = [_animation(300, (1000, 1000)), _animation(3, (1000, 1000))]
     liar = _png(100, 100, b"\0" * 100_000_000)  # the header says 100x100; the data inflates to 100 MB
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for fmt, bomb in BOMBS.items():
+    for bomb in BOMBS.values():
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"image is \d+x\d+, over the 1 MP limit"):
             serve(image_bytes=tf.constant([bomb]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="image is 1001x1000, over the 1 MP limit"):

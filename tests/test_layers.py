@@ -194,8 +194,8 @@ def test_grouped_convolutions_run_on_tensorflows_kernel_with_the_same_answers_an
     import sys
 
     from keras_cnns import create_model
+    from keras_cnns.files import load_model_file
     from keras_cnns.layers.grouped import native_grouped_gradients, use_native_grouped_convolutions
-    from keras_cnns.training.runs import load_model_file
 
     model = create_model("resnext50_32x4d", num_classes=5, input_shape=(32, 32, 3))
     grouped = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and l.groups > 1]

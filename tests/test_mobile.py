@@ -13,8 +13,8 @@ from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
 from mediapipe.tasks.python import BaseOptions, vision
 from PIL import Image
 
-from export import metadata, plan_formats, tflite
 from export import export as run_export
+from export import metadata, plan_formats, tflite
 from keras_cnns.training import TrainConfig, train
 
 CLASSES = ["bar", "cross", "disc"]  # the photo folders, sorted
@@ -163,8 +163,9 @@ def test_full_size_photos_get_one_answer_on_the_phone_the_server_and_the_laptop(
     MediaPipe Tasks (resizing them itself, as on a phone), the SavedModel, LiteRT, ONNX Runtime, the REST
     server and `cnnkit predict`: every pair agrees on the top-1 class of at least 99% of them."""
     from conftest import write_photos
-    from serving.server import ModelServer
+
     from serving.client import connect, predict_files
+    from serving.server import ModelServer
 
     path, report = rgb_export
     folder = write_photos(tmp_path / "full", per_class=20, seed=7, sizes=(200, 320), noise=60)  # grainy: antialiased

@@ -6,7 +6,14 @@ import tf_keras as keras
 
 from keras_cnns import create_model
 from keras_cnns.analysis import profile_model, receptive_field
-from keras_cnns.architectures.efficientnet import ALPHA, BETA, GAMMA, compound_coefficients, round_filters, round_repeats
+from keras_cnns.architectures.efficientnet import (
+    ALPHA,
+    BETA,
+    GAMMA,
+    compound_coefficients,
+    round_filters,
+    round_repeats,
+)
 from keras_cnns.architectures.googlenet import INCEPTION, inception, inception_naive
 from keras_cnns.stats import load_zoo_stats
 

@@ -4,8 +4,7 @@ import pytest
 import tf_keras as keras
 
 from keras_cnns import create_model, get_model_info, inference_model, list_models
-from keras_cnns.analysis import count_trainable
-from keras_cnns.analysis import profile_model
+from keras_cnns.analysis import count_trainable, profile_model
 from keras_cnns.stats import load_zoo_stats
 
 ZOO_STATS = load_zoo_stats()

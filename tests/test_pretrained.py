@@ -7,8 +7,8 @@ outputs compared on the same random images after each side's own preprocessing. 
 against a local HTTP server.
 """
 import hashlib
-import json
 import http.server
+import json
 import logging
 import os
 import sys
@@ -19,13 +19,12 @@ import types
 import numpy as np
 import pytest
 import tf_keras as keras
+from conftest import release_memory
 
 import keras_cnns
 from keras_cnns import pretrained
 from keras_cnns.errors import CnnkitError
 from keras_cnns.registry import list_models
-
-from conftest import release_memory
 
 apps = keras.applications
 

@@ -71,7 +71,7 @@ def test_multiworker_run_with_two_processes_on_localhost(tmp_path):
                                        "--output", str(tmp_path / f"w{index}"), "--json"],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (stdout, stderr) in zip(procs, outs):
+    for p, (_, stderr) in zip(procs, outs):
         assert p.returncode == 0, stderr[-3000:]
     chief, worker = (json.loads(stdout) for stdout, _ in outs)
     assert chief["metrics"]["replicas"] == 2 and chief["metrics"]["strategy"] == "multiworker"
@@ -174,7 +174,7 @@ def test_training_turns_onednn_on_unless_the_user_set_it(tmp_path, user_value, e
 def test_bn_momentum_reaches_every_batch_norm_layer(tmp_path):
     import tf_keras as keras
 
-    from keras_cnns.training.runs import load_model_file
+    from keras_cnns.files import load_model_file
 
     out = run("train", "resnet20_cifar", "--data", "shapes:6", "--input-size", "32", "--epochs", "1",
               "--bn-momentum", "0.95", "--output", str(tmp_path / "r"))

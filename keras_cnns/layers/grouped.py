@@ -39,7 +39,7 @@ def _layers(model):
 def use_native_grouped_convolutions(model):
     """Run ``model``'s grouped convolutions on TensorFlow's own kernel where it can take their gradients (see the
     module's text); returns how many layers now do. Not saved with the model: a loaded model is given it again
-    (``keras_cnns.create_model`` and ``keras_cnns.training.runs.load_model_file`` do)."""
+    (``keras_cnns.create_model`` and ``keras_cnns.files.load_model_file`` do)."""
     import tf_keras as keras
 
     grouped = [layer for layer in _layers(model) if isinstance(layer, keras.layers.Conv2D) and layer.groups > 1]

@@ -22,6 +22,9 @@ def fractional_pooling_boundaries(n_in, n_out, u):
     starts[-1] = n_in
     return starts
 
+#: the paper's default pooling ratio
+SQRT2 = math.sqrt(2.0)
+
 
 def _boundaries_tensor(n_in, n_out, u):
     alpha = n_in / n_out
@@ -39,7 +42,7 @@ class FractionalMaxPooling2D(keras.layers.Layer):
     the paper's overlapping variant.
     """
 
-    def __init__(self, pooling_ratio=math.sqrt(2.0), overlapping=False, inference_offset=0.5, **kwargs):
+    def __init__(self, pooling_ratio=SQRT2, overlapping=False, inference_offset=0.5, **kwargs):
         super().__init__(**kwargs)
         if not 1.0 < pooling_ratio <= 2.0:
             raise ValueError(f"pooling_ratio must be in (1, 2], got {pooling_ratio!r}")

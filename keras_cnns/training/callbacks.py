@@ -12,8 +12,8 @@ import time
 
 import tf_keras as keras
 
-from keras_cnns.files import replaced_atomically
-from keras_cnns.training.runs import model_contract, save_model_atomic, write_atomic
+from keras_cnns.files import replaced_atomically, save_model_atomic, write_atomic
+from keras_cnns.training.runs import model_contract
 from keras_cnns.training.schedules import learning_rate_at
 
 log = logging.getLogger(__name__)

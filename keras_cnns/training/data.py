@@ -502,7 +502,7 @@ def write_samples(data, folder, split="test", per_class=1):
     image files to send to a model server or ``cnnkit predict``. Returns the paths."""
     from PIL import Image
 
-    from keras_cnns.training.runs import write_atomic
+    from keras_cnns.files import write_atomic
 
     part = data.split(split)
     os.makedirs(folder, exist_ok=True)

@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from keras_cnns.errors import CnnkitError
+from keras_cnns.files import load_model_file, save_model_atomic, write_json
 from keras_cnns.training import runs
 
 
@@ -48,7 +49,7 @@ def evaluate_snapshots(run_dir, data=None):
     from keras_cnns.training.evaluation import evaluate_run
 
     files = _snapshot_files(run_dir)
-    members = [runs.load_model_file(f) for f in files]
+    members = [load_model_file(f) for f in files]
     data = data or (_own_data(run_dir, members[0]) if members else None)
     single = [evaluate_run(run_dir, model=m, confusion_png=False, data=data)["accuracy"] for m in members]
     if len(members) < 2:
@@ -69,7 +70,7 @@ def ensemble_runs(run_dirs, output=None):
         if len(files) < 2:
             raise CnnkitError(f"{run_dirs[0]} has {len(files)} snapshot(s); give several runs, or train one with "
                               "--snapshots N to ensemble its snapshots")
-        members = [runs.load_model_file(f) for f in files]
+        members = [load_model_file(f) for f in files]
         sources = files
     else:
         members = [runs.load_run_model(d) for d in run_dirs]
@@ -86,17 +87,17 @@ def ensemble_runs(run_dirs, output=None):
             raise CnnkitError(f"{path} was trained on other data or normalisation than {run_dirs[0]}")
     model = build_ensemble(members)
     out = runs.new_run_dir("ensemble", output)
-    runs.write_json(os.path.join(out, "config.json"), {
+    write_json(os.path.join(out, "config.json"), {
         "model": "ensemble", "members": sources, "member_models": [c["model"] for c in configs],
         "input_shape": first["input_shape"], "num_classes": first["num_classes"], "params": int(model.count_params()),
         "data": first["data"], "preprocessing": first["preprocessing"], "versions": first.get("versions"),
     })
     runs.write_labels(out, labels[0])
-    runs.save_model_atomic(model, os.path.join(out, "best.keras"), runs.model_contract(out))
+    save_model_atomic(model, os.path.join(out, "best.keras"), runs.model_contract(out))
     data = _own_data(out, model)
     metrics = evaluate_run(out, model=model, data=data)
     metrics["member_accuracy"] = [evaluate_run(out, model=m, confusion_png=False, data=data)["accuracy"]
                                   for m in members]
-    runs.write_json(os.path.join(out, "metrics.json"), metrics)
+    write_json(os.path.join(out, "metrics.json"), metrics)
     runs.update_latest(out)
     return out, metrics

@@ -23,55 +23,13 @@ import re
 import time
 
 from keras_cnns.errors import CnnkitError
-from keras_cnns.files import replaced_atomically
+from keras_cnns.files import CONTRACT_ENTRY, load_model_file, read_json, write_atomic
 
 DEFAULT_ROOT = "runs"
 
 
-def write_atomic(path, data):
-    """Write ``data`` (str or bytes) through a temporary sibling and a rename: never half a file."""
-    binary = isinstance(data, bytes)
-    with replaced_atomically(path) as tmp, open(tmp, "wb" if binary else "w",
-                                                 encoding=None if binary else "utf-8") as f:
-        f.write(data)
-    return path
-
-
-#: the entry of a ``.keras`` file (a zip archive) that holds its contract (see ``model_contract``)
-CONTRACT_ENTRY = "cnnkit.json"
-
-
-def save_model_atomic(model, path, contract=None):
-    """``model.save(path)`` through a temporary sibling and a rename (Keras needs the .keras suffix), with
-    ``contract`` (see ``model_contract``) inside the file: Keras reads its own entries and ignores this one."""
-    import zipfile
-
-    with replaced_atomically(path, ".keras") as tmp:
-        model.save(tmp)
-        if contract is not None:
-            with zipfile.ZipFile(tmp, "a") as archive:
-                archive.writestr(CONTRACT_ENTRY, json.dumps(contract, indent=2, default=_jsonable))
-
-
-def write_json(path, obj):
-    write_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
-
-
 def write_labels(run_dir, labels):
     write_atomic(os.path.join(run_dir, "labels.txt"), "\n".join(labels) + "\n")
-
-
-def _jsonable(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def new_run_dir(name, output=None, root=DEFAULT_ROOT):
@@ -93,14 +51,6 @@ def new_run_dir(name, output=None, root=DEFAULT_ROOT):
         except FileExistsError:
             n += 1
             path = f"{base}-{n}"
-
-
-def remove_if_empty(folder):
-    """Remove ``folder`` if nothing is in it (what a failed command created and never filled)."""
-    try:
-        os.rmdir(folder)
-    except OSError:  # not empty, or already gone
-        pass
 
 
 def update_latest(run_dir):
@@ -137,25 +87,6 @@ def read_config(run_dir):
 def read_labels(run_dir):
     with open(os.path.join(run_dir, "labels.txt"), encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
-
-
-def load_model_file(path):
-    """Load a saved tf_keras model (``.keras`` or ``.h5``) with the zoo's custom layers known."""
-    import tf_keras as keras
-
-    import keras_cnns.layers  # noqa: F401  (registers the custom layers)
-    import keras_cnns.training.schedules  # noqa: F401
-
-    if not os.path.exists(path):
-        raise CnnkitError(f"model file {path} does not exist")
-    from keras_cnns.layers.grouped import use_native_grouped_convolutions
-
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as err:  # a damaged or foreign file
-        raise CnnkitError(f"cannot load model {path}: {err}") from None
-    use_native_grouped_convolutions(model)
-    return model
 
 
 def load_run_model(run_dir, which="best"):

@@ -15,11 +15,17 @@ import sys
 import tempfile
 import time
 
+from keras_cnns import files
 from keras_cnns.errors import CnnkitError
-from keras_cnns.training import runs
-from keras_cnns.training import batchnorm
-from keras_cnns.training.callbacks import (EpochLogs, RecalibrateBatchNorm, RunRecorder, SnapshotSaver, TerminateOnNaN,
-                                           read_history)
+from keras_cnns.training import batchnorm, runs
+from keras_cnns.training.callbacks import (
+    EpochLogs,
+    RecalibrateBatchNorm,
+    RunRecorder,
+    SnapshotSaver,
+    TerminateOnNaN,
+    read_history,
+)
 from keras_cnns.training.data import load_data, make_dataset, parse_augment
 from keras_cnns.training.optimizers import DEFAULT_LR, add_weight_penalty, make_optimizer
 from keras_cnns.training.schedules import build_schedule, cycle_end_epochs
@@ -297,11 +303,11 @@ def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_pl
 
     path = os.path.join(run_dir, "config.json")
     if resumed:
-        saved = runs.read_json(path)
+        saved = files.read_json(path)
         saved.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": sys.argv})
-        runs.write_json(path, saved)
+        files.write_json(path, saved)
         return
-    runs.write_json(path, {
+    files.write_json(path, {
         "model": config.finetune["name"] if config.finetune else config.model,
         "train": dataclasses.asdict(config),
         "input_shape": list(data.input_shape),
@@ -403,7 +409,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
             if hasattr(model.train_function, "experimental_get_tracing_count") else 0
     except BaseException:
         if chief and not resume_dir:  # a run that failed before writing anything leaves no empty folder
-            runs.remove_if_empty(run_dir)
+            files.remove_if_empty(run_dir)
         raise
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -444,7 +450,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
         from keras_cnns.training.ensemble import evaluate_snapshots
 
         metrics["snapshot_ensemble"] = evaluate_snapshots(run_dir, data)
-    runs.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    files.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     runs.update_latest(run_dir)
     return TrainResult(run_dir, metrics, inference)
 

@@ -19,6 +19,7 @@ import math
 import os
 import re
 
+from keras_cnns import files
 from keras_cnns.errors import CnnkitError
 from keras_cnns.registry import is_model_name
 from keras_cnns.training import runs
@@ -52,7 +53,7 @@ def load_source(source, weights=None, input_size=None):
         return runs.load_run_model(run_dir), config["preprocessing"], config
     if source.endswith((".keras", ".h5")):  # the normalisation it was trained with, when it carries one
         contract = runs.read_model_contract(source) if os.path.exists(source) else None
-        return runs.load_model_file(source), (contract or {}).get("preprocessing"), None
+        return files.load_model_file(source), (contract or {}).get("preprocessing"), None
     raise CnnkitError(f"finetune source {source!r} must be a run directory, a .keras/.h5 model file or a zoo "
                       "model name with pretrained weights")
 
