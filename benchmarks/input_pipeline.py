@@ -25,7 +25,7 @@ def write_jpeg_folder(folder, per_class=300, size=256):
     """The shapes data as real JPEG files in class folders; returns ``folder``."""
     from PIL import Image
 
-    from keras_cnns.training.data import SHAPE_CLASSES, generate_shapes
+    from keras_cnns.data import SHAPE_CLASSES, generate_shapes
 
     images, labels, _ = generate_shapes(per_class=per_class, size=size)
     for i, (image, label) in enumerate(zip(images, labels)):
@@ -43,7 +43,7 @@ def main():
     from cnnkit._quiet import import_tensorflow
 
     import_tensorflow()
-    from keras_cnns.training import data
+    from keras_cnns import data
     from keras_cnns.training.bench import PIPELINES, bench_data
 
     results = []

@@ -154,8 +154,8 @@ def quickstart(epochs, output, samples, as_json):
     export with the embedded server and classify sample PNGs through its REST and gRPC APIs."""
     import_tensorflow()
     from export import export, plan_formats
+    from keras_cnns.data import load_data, write_samples
     from keras_cnns.training import TrainConfig, train
-    from keras_cnns.training.data import load_data, write_samples
     from keras_cnns.training.runs import read_config
     from serving.client import connect, predict_files
     from serving.server import ModelServer

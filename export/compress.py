@@ -30,9 +30,9 @@ def _fine_tune(model, data, preprocessing, epochs, lr, callbacks=()):
     split leave the moving averages behind the weights (keras_cnns/training/batchnorm.py)."""
     import tf_keras as keras
 
+    from keras_cnns.data import make_dataset
     from keras_cnns.layers.grouped import use_native_grouped_convolutions
     from keras_cnns.training.batchnorm import recalibrate
-    from keras_cnns.training.data import make_dataset
 
     use_native_grouped_convolutions(model)  # the clones tensorflow-model-optimization made are plain tf_keras layers
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.CategoricalCrossentropy(),

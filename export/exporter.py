@@ -77,7 +77,7 @@ def next_version(base):
 
 def _evaluation_images(source, data_spec, count=2000):
     """(float32 pixels, labels or None): the held-out test split of the data, or seeded noise."""
-    from keras_cnns.training.data import load_data
+    from keras_cnns.data import load_data
 
     spec = data_spec or source.data_spec
     if spec:
@@ -234,7 +234,7 @@ def _calibration_images(src, plan, calibration_data, data):
     if not any(f.calibrated for f in plan):
         return None
     if calibration_data:
-        from keras_cnns.training.data import load_data
+        from keras_cnns.data import load_data
 
         return load_data(calibration_data, src.input_shape).train.x[:200]
     if data is not None:

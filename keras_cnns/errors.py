@@ -9,6 +9,14 @@ class ArtifactError(CnnkitError):
     """An exported artifact that is missing, or that its runtime cannot load (a damaged or truncated file)."""
 
 
+class UnknownOptionError(CnnkitError):
+    """A model builder does not take an option; ``options`` names them."""
+
+    def __init__(self, message, options):
+        super().__init__(message)
+        self.options = tuple(options)
+
+
 class UnknownModelError(CnnkitError):
     """A model name that is not in the registry."""
 

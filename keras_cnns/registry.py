@@ -9,7 +9,7 @@ import inspect
 import logging
 from typing import Callable, Optional
 
-from keras_cnns.errors import CnnkitError, UnknownModelError
+from keras_cnns.errors import CnnkitError, UnknownModelError, UnknownOptionError
 
 #: How a reference parameter count was counted.
 TRAINABLE = "trainable"  # torchvision: trainable weights (no batch-norm moving statistics)
@@ -128,7 +128,8 @@ def create_model(name, num_classes=None, input_shape=None, include_top=True, wei
     unknown = sorted(k for k in merged if k not in accepted)
     if unknown:
         allowed = sorted(k for k in accepted if k not in ("num_classes", "input_shape", "include_top"))
-        raise CnnkitError(f"{info.name} has no option {', '.join(unknown)}; its options are: {', '.join(allowed)}")
+        raise UnknownOptionError(f"{info.name} has no option {', '.join(unknown)}; its options are: "
+                                 f"{', '.join(allowed)}", unknown)
     for key, value in merged.items():  # a number option given a word (-o alpha=abc) is the user's mistake
         default = accepted[key].default
         if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None and \

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from keras_cnns.data import load_data, make_dataset
 from keras_cnns.files import load_model_file
 from keras_cnns.training import TrainConfig, train
 from keras_cnns.training.batchnorm import (
@@ -18,7 +19,6 @@ from keras_cnns.training.batchnorm import (
     needs_recalibration,
     recalibrate,
 )
-from keras_cnns.training.data import load_data, make_dataset
 
 layers = keras.layers
 

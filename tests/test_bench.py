@@ -86,7 +86,7 @@ def test_bench_data_calls_a_deliberately_slowed_pipeline_input_bound(monkeypatch
 
     import tensorflow as tf
 
-    import keras_cnns.training.data as data_module
+    import keras_cnns.data as data_module
     from keras_cnns.training.bench import bench_data
 
     real = data_module.make_dataset

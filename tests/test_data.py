@@ -4,8 +4,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_cnns.errors import CnnkitError
-from keras_cnns.training.data import (
+from keras_cnns.data import (
     augment_image,
     generate_shapes,
     load_data,
@@ -13,6 +12,7 @@ from keras_cnns.training.data import (
     parse_augment,
     stratified_split,
 )
+from keras_cnns.errors import CnnkitError
 
 
 def test_digits_are_the_real_scikit_learn_digits_split_stratified_and_deterministic():
@@ -100,7 +100,7 @@ def test_strict_mode_stops_on_a_corrupt_image_naming_it_without_claiming_to_skip
 
 
 def test_a_folder_too_big_for_ram_streams_from_disk(photo_dir, monkeypatch):
-    import keras_cnns.training.data as data_module
+    import keras_cnns.data as data_module
 
     monkeypatch.setattr(data_module, "_ram_budget", lambda: 0)
     data = load_data(str(photo_dir), (8, 8, 3))

@@ -15,9 +15,9 @@ from PIL import Image
 
 from export import export as run_export
 from export import parity, plan_formats, tflite, validate
+from keras_cnns.data import load_data
 from keras_cnns.errors import CnnkitError
 from keras_cnns.training import TrainConfig, train
-from keras_cnns.training.data import load_data
 from serving import client
 
 

@@ -68,7 +68,7 @@ def test_decode_gives_pillows_pixels(fmt):
 
 
 def test_the_training_pipeline_decodes_and_resizes_by_the_contract(tmp_path):
-    from keras_cnns.training.data import decode_file
+    from keras_cnns.data import decode_file
 
     image = np.random.default_rng(2).integers(0, 256, (90, 130, 3)).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "photo.jpg", quality=92)

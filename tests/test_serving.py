@@ -27,8 +27,8 @@ from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, 
 from export import export as run_export
 from export import plan_formats
 from export.formats import exact_kinds
+from keras_cnns.data import load_data
 from keras_cnns.training import TrainConfig, train
-from keras_cnns.training.data import load_data
 from serving import client, config, tfserving_protos
 from serving.loadgen import spawn_server
 from serving.server import ModelServer

@@ -12,11 +12,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 import keras_cnns
+from keras_cnns.data import load_data
 from keras_cnns.errors import CnnkitError
 from keras_cnns.files import load_model_file
 from keras_cnns.training import TrainConfig, ensemble_runs, evaluate_run, finetune, resume, train
 from keras_cnns.training.callbacks import read_history
-from keras_cnns.training.data import load_data
 from keras_cnns.training.optimizers import DEFAULT_LR
 from keras_cnns.training.runs import load_run_model, read_config
 

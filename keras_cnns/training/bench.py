@@ -134,7 +134,7 @@ def bench_data(spec, model_name="lenet5", batch_size=32, input_size=None, batche
     graph-mode training rate on the same batch size: training is input-bound when the pipeline is slower.
     Each rate is the median of ``repeats`` measurements; ``spread`` holds their min and max."""
     import keras_cnns
-    from keras_cnns.training.data import load_data, make_dataset, parse_augment
+    from keras_cnns.data import load_data, make_dataset, parse_augment
 
     info = keras_cnns.get_model_info(model_name)
     h, w, c = info.input_shape

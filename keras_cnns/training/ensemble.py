@@ -37,7 +37,7 @@ def _snapshot_files(run_dir):
 
 def _own_data(run_dir, model):
     """The run's data at the model's input, loaded once for evaluating several models."""
-    from keras_cnns.training.data import load_data
+    from keras_cnns.data import load_data
 
     config = runs.read_config(run_dir)
     return load_data(config["data"]["spec"], tuple(model.inputs[0].shape[1:]), val_split=config["data"]["val_split"],

@@ -4,9 +4,9 @@ import re
 
 import numpy as np
 
+from keras_cnns.data import load_data, make_dataset
 from keras_cnns.errors import CnnkitError
 from keras_cnns.training import runs
-from keras_cnns.training.data import load_data, make_dataset
 
 
 def classification_metrics(probabilities, labels, class_names):

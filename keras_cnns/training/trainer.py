@@ -16,7 +16,8 @@ import tempfile
 import time
 
 from keras_cnns import files
-from keras_cnns.errors import CnnkitError
+from keras_cnns.data import load_data, make_dataset, parse_augment
+from keras_cnns.errors import CnnkitError, UnknownOptionError
 from keras_cnns.training import batchnorm, runs
 from keras_cnns.training.callbacks import (
     EpochLogs,
@@ -26,9 +27,9 @@ from keras_cnns.training.callbacks import (
     TerminateOnNaN,
     read_history,
 )
-from keras_cnns.training.data import load_data, make_dataset, parse_augment
 from keras_cnns.training.optimizers import DEFAULT_LR, add_weight_penalty, make_optimizer
 from keras_cnns.training.schedules import build_schedule, cycle_end_epochs
+from keras_cnns.training.transfer import FinetunePlan, prepare_finetune_model
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,14 @@ class TrainConfig:
     test_split: float = 0.15
     strict: bool = False
     output: str = None
-    #: set by `finetune`: {"source": ..., "strategy": ..., "trainable": [...]} (see transfer.py)
-    finetune: dict = None
+    #: set by `finetune`: which layers train and why (transfer.FinetunePlan; a dict as read from config.json)
+    finetune: FinetunePlan = None
     #: start from pretrained weights: "imagenet" or a checkpoint file (keras_cnns.pretrained); None = random
     weights: str = None
 
     def validate(self):
+        if isinstance(self.finetune, dict):  # as config.json keeps it
+            self.finetune = FinetunePlan(**self.finetune)
         if self.weights == "none":
             self.weights = None
         elif self.weights and self.weights != "imagenet":
@@ -192,7 +195,7 @@ def _versions():
 
 def _input_shape(config):
     if config.finetune:  # the source model's input
-        return tuple(config.finetune["input_shape"])
+        return tuple(config.finetune.input_shape)
     from keras_cnns import get_model_info
 
     info = get_model_info(config.model)
@@ -214,8 +217,6 @@ def _build(config, data):
     import keras_cnns
 
     if config.finetune:
-        from keras_cnns.training.transfer import prepare_finetune_model
-
         model = prepare_finetune_model(config.finetune, data.num_classes, data.input_shape)
     else:
         options = dict(config.model_options)
@@ -224,8 +225,8 @@ def _build(config, data):
         try:
             model = keras_cnns.create_model(config.model, num_classes=data.num_classes,
                                             input_shape=data.input_shape, weights=config.weights, **options)
-        except CnnkitError as err:
-            if config.dropout is not None and "no option dropout" in str(err):
+        except UnknownOptionError as err:
+            if config.dropout is not None and "dropout" in err.options:
                 raise CnnkitError(f"{config.model} has no dropout layer to set with --dropout") from None
             raise
     return model, keras_cnns.inference_model(model)
@@ -308,7 +309,7 @@ def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_pl
         files.write_json(path, saved)
         return
     files.write_json(path, {
-        "model": config.finetune["name"] if config.finetune else config.model,
+        "model": config.finetune.name if config.finetune else config.model,
         "train": dataclasses.asdict(config),
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
@@ -331,7 +332,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
 
     ``resume_dir``: continue that run from its last completed epoch (BackupAndRestore state).
     ``verbose``: Keras' progress output (0 silent, 1 progress bar, 2 one line per epoch).
-    ``data``: an already loaded :class:`~keras_cnns.training.data.ImageData` for ``config.data``.
+    ``data``: an already loaded :class:`~keras_cnns.data.ImageData` for ``config.data``.
     """
     import tensorflow as tf
     import tf_keras as keras
@@ -346,13 +347,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
     if data is None or tuple(data.input_shape) != tuple(input_shape):
         data = load_data(config.data, input_shape, val_split=config.val_split, test_split=config.test_split,
                          strict=config.strict)
-    if resume_dir:
-        run_dir = runs.resolve_run_dir(resume_dir)
-    elif chief:
-        run_dir = runs.new_run_dir(config.finetune["name"] if config.finetune else config.model, config.output)
-    else:  # saving is collective: other workers save too, into a directory of their own
-        run_dir = os.path.abspath(config.output) if config.output else tempfile.mkdtemp(prefix="cnnkit-worker-")
-        os.makedirs(run_dir, exist_ok=True)
+    run_dir = _run_dir(config, resume_dir, chief)
     replicas = strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
 
@@ -366,7 +361,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
             bn_plan = _batch_norm_plan(model, config, steps_per_epoch)
             _compile(model, config, steps_per_epoch)
         # a fine-tuned model keeps the normalisation its features were learnt with, pretrained weights theirs
-        pre = config.finetune["preprocessing"] if config.finetune else _weights_preprocessing(config, data)
+        pre = config.finetune.preprocessing if config.finetune else _weights_preprocessing(config, data)
         if chief:
             _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir), bn_plan=bn_plan)
         main = model.output_names[0] if len(model.outputs) > 1 else None
@@ -379,23 +374,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
                                 seed=config.seed, target_fn=target_fn, options=options)
         val_ds = make_dataset(data, "val", config.batch_size, pre, target_fn=target_fn, options=options)
 
-        nan_guard = TerminateOnNaN()
-        recorder = RunRecorder(run_dir, inference)
-        callbacks = [EpochLogs(main), nan_guard]
-        if bn_plan["recalibrate"]:  # each worker pools the whole training split: the same statistics on all
-            callbacks.append(RecalibrateBatchNorm(make_dataset(data, "train", config.batch_size, pre, training=True,
-                                                               seed=config.seed + 1)))
-        if config.schedule == "plateau":
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.gamma,
-                                                               patience=2, min_lr=config.min_lr))
-        if config.early_stopping:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.early_stopping))
-        callbacks += [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0), recorder]
-        if config.snapshots:
-            ends = cycle_end_epochs(config.epochs, _restart_epochs(config), 1.0, config.warmup_epochs)
-            callbacks.append(SnapshotSaver(run_dir, inference, ends[-config.snapshots:]))
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")))
-
+        nan_guard, recorder = TerminateOnNaN(), RunRecorder(run_dir, inference)
+        callbacks = _callbacks(config, data, run_dir, inference, pre, main, bn_plan, nan_guard, recorder)
         started = time.time()
         try:
             model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
@@ -424,6 +404,49 @@ def train(config, resume_dir=None, verbose=0, data=None):
     if not chief:
         return TrainResult(run_dir, {"worker": True, "replicas": replicas}, inference)
 
+    metrics = _final_metrics(config, data, run_dir, inference, pre, bn_plan, recorder, seconds, traces, replicas)
+    files.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    runs.update_latest(run_dir)
+    return TrainResult(run_dir, metrics, inference)
+
+
+def _run_dir(config, resume_dir, chief):
+    """The run directory: the resumed one, a new one (the chief), or a worker's own."""
+    if resume_dir:
+        return runs.resolve_run_dir(resume_dir)
+    if chief:
+        return runs.new_run_dir(config.finetune.name if config.finetune else config.model, config.output)
+    # saving is collective: other workers save too, into a directory of their own
+    run_dir = os.path.abspath(config.output) if config.output else tempfile.mkdtemp(prefix="cnnkit-worker-")
+    os.makedirs(run_dir, exist_ok=True)
+    return run_dir
+
+
+def _callbacks(config, data, run_dir, inference, pre, main, bn_plan, nan_guard, recorder):
+    """The Keras callbacks of a run, in order: logs, the NaN guard, batch-norm recalibration, the schedule's
+    and early stopping's, TensorBoard, the run recorder (checkpoints), snapshots, then BackupAndRestore."""
+    import tf_keras as keras
+
+    callbacks = [EpochLogs(main), nan_guard]
+    if bn_plan["recalibrate"]:  # each worker pools the whole training split: the same statistics on all
+        callbacks.append(RecalibrateBatchNorm(make_dataset(data, "train", config.batch_size, pre, training=True,
+                                                           seed=config.seed + 1)))
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.gamma,
+                                                           patience=2, min_lr=config.min_lr))
+    if config.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.early_stopping))
+    callbacks += [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0), recorder]
+    if config.snapshots:
+        ends = cycle_end_epochs(config.epochs, _restart_epochs(config), 1.0, config.warmup_epochs)
+        callbacks.append(SnapshotSaver(run_dir, inference, ends[-config.snapshots:]))
+    callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")))
+    return callbacks
+
+
+def _final_metrics(config, data, run_dir, inference, pre, bn_plan, recorder, seconds, traces, replicas):
+    """After the last epoch: the batch-norm consistency check, the history plot, the test evaluation, and
+    what the run measured."""
     from keras_cnns.plots import plot_history
     from keras_cnns.training.evaluation import evaluate_run
 
@@ -450,9 +473,30 @@ def train(config, resume_dir=None, verbose=0, data=None):
         from keras_cnns.training.ensemble import evaluate_snapshots
 
         metrics["snapshot_ensemble"] = evaluate_snapshots(run_dir, data)
-    files.write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    runs.update_latest(run_dir)
-    return TrainResult(run_dir, metrics, inference)
+    return metrics
+
+
+def finetune(source, data_spec, strategy="auto", similar=True, lr=None, lr_factor=0.1, verbose=0, weights=None,
+             **train_options):
+    """Fine-tune ``source`` (run dir, model file, or zoo name with ``weights``) on ``data_spec``; returns the
+    trainer's result.
+
+    ``lr`` defaults to the source run's rate for ``head`` and ``lr_factor`` times it otherwise.
+    """
+    from keras_cnns.training.transfer import plan_finetune
+
+    plan, data = plan_finetune(source, strategy, data_spec, similar, weights, train_options.pop("input_size", None),
+                               val_split=train_options.get("val_split", 0.15),
+                               test_split=train_options.get("test_split", 0.15),
+                               strict=train_options.get("strict", False))
+    if plan.preprocessing is None:  # a bare model file: normalise with the new data's statistics
+        plan.preprocessing = data.preprocessing
+    config = TrainConfig(model=plan.source_model, data=data_spec, finetune=plan, **train_options)
+    if lr is None:
+        base = plan.source_lr or DEFAULT_LR.get(config.optimizer, 0.01)
+        lr = base if plan.strategy == "head" else base * lr_factor
+    config.lr = plan.lr = lr
+    return train(config, data=data, verbose=verbose)
 
 
 def resume(run_dir, verbose=0):

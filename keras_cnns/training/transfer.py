@@ -14,6 +14,7 @@ re-initialised (for the new classes). Frozen layers are set ``trainable = False`
 also keeps their batch-norm layers in inference mode (moving statistics frozen). Unfrozen layers are
 fine-tuned with a lower learning rate: ``lr_factor`` (default 1/10) times the source run's rate.
 """
+import dataclasses
 import logging
 import math
 import os
@@ -133,9 +134,8 @@ def prepare_finetune_model(finetune, num_classes, input_shape):
     """The source model with a fresh classifier for ``num_classes`` and the layers frozen as planned."""
     import tf_keras as keras
 
-    zoo = not os.path.exists(finetune["source"])  # a zoo model name: built at the planned input size
-    source, _, _ = load_source(finetune["source"], finetune.get("weights"),
-                               tuple(finetune["input_shape"]) if zoo else None)
+    zoo = not os.path.exists(finetune.source)  # a zoo model name: built at the planned input size
+    source, _, _ = load_source(finetune.source, finetune.weights, tuple(finetune.input_shape) if zoo else None)
     if tuple(source.inputs[0].shape[1:]) != tuple(input_shape):
         raise CnnkitError(f"the source model takes {tuple(source.inputs[0].shape[1:])} inputs, not {input_shape}")
     chain = head_chain(source)
@@ -147,19 +147,44 @@ def prepare_finetune_model(finetune, num_classes, input_shape):
                 if key in config:
                     config[key] = num_classes
         x = layer.__class__.from_config(config)(x)
-    model = keras.Model(source.inputs, x, name=finetune["name"])
+    model = keras.Model(source.inputs, x, name=finetune.name)
     head = set(layer.name for layer in chain)
-    trainable = set(finetune["trainable"]) | head
+    trainable = set(finetune.trainable) | head
     for layer in model.layers:
-        layer.trainable = finetune["strategy"] == "full" or layer.name in trainable
+        layer.trainable = finetune.strategy == "full" or layer.name in trainable
     return model
+
+
+@dataclasses.dataclass
+class FinetunePlan:
+    """What fine-tuning trains and why: kept in the run's config.json ("train" -> "finetune")."""
+    #: a run folder or model file (real path), or a zoo model name
+    source: str
+    #: a zoo source's checkpoint: imagenet or a file
+    weights: str
+    input_shape: list
+    #: head, top or full, and as the user would write it (top:K)
+    strategy: str
+    label: str
+    reason: str
+    #: the names of the unfrozen blocks, [] (head) or "all"
+    unfrozen_blocks: object
+    #: the layers that train besides the new classifier
+    trainable: list
+    #: the source's normalisation (None: a bare model file; the new data's is used)
+    preprocessing: dict
+    source_lr: float
+    source_model: str
+    #: the fine-tuned model's name (its run folder's too)
+    name: str
+    lr: float = None
 
 
 def plan_finetune(source, strategy, data_spec, similar=True, weights=None, input_size=None, **data_options):
     """Resolve ``strategy`` against the source model and the new data: which layers train, and why.
 
     Returns (plan, the new data loaded at the source's input shape)."""
-    from keras_cnns.training.data import load_data
+    from keras_cnns.data import load_data
 
     model, preprocessing, config = load_source(source, weights, input_size)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
@@ -175,43 +200,17 @@ def plan_finetune(source, strategy, data_spec, similar=True, weights=None, input
         log.info("finetune strategy %s: %s", chosen, reason)
     trainable = [layer.name for _, members in groups[-k:] for layer in members] if kind == "top" else []
     label = f"top:{k}" if kind == "top" else kind
-    return {
-        "source": os.path.realpath(source) if os.path.exists(source) else model.name,
-        "weights": os.path.realpath(weights) if weights and os.path.exists(weights) else weights,
-        "input_shape": list(shape),
-        "strategy": "top" if kind == "top" else kind,
-        "label": label,
-        "reason": reason or f"{label} chosen on the command line",
-        "unfrozen_blocks": [name for name, _ in groups[-k:]] if kind == "top" else ([] if kind == "head" else "all"),
-        "trainable": trainable,
-        "preprocessing": preprocessing,
-        "source_lr": (config or {}).get("train", {}).get("lr"),
-        "source_model": (config or {}).get("model", model.name),
-        "name": f"{(config or {}).get('model', model.name)}-finetune",
-    }, data
-
-
-def finetune(source, data_spec, strategy="auto", similar=True, lr=None, lr_factor=0.1, verbose=0, weights=None,
-             **train_options):
-    """Fine-tune ``source`` (run dir, model file, or zoo name with ``weights``) on ``data_spec``; returns the
-    trainer's result.
-
-    ``lr`` defaults to the source run's rate for ``head`` and ``lr_factor`` times it otherwise.
-    """
-    from keras_cnns.training.trainer import TrainConfig, train
-
-    plan, data = plan_finetune(source, strategy, data_spec, similar, weights, train_options.pop("input_size", None),
-                               val_split=train_options.get("val_split", 0.15),
-                               test_split=train_options.get("test_split", 0.15),
-                               strict=train_options.get("strict", False))
-    if plan["preprocessing"] is None:  # a bare model file: normalise with the new data's statistics
-        plan["preprocessing"] = data.preprocessing
-    config = TrainConfig(model=plan["source_model"], data=data_spec, finetune=plan, **train_options)
-    if lr is None:
-        from keras_cnns.training.optimizers import DEFAULT_LR
-
-        base = plan["source_lr"] or DEFAULT_LR.get(config.optimizer, 0.01)
-        lr = base if plan["strategy"] == "head" else base * lr_factor
-    config.lr = lr
-    plan["lr"] = lr
-    return train(config, data=data, verbose=verbose)
+    return FinetunePlan(
+        source=os.path.realpath(source) if os.path.exists(source) else model.name,
+        weights=os.path.realpath(weights) if weights and os.path.exists(weights) else weights,
+        input_shape=list(shape),
+        strategy="top" if kind == "top" else kind,
+        label=label,
+        reason=reason or f"{label} chosen on the command line",
+        unfrozen_blocks=[name for name, _ in groups[-k:]] if kind == "top" else ([] if kind == "head" else "all"),
+        trainable=trainable,
+        preprocessing=preprocessing,
+        source_lr=(config or {}).get("train", {}).get("lr"),
+        source_model=(config or {}).get("model", model.name),
+        name=f"{(config or {}).get('model', model.name)}-finetune",
+    ), data
