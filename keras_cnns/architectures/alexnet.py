@@ -63,3 +63,8 @@ register("alexnet", alexnet, family="alexnet", year=2012, paper=_PAPER, input_sh
 register("alexnet_1tower", alexnet, family="alexnet", year=2012, paper=_PAPER, input_shape=(227, 227, 3),
          options={"two_tower": False}, reference_params=62_378_344, reference="paper layer sizes, one device",
          description="AlexNet with every layer fully connected to the previous one")
+
+NO_CHECKPOINT = {  # keras_cnns/pretrained
+    "alexnet": "torchvision's AlexNet is the one-tower 64-192-384-256-256 variant, not the paper's network",
+    "alexnet_1tower": "torchvision's AlexNet has 64-192-384-256-256 filters, not the paper's 96-256-384-384-256",
+}

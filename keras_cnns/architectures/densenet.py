@@ -13,6 +13,7 @@ import math
 import tf_keras as keras
 
 from keras_cnns.architectures._blocks import bn_act, conv_bn_act, image_input, max_pool, pooled_head, use_small_stem
+from keras_cnns.pretrained.checkpoints import keras_h5
 from keras_cnns.registry import register
 
 layers = keras.layers
@@ -73,3 +74,11 @@ register("densenet_bc100", densenet, family="densenet", year=2017, paper=_PAPER,
          num_classes=10, options={"blocks": (16, 16, 16), "growth_rate": 12, "cifar": True},
          reference_params=769_162, reference="computed: the paper's CIFAR DenseNet-BC (L=100, k=12; Table 2: 0.8M)",
          description="CIFAR DenseNet-BC, L=100, k=12")
+
+#: ImageNet weights: Keras Applications' (md5 from its code, top-1 from keras.io; keras_cnns/pretrained)
+_KERAS_LAYOUT = {"padding": "symmetric", "bn_epsilon": 1.001e-5}
+CHECKPOINTS = {f"densenet{depth}": keras_h5(f"densenet{depth}",
+                                            f"densenet/densenet{depth}_weights_tf_dim_ordering_tf_kernels.h5", md5,
+                                            top1, "torch", "densenet", _KERAS_LAYOUT) for depth, md5, top1 in [
+    (121, "9d60b8095a5708f2dcce2bca79d332c7", 75.0), (169, "d699b8f76981ab1b30698df4c175e90b", 76.2),
+    (201, "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.3)]}

@@ -15,6 +15,7 @@ import tf_keras as keras
 from keras_cnns.architectures._blocks import conv_bn_act, depthwise_bn_act, image_input, pooled_head, use_small_stem
 from keras_cnns.architectures.mobilenet import make_divisible
 from keras_cnns.layers import DropPath
+from keras_cnns.pretrained.checkpoints import keras_h5
 from keras_cnns.registry import register
 
 layers = keras.layers
@@ -93,3 +94,13 @@ for _v, (_w, _d, _r, _drop) in VARIANTS.items():
              input_shape=(_r, _r, 3), options={"width_coefficient": _w, "depth_coefficient": _d, "dropout": _drop},
              reference_params=_TORCHVISION[_v], reference=f"torchvision efficientnet_{_v} (= Keras trainable)",
              description=f"width x{_w}, depth x{_d}, {_r}x{_r}")
+
+#: ImageNet weights: Keras Applications' (md5 from its code, top-1 from keras.io; keras_cnns/pretrained). The Keras
+#: graph computes x/255, then (x - mean) / std with torchvision's numbers (keras#49930): "torch" preprocessing
+CHECKPOINTS = {f"efficientnet_{v}": keras_h5(f"efficientnet_{v}", f"efficientnet{v}.h5", md5, top1, "torch",
+                                             "efficientnet", base="https://storage.googleapis.com/keras-applications/")
+               for v, md5, top1 in [
+    ("b0", "902e53a9f72be733fc0bcb005b3ebbac", 77.1), ("b1", "1d254153d4ab51201f1646940f018540", 79.1),
+    ("b2", "b15cce36ff4dcbd00b6dd88e7857a6ad", 80.1), ("b3", "ffd1fdc53d0ce67064dc6a9c7960ede0", 81.6),
+    ("b4", "18c95ad55216b8f92d7e70b3a046e2fc", 82.9), ("b5", "ace28f2a6363774853a83a0b21b9421a", 83.6),
+    ("b6", "165f6e37dce68623721b423839de8be5", 84.0), ("b7", "8c03f828fec3ef71311cd463b6759d99", 84.3)]}

@@ -114,3 +114,7 @@ register("googlenet", googlenet, family="googlenet", year=2014, paper=_PAPER, re
          description="Inception v1 with two auxiliary classifiers (training outputs)")
 register("googlenet_bn", googlenet, family="googlenet", year=2014, paper=_PAPER, options={"batch_norm": True,
          "lrn": False}, description="Inception v1 with batch normalization after every convolution")
+
+NO_CHECKPOINT = {  # keras_cnns/pretrained
+    "googlenet_bn": "torchvision's GoogLeNet uses 3x3 convolutions in the '5x5' branch",
+}

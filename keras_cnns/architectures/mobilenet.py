@@ -8,10 +8,13 @@ v2: inverted residual blocks — 1x1 expansion (factor 6), 3x3 depthwise, 1x1 *l
 to a narrow bottleneck, a residual between bottlenecks when the shape allows. The first block has
 no expansion. Both follow Keras Applications layer for layer (parameter counts equal).
 """
+import functools
+
 import tf_keras as keras
 
 from keras_cnns.architectures._blocks import conv_bn_act, depthwise_bn_act, image_input, pooled_head, use_small_stem
 from keras_cnns.errors import CnnkitError
+from keras_cnns.pretrained.checkpoints import keras_h5
 from keras_cnns.registry import ALL, register
 
 layers = keras.layers
@@ -105,3 +108,35 @@ register("mobilenet_v2", mobilenet_v2, family="mobilenet", year=2018,
          paper="Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks",
          reference_params=3_538_984, params_counted=ALL, reference="Keras Applications MobileNetV2 (alpha=1.0)",
          description="inverted residuals, linear bottlenecks, expansion 6")
+
+
+#: ImageNet weights: Keras Applications', one file per width (alpha) and resolution; top-1 from its tables
+_MOBILENET_V1_TOP1 = {(1.0, 224): 70.6, (0.75, 224): 68.4, (0.5, 224): 63.7, (0.25, 224): 50.6, (1.0, 192): 69.1,
+                      (1.0, 160): 67.2, (1.0, 128): 64.4}  # Keras' mobilenet.py tables (others unpublished)
+_MOBILENET_V2_TOP1 = {  # Keras' mobilenet_v2.py table
+    (1.4, 224): 75.0, (1.3, 224): 74.4, (1.0, 224): 71.8, (1.0, 192): 70.7, (1.0, 160): 68.8, (1.0, 128): 65.3,
+    (1.0, 96): 60.3, (0.75, 224): 69.8, (0.75, 192): 68.7, (0.75, 160): 66.4, (0.75, 128): 63.2, (0.75, 96): 58.8,
+    (0.5, 224): 65.4, (0.5, 192): 63.9, (0.5, 160): 61.0, (0.5, 128): 57.7, (0.5, 96): 51.2, (0.35, 224): 60.3,
+    (0.35, 192): 58.2, (0.35, 160): 55.7, (0.35, 128): 50.8, (0.35, 96): 45.5}
+
+
+def _checkpoint(name, options, input_shape):
+    """The Keras Applications file for this width and resolution (keras_cnns/pretrained)."""
+    alpha = float(options.get("alpha", 1.0))
+    rows = int(input_shape[0]) if input_shape else 224
+    if name == "mobilenet":
+        alphas, sizes, table = (0.25, 0.5, 0.75, 1.0), (128, 160, 192, 224), _MOBILENET_V1_TOP1
+    else:
+        alphas, sizes, table = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), (96, 128, 160, 192, 224), _MOBILENET_V2_TOP1
+    if alpha not in alphas:
+        raise CnnkitError(f"{name} has ImageNet weights for alpha {', '.join(map(str, alphas))}, not {alpha}")
+    if rows not in sizes:  # the weights do not depend on the resolution; Keras takes the 224 file too
+        rows = 224
+    if name == "mobilenet":
+        path = f"mobilenet/mobilenet_{ {1.0: '1_0', 0.75: '7_5', 0.5: '5_0', 0.25: '2_5'}[alpha]}_{rows}_tf.h5"
+    else:
+        path = f"mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}.h5"
+    return keras_h5(name, path, None, table.get((alpha, rows)), "tf", name)
+
+
+CHECKPOINTS = {name: functools.partial(_checkpoint, name) for name in ("mobilenet", "mobilenet_v2")}

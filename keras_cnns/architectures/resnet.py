@@ -21,15 +21,9 @@ what the pretrained checkpoints need (keras_cnns.pretrained); neither changes a 
 """
 import tf_keras as keras
 
-from keras_cnns.architectures._blocks import (
-    bn_act,
-    conv_bn_act,
-    image_input,
-    max_pool,
-    pooled_head,
-    use_small_stem,
-)
+from keras_cnns.architectures._blocks import bn_act, conv_bn_act, image_input, max_pool, pooled_head, use_small_stem
 from keras_cnns.layers import StochasticDepth
+from keras_cnns.pretrained.checkpoints import keras_h5, torchvision_pth
 from keras_cnns.registry import ALL, register
 
 layers = keras.layers
@@ -180,3 +174,28 @@ register("resnet152_sd", resnet, family="stochastic_depth", year=2016, paper=_SD
          options={"depth": 152, "stochastic_depth": 0.5}, reference_params=60_192_808,
          reference="torchvision resnet152 (stochastic depth adds no weights)",
          description="ResNet-152 with stochastic depth, linear decay to p_L = 0.5")
+
+#: ImageNet weights: torchvision's DEFAULT (IMAGENET1K_V2 where there is one) for v1, wide and ResNeXt,
+#: Keras Applications' for pre-activation (keras_cnns/pretrained); the options reproduce each source's padding
+_TORCH_LAYOUT = {"padding": "symmetric"}
+_KERAS_V2_LAYOUT = {"padding": "symmetric", "downsample": "last", "bn_epsilon": 1.001e-5}
+CHECKPOINTS = {
+    **{name: torchvision_pth(name, filename, top1, "resnet", _TORCH_LAYOUT) for name, filename, top1 in [
+        ("resnet18", "resnet18-f37072fd.pth", 69.758), ("resnet34", "resnet34-b627a593.pth", 73.314),
+        ("resnet50", "resnet50-11ad3fa6.pth", 80.858), ("resnet101", "resnet101-cd907fc2.pth", 81.886),
+        ("resnet152", "resnet152-f82ba261.pth", 82.284),
+        ("wide_resnet50_2", "wide_resnet50_2-9ba9bcbe.pth", 81.602),
+        ("wide_resnet101_2", "wide_resnet101_2-d733dc28.pth", 82.51),
+        ("resnext50_32x4d", "resnext50_32x4d-1a0047aa.pth", 81.198),
+        ("resnext101_32x8d", "resnext101_32x8d-110c445d.pth", 82.834),
+        ("resnext101_64x4d", "resnext101_64x4d-173b62eb.pth", 83.246)]},
+    **{f"preact_resnet{depth}": keras_h5(f"preact_resnet{depth}",
+                                         f"resnet/resnet{depth}v2_weights_tf_dim_ordering_tf_kernels.h5", md5, top1,
+                                         "tf", "preact_resnet", _KERAS_V2_LAYOUT) for depth, md5, top1 in [
+        (50, "3ef43a0b657b3be2300d5770ece849e0", 76.0), (101, "6343647c601c52e1368623803854d971", 77.2),
+        (152, "a49b44d1979771252814e80f8ec446f9", 78.0)]},
+}
+NO_CHECKPOINT = {
+    "resnet152_sd": "stochastic depth scales each residual by its survival probability at inference; ResNet-152 "
+                    "checkpoints were trained without it (use resnet152)",
+}

@@ -16,6 +16,7 @@ from keras_cnns.architectures._blocks import (
     max_pool,
     use_small_stem,
 )
+from keras_cnns.pretrained.checkpoints import torchvision_pth
 from keras_cnns.registry import register
 
 layers = keras.layers
@@ -72,3 +73,8 @@ register("squeezenet1_0", squeezenet, family="squeezenet", year=2016, paper=_PAP
          reference_params=1_248_424, reference="torchvision squeezenet1_0", description="fire modules, version 1.0")
 register("squeezenet1_1", squeezenet, family="squeezenet", year=2016, paper=_PAPER, options={"version": "1.1"},
          reference_params=1_235_496, reference="torchvision squeezenet1_1", description="fire modules, version 1.1")
+
+#: ImageNet weights: torchvision's (its pooling rounds up: ceil_mode; keras_cnns/pretrained)
+CHECKPOINTS = {name: torchvision_pth(name, filename, top1, "squeezenet", {"ceil_mode": True}, top=("conv10_conv",))
+               for name, filename, top1 in [("squeezenet1_0", "squeezenet1_0-b66bff10.pth", 58.092),
+                                            ("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth", 58.178)]}

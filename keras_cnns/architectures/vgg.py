@@ -10,6 +10,7 @@ import tf_keras as keras
 
 from keras_cnns.architectures._blocks import conv_bn_act, dense_head, feature_pooling, image_input
 from keras_cnns.layers import LocalResponseNormalization
+from keras_cnns.pretrained.checkpoints import keras_h5, torchvision_pth
 from keras_cnns.registry import register
 
 layers = keras.layers
@@ -67,3 +68,16 @@ for _name, _config, _lrn, _params, _bn_params in _VARIANTS:
         register(f"{_name}_bn", vgg, family="vgg", year=2014, paper=_PAPER,
                  options={"config": _config, "batch_norm": True}, reference_params=_bn_params,
                  reference=f"torchvision {_name}_bn", description=f"configuration {_config} with batch normalization")
+
+#: ImageNet weights: Keras Applications' (md5 from its code, top-1 from keras.io; Caffe's BGR conv1 reversed at
+#: load) and torchvision's (keras_cnns/pretrained)
+CHECKPOINTS = {
+    "vgg16": keras_h5("vgg16", "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5", "64373286793e3c8b2b4e3219cbf3544b",
+                      71.3, "caffe", "vgg", top=("fc1", "fc2", "fc3")),
+    "vgg19": keras_h5("vgg19", "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5", "cbe5617147190e668d6c5d5026f83318",
+                      71.3, "caffe", "vgg", top=("fc1", "fc2", "fc3")),
+    **{name: torchvision_pth(name, filename, top1, "vgg", top=("fc1", "fc2", "fc3")) for name, filename, top1 in [
+        ("vgg11", "vgg11-8a719046.pth", 69.02), ("vgg11_bn", "vgg11_bn-6002323d.pth", 70.37),
+        ("vgg13", "vgg13-19584684.pth", 69.928), ("vgg13_bn", "vgg13_bn-abd245e5.pth", 71.586),
+        ("vgg16_bn", "vgg16_bn-6c64b313.pth", 73.36), ("vgg19_bn", "vgg19_bn-c79401a0.pth", 74.218)]},
+}
