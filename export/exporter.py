@@ -321,7 +321,7 @@ def _build(job, plan):
     os.makedirs(os.path.join(job.out, "keras"))
     save_model_atomic(src.model, os.path.join(job.out, "keras", "model.keras"), src.contract())
     job.mobile = job.out  # the graph TFLite files come from: RGB input for a grayscale model
-    if gray and any(f.runtime == "tflite" and not f.compressed for f in plan):
+    if gray and any(RUNTIMES[f.runtime].rgb_only and not f.compressed for f in plan):
         job.mobile = savedmodel.save(dataclasses.replace(src, model=rgb_input(src.model)),
                                      os.path.join(job.scratch, "mobile"), labels_file, megapixels)
     for name, (model, _) in job.compressed.items():  # each its own SavedModel

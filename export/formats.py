@@ -10,7 +10,7 @@ import functools
 import os
 from typing import Callable
 
-from export import compress, onnx_format, parity, savedmodel, tflite
+from export import compress, mediapipe_check, onnx_format, parity, savedmodel, tflite
 from keras_cnns.errors import ArtifactError, CnnkitError
 
 #: the --quantize modes: besides float32, what a TFLite file can be (ONNX offers those of its rows)
@@ -33,6 +33,8 @@ class Runtime:
     judge: Callable = None
     #: more of the report from the version's first artifact of this runtime: ``notes(path) -> dict``
     notes: Callable = None
+    #: its apps feed RGB images only (MediaPipe Tasks): a grayscale model's files get an RGB-input graph
+    rgb_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,20 +82,14 @@ def _tflite_notes(path):
     return {"tflite_gpu_delegate": {"compatible": compatible, "warnings": warnings[:20]}}
 
 
-def _mediapipe_judge(row, fmt, path, outputs, context):
-    from export import mediapipe_check
-
-    mediapipe_check.judge(row, fmt, path, outputs, context)
-
-
 def _open_savedmodel(path, threads=None):
     return savedmodel.load_probabilities(path)
 
 
 RUNTIMES = {
     "savedmodel": Runtime("savedmodel", _open_savedmodel, "--saved-model"),
-    "tflite": Runtime("tflite", tflite.Runner, "--tflite", ".tflite", read_labels=tflite.read_labels, judge=_mediapipe_judge,
-                      notes=_tflite_notes),
+    "tflite": Runtime("tflite", tflite.Runner, "--tflite", ".tflite", read_labels=tflite.read_labels,
+                      judge=mediapipe_check.judge, notes=_tflite_notes, rgb_only=True),
     "onnx": Runtime("onnx", onnx_format.Runner, "--onnx", ".onnx"),
 }
 
