@@ -145,9 +145,12 @@ def consistency_check(model, dataset, training_accuracy, max_batches=64):
     """Inference-mode accuracy of a single-output ``model`` on (a sample of) the training split, as
     (images, one-hot labels) batches, next to the last epoch's training-mode accuracy; a ``warning`` when
     inference is more than :data:`GAP_WARNING` below it."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)  # MobileNet v2: 3 s, eager 7 s
     correct = seen = 0
     for x, y in dataset.take(max_batches):
-        out = model(x, training=False)
+        out = forward(x)
         correct += int(np.sum(np.argmax(out, -1) == np.argmax(y, -1)))
         seen += int(x.shape[0])
     inference = correct / max(1, seen)
