@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from export import tflite
 from keras_cnns.errors import CnnkitError
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,6 @@ def compressed_models(src, formats, data, options):
 def build_tflite(job, fmt, path):
     """A compressed model's TFLite file from its own SavedModel (``scratch/NAME``): integer when the plan has
     full-integer TFLite too (or it was trained quantization-aware), with what pruning or clustering left in it."""
-    from export import tflite
-
     variant = "qat" if fmt.name == "tflite-qat" else ("int8" if "tflite-int8" in job.formats else "float32")
     tflite.convert_for(job, os.path.join(job.scratch, fmt.name), fmt.name, variant, path)
     details = {**job.compressed[fmt.name][1], **measured_kernels(fmt.name, path), "tflite_variant": variant,
@@ -133,8 +132,6 @@ def build_tflite(job, fmt, path):
 def measured_kernels(fmt, path):
     """What pruning / clustering left in the ``.tflite`` file itself: sparsity or distinct values per kernel
     of the conv, depthwise and dense weights read from its buffers."""
-    from export import tflite
-
     with open(path, "rb") as f:
         arrays = tflite.kernel_tensors(f.read())
     if fmt == "tflite-pruned":
