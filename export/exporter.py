@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from export import compress, mediapipe_check, onnx_format, parity, savedmodel
+from export import child, compress, mediapipe_check, onnx_format, parity, savedmodel
 from export.formats import FORMATS, QUANTIZE, RUNTIMES, BuildJob, by_kind, quantize_modes, runner_for
 from export.source import load_source
 from keras_cnns.errors import CnnkitError
@@ -310,8 +310,8 @@ def _release(src, compressed):
 def _build(job, plan):
     """Write every artifact of ``plan`` into ``job.out``: first the graphs (the SavedModel, the Keras model the
     report compares against, the mobile graph, each compressed model's SavedModel) while the Keras models are in
-    memory, then, with them released, each format's ``build`` (the converters run in child processes).
-    Returns the export.json entries."""
+    memory, then, with them released, each format's ``build`` (the converters run in child processes, one taking
+    the next while it stays small: export/child.py). Returns the export.json entries."""
     src, gray = job.src, job.src.input_shape[-1] == 1
     labels_file = os.path.join(job.scratch, "labels.txt")  # the asset keeps its file name: labels.txt
     with open(labels_file, "w", encoding="utf-8") as f:
@@ -329,12 +329,13 @@ def _build(job, plan):
                         os.path.join(job.scratch, name), labels_file, megapixels)
     _release(src, job.compressed)
     artifacts = []
-    for fmt in plan:
-        path = os.path.join(job.out, fmt.path) if fmt.path else job.out
-        if fmt.path:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        details = fmt.build(job, fmt, path)
-        artifacts.append({"artifact": fmt.artifact, "kind": fmt.artifact_kind, "path": fmt.path, **details})
+    with child.reuse():
+        for fmt in plan:
+            path = os.path.join(job.out, fmt.path) if fmt.path else job.out
+            if fmt.path:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            details = fmt.build(job, fmt, path)
+            artifacts.append({"artifact": fmt.artifact, "kind": fmt.artifact_kind, "path": fmt.path, **details})
     return artifacts
 
 
