@@ -54,7 +54,11 @@ def run(what, function, *args, pure_python_protobuf=False):
     if pure_python_protobuf:
         environment["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
     key = tuple(sorted(environment.items()))
-    worker = (_kept.pop(key, None) if _kept is not None else None) or _Child(environment)
+    worker = _kept.pop(key, None) if _kept is not None else None
+    if worker is None or not worker.process.is_alive():  # none kept, or it died while it waited
+        if worker is not None:
+            worker.close(wait=0)
+        worker = _Child(environment)
     try:
         ok, value, resident_mb = worker.call(function, args)
     except (EOFError, OSError):  # the child died: its end of the pipe closed

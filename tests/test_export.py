@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -485,15 +486,22 @@ def test_an_exports_converters_share_a_child_while_it_stays_small():
         child.run("the check", _memory_hog)  # 300 MB resident afterwards: not kept
         hog_pid = child.run("the check", os.getpid)
         assert child.run("the check", os.getpid) == hog_pid  # a small one is
+    with child.reuse():
+        idle = child.run("the check", os.getpid)
+        os.kill(idle, signal.SIGKILL)  # the kernel's out-of-memory killer takes the waiting child
+        while not _gone(idle):
+            time.sleep(0.05)
+        assert child.run("the check", os.getpid) != idle  # the job goes to a fresh child, not to the dead one
     with child.reuse(keep_below_mb=0):
         assert child.run("the check", os.getpid) != child.run("the check", os.getpid)
     assert child.run("the check", os.getpid) != child.run("the check", os.getpid)  # outside reuse(): always fresh
 
 
 def _gone(pid):
-    """Process ``pid`` has ended (or is a zombie)."""
+    """Process ``pid`` has ended: reaped, or a zombie whose threads have all exited (its parent can reap it)."""
     try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        zombie = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        return zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1
     except OSError:
         return True
 
