@@ -119,10 +119,17 @@ class _Child:
         return self.process.exitcode
 
 
-def _serve(connection):
+def return_freed_memory():
+    """What Python and the allocator hold but no longer use goes back to the system (``malloc_trim``: glibc only)."""
     import ctypes
     import gc
 
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _serve(connection):
     while True:
         try:
             job = connection.recv()
@@ -135,9 +142,7 @@ def _serve(connection):
             result = (True, function(*args))
         except Exception as err:  # noqa: BLE001 - every error goes back to the parent
             result = (False, err)
-        gc.collect()
-        with contextlib.suppress(OSError, AttributeError):  # what the job freed goes back (glibc only)
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return_freed_memory()
         try:
             connection.send((*result, _resident_mb()))
         except Exception:  # noqa: BLE001 - an exception that cannot be pickled goes back as its message

@@ -294,17 +294,10 @@ def _release(src, compressed):
     report read them from there. The memory goes back to the system with TensorFlow's system allocator
     (``cnnkit export`` sets it: child.SYSTEM_ALLOCATOR) and glibc's ``malloc_trim`` (ResNet-18 --all at
     64x64: 1.85 GB peak with it, 1.96 GB without)."""
-    import ctypes
-    import gc
-
     src.release_model()
     for fmt, (_, details) in compressed.items():
         compressed[fmt] = (None, details)
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    child.return_freed_memory()
 
 
 def _build(job, plan):
