@@ -19,6 +19,8 @@ MOMENTUM_RANGE = (0.9, 0.99)
 #: inference-mode accuracy on the training split this far (in accuracy points) below training-mode accuracy
 #: is reported as a likely batch-norm (or dropout) problem
 GAP_WARNING = 0.05
+#: the smallest epsilon the fused batch-norm kernel accepts (as in Keras' own fused path)
+_FUSED_MIN_EPSILON = 1.001e-5
 
 
 def _bn_base():
@@ -66,10 +68,22 @@ def _batch_statistics(layers, taps):
         if id(self) not in index:
             return original(self, inputs, training=training, mask=mask)
         x = tf.cast(inputs, tf.float32)
+        shape = self.moving_mean.shape
+        if x.shape.rank == 4 and list(self.axis) == [3] and self.epsilon >= _FUSED_MIN_EPSILON:
+            # the fused kernel training uses (MobileNet v2 at 32x32: 0.6x the time of moments + normalisation);
+            # its batch variance is the unbiased one, n / (n - 1) times the population variance pooled below
+            ones, zeros = tf.ones(shape, tf.float32), tf.zeros(shape, tf.float32)
+            gamma = ones if self.gamma is None else tf.cast(self.gamma, tf.float32)
+            beta = zeros if self.beta is None else tf.cast(self.beta, tf.float32)
+            out, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
+                                                                   is_training=True)
+            count = tf.cast(tf.size(x) // tf.size(mean), tf.float32)
+            variance = unbiased * tf.maximum(count - 1.0, 0.0) / count
+            taps.append((index[id(self)], mean, variance, tf.cast(count, tf.float64)))
+            return tf.cast(out, inputs.dtype)
         axes = [a for a in range(x.shape.rank) if a not in self.axis]
         mean, variance = tf.nn.moments(x, axes, keepdims=True)
         count = tf.cast(tf.size(x), tf.float64) / tf.cast(tf.size(mean), tf.float64)
-        shape = self.moving_mean.shape
         taps.append((index[id(self)], tf.reshape(mean, shape), tf.reshape(variance, shape), count))
         broadcast = mean.shape
         gamma = None if self.gamma is None else tf.reshape(tf.cast(self.gamma, tf.float32), broadcast)
