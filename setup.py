@@ -41,9 +41,12 @@ setup(
         # VGG-BN, SqueezeNet...), and runs the static-vs-dynamic benchmark (benchmarks/static_vs_dynamic.py)
         "torch": ["torch==2.13.0"],
         "bench": ["torch==2.13.0"],
+        # OpenVINO: a runtime for the export's IR (cnnkit export --openvino, predict --runtime openvino)
+        "openvino": ["openvino==2026.4.*"],
         # the tests check the PyTorch twins of the Keras models, and every checkpoint mapping against
         # torchvision's own models
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "torch==2.13.0", "torchvision==0.28.0"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "torch==2.13.0", "torchvision==0.28.0",
+                "openvino==2026.4.*"],
     },
     entry_points={"console_scripts": ["cnnkit=cnnkit.cli:main"]},
 )

@@ -44,8 +44,11 @@ def _print_report(report):
 @click.option("--saved-model", is_flag=True, help="The SavedModel (always written: the others derive from it).")
 @click.option("--tflite", "tflite_out", is_flag=True, help="TFLite float32 (+ the --quantize variant).")
 @click.option("--onnx", "onnx_out", is_flag=True, help="ONNX (tf2onnx), run with ONNX Runtime.")
+@click.option("--openvino", "openvino_out", is_flag=True,
+              help="OpenVINO IR (from the float32 ONNX file): float32, and bfloat16 where the CPU has it.")
 @click.option("--all", "everything", is_flag=True,
-              help="SavedModel, every TFLite variant and ONNX (float32, float16, int8).")
+              help="SavedModel, every TFLite variant, ONNX (float32, float16, int8) and, when OpenVINO is "
+                   "installed, its IR (float32, bfloat16 where the CPU has it).")
 @click.option("--format", "extra", multiple=True, metavar="NAME",
               help="One more format by its name in export/formats.py (repeatable), e.g. --format onnx-float16.")
 @click.option("--quantize", default="none", show_default=True, metavar="MODE|tflite=MODE,onnx=MODE",
@@ -85,7 +88,7 @@ def _print_report(report):
               help="Publish the version without the artifacts that fail the parity report (they stay in the "
                    "report, marked not published) instead of publishing nothing. Never without the SavedModel.")
 @json_option
-def export_command(source, output, saved_model, tflite_out, onnx_out, everything, extra, quantize, prune, cluster,
+def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_out, everything, extra, quantize, prune, cluster,
                    finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, labels_file,
                    preprocessing, opset, author, license_, max_megapixels, allow_failed_variants, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
@@ -96,6 +99,7 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
       cnnkit export --tflite mobilenet                  MobileNet with its ImageNet weights, float32 TFLite
       cnnkit export --tflite resnet50 --weights none    the untrained graph
       cnnkit export runs/latest --all --name digits
+      cnnkit export runs/latest --onnx --openvino        ONNX, and OpenVINO IR in float32 (+ bfloat16)
       cnnkit export runs/latest/best.keras --tflite      a model file carries its run's labels and preprocessing
       cnnkit export model.keras --labels labels.txt --preprocessing torch   a Keras file from elsewhere
       cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat
@@ -104,7 +108,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, everything
     from export import ExportOptions, export, plan_formats
     from export.exporter import ExportFailed
 
-    formats = plan_formats(saved_model, tflite_out, onnx_out, quantize, everything, prune, cluster, extra)
+    formats = plan_formats(saved_model, tflite_out, onnx_out, quantize, everything, prune, cluster, extra,
+                           openvino_out)
     try:
         with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
             path, report = export(source, output, formats, ExportOptions(

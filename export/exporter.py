@@ -128,13 +128,15 @@ def parse_quantize(quantize):
 
 
 def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="none", everything=False, prune=None,
-                 cluster=None, extra=()):
+                 cluster=None, extra=(), openvino_out=False):
     """The formats to write. ``quantize``: see ``parse_quantize``; a TFLite-only mode (dynamic, qat) brings
-    TFLite in, and so does any mode when no format is named. ``extra``: more formats by name (``--format``)."""
+    TFLite in, and so does any mode when no format is named. ``extra``: more formats by name (``--format``).
+    ``everything`` and ``openvino_out`` leave out the formats this machine cannot write (``Format.available``);
+    one named in ``extra`` is an error then."""
     modes, named = parse_quantize(quantize)
     formats = ["saved_model"]
     if everything:
-        formats += [f.name for f in FORMATS.values() if f.in_all]
+        formats += [f.name for f in FORMATS.values() if f.in_all and _available(f)]
     onnx_out = onnx_out or "onnx" in named
     tflite_out = (tflite_out or "tflite" in named or bool(prune) or bool(cluster)
                   or (modes["tflite"] != "none" and not (onnx_out and modes["onnx"] == modes["tflite"])))
@@ -144,6 +146,10 @@ def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="n
             formats.append(f"tflite-{modes['tflite']}")
     if onnx_out:
         formats += ["onnx"] + ([f"onnx-{modes['onnx']}"] if modes["onnx"] != "none" else [])
+    if openvino_out:
+        if not _available(FORMATS["openvino"]):
+            raise CnnkitError(f"--openvino: {FORMATS['openvino'].available()}")
+        formats += [f.name for f in FORMATS.values() if f.runtime == "openvino" and _available(f)]
     if prune:
         formats.append("tflite-pruned")
     if cluster:
@@ -151,7 +157,14 @@ def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="n
     unknown = [f for f in extra if f not in FORMATS]
     if unknown:
         raise CnnkitError(f"unknown export format {', '.join(unknown)}; the formats are {', '.join(FORMATS)}")
+    for name in extra:
+        if not _available(FORMATS[name]):
+            raise CnnkitError(f"cannot write {name} here: {FORMATS[name].available()}")
     return list(dict.fromkeys(formats + list(extra)))
+
+
+def _available(fmt):
+    return fmt.available is None or fmt.available() is None
 
 
 def export(source, output="exports", formats=("saved_model",), options=None, **fields):
@@ -352,7 +365,8 @@ def _publish_what_passed(version_dir, report):
     meta = read_json(os.path.join(version_dir, "export.json"))
     for a in meta["artifacts"]:
         if a["artifact"] in gone:
-            os.remove(os.path.join(version_dir, a["path"]))
+            for path in parity.artifact_files(os.path.join(version_dir, a["path"])):
+                os.remove(path)
     write_json(os.path.join(version_dir, "export.json"),
                {**meta, "artifacts": [a for a in meta["artifacts"] if a["artifact"] not in gone]})
     for r in report["artifacts"]:

@@ -10,7 +10,7 @@ import functools
 import os
 from typing import Callable
 
-from export import compress, mediapipe_check, onnx_format, parity, savedmodel, tflite
+from export import compress, mediapipe_check, onnx_format, openvino_format, parity, savedmodel, tflite
 from keras_cnns.errors import ArtifactError, CnnkitError
 
 #: the --quantize modes: besides float32, what a TFLite file can be (ONNX offers those of its rows)
@@ -49,7 +49,7 @@ class Format:
     runtime: str
     #: ``build(job, fmt, path) -> details``: writes the artifact; the details go into its export.json entry
     build: Callable
-    #: "float32" or "float16": held to a largest |difference| of its probabilities from the Keras model's
+    #: "float32", "float16" or "bfloat16": held to a largest |difference| of its probabilities from the Keras model's
     #: (``tolerance``); None: a quantized artifact, held to top-1 agreement and accuracy instead (parity.py)
     precision: str = None
     #: the kind stored in export.json when it differs from ``name``
@@ -60,6 +60,8 @@ class Format:
     compressed: bool = False
     #: needs calibration images
     calibrated: bool = False
+    #: ``available() -> None`` where it can be written here, else why not (an optional runtime, a CPU feature)
+    available: Callable = None
 
     @property
     def artifact_kind(self):
@@ -68,7 +70,8 @@ class Format:
     @property
     def tolerance(self):
         """The largest |difference| allowed from the Keras model's probabilities; None for a quantized artifact."""
-        return {"float32": parity.FLOAT_TOLERANCE, "float16": parity.FLOAT16_TOLERANCE}.get(self.precision)
+        return {"float32": parity.FLOAT_TOLERANCE, "float16": parity.FLOAT16_TOLERANCE,
+                "bfloat16": parity.BFLOAT16_TOLERANCE}.get(self.precision)
 
     @property
     def exact(self):
@@ -91,9 +94,10 @@ RUNTIMES = {
     "tflite": Runtime("tflite", tflite.Runner, "--tflite", ".tflite", read_labels=tflite.read_labels,
                       judge=mediapipe_check.judge, notes=_tflite_notes, rgb_only=True),
     "onnx": Runtime("onnx", onnx_format.Runner, "--onnx", ".onnx"),
+    "openvino": Runtime("openvino", openvino_format.Runner, "--openvino", ".xml", judge=openvino_format.judge),
 }
 
-FLOAT, HALF = "float32", "float16"
+FLOAT, HALF, BF16 = "float32", "float16", "bfloat16"
 #: in this order in plans, export.json and the report
 FORMATS = {f.name: f for f in (
     Format("saved_model", "saved_model", "", "savedmodel", savedmodel.build, FLOAT, kind="savedmodel", in_all=True),
@@ -109,6 +113,11 @@ FORMATS = {f.name: f for f in (
            in_all=True),
     Format("onnx-int8", "onnx_int8", "onnx/model_int8.onnx", "onnx", onnx_format.build_int8, in_all=True,
            calibrated=True),
+    # OpenVINO IR from the float32 ONNX file; bfloat16 only where the CPU has it (an optional extra)
+    Format("openvino", "openvino", "openvino/model.xml", "openvino", openvino_format.build, FLOAT, in_all=True,
+           available=openvino_format.missing),
+    Format("openvino-bf16", "openvino_bf16", "openvino/model_bf16.xml", "openvino", openvino_format.build, BF16,
+           in_all=True, available=openvino_format.bf16_unavailable),
     # compressed with tensorflow-model-optimization (fine-tuned on the run's training data first)
     Format("tflite-qat", "tflite_qat", "tflite/model_qat.tflite", "tflite", compress.build_tflite, compressed=True),
     Format("tflite-pruned", "tflite_pruned", "tflite/model_pruned.tflite", "tflite", compress.build_tflite,

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from export import export as run_export
-from export import parity, plan_formats, tflite, validate
+from export import openvino_format, parity, plan_formats, tflite, validate
 from keras_cnns.data import load_data
 from keras_cnns.errors import CnnkitError
 from keras_cnns.training import TrainConfig, train
@@ -43,8 +43,8 @@ def test_layout_is_what_tf_serving_loads(trained):
     path = trained["path"]
     assert path.endswith(os.path.join("lenet5", "1"))
     for rel in ("saved_model.pb", "variables", "assets/labels.txt", "tflite/model_float32.tflite",
-                "tflite/model_int8.tflite", "onnx/model.onnx", "onnx/model_int8.onnx", "report.json", "report.md",
-                "export.json"):
+                "tflite/model_int8.tflite", "onnx/model.onnx", "onnx/model_int8.onnx", "openvino/model.xml",
+                "openvino/model.bin", "report.json", "report.md", "export.json"):
         assert os.path.exists(os.path.join(path, rel)), rel
     assert open(os.path.join(path, "assets", "labels.txt")).read().split() == [str(i) for i in range(10)]
     assert not [d for d in os.listdir(trained["base"]) if d.startswith(".")]  # no partial versions left
@@ -52,11 +52,17 @@ def test_layout_is_what_tf_serving_loads(trained):
 
 def test_every_artifact_agrees_with_keras_within_tolerance(trained):
     rows = {r["artifact"]: r for r in trained["report"]["artifacts"]}
+    bf16 = openvino_format.bf16_unavailable() is None  # OpenVINO's bfloat16 row: only on a CPU that has bfloat16
     assert set(rows) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8",
-                         "onnx", "onnx_float16", "onnx_int8"}
-    for name in ("saved_model", "tflite_float32", "onnx"):
+                         "onnx", "onnx_float16", "onnx_int8", "openvino"} | ({"openvino_bf16"} if bf16 else set())
+    for name in ("saved_model", "tflite_float32", "onnx", "openvino"):
         assert rows[name]["max_abs_diff"] <= 1e-4, name
     assert rows["tflite_float16"]["max_abs_diff"] <= 1e-2 and rows["onnx_float16"]["max_abs_diff"] <= 1e-2
+    if bf16:
+        assert rows["openvino_bf16"]["max_abs_diff"] <= 5e-2 and rows["openvino_bf16"]["top1_agreement"] >= 0.98
+        assert rows["openvino_bf16"]["bytes"] < rows["openvino"]["bytes"] * 0.6  # float16 weights
+    ir = os.path.join(trained["path"], "openvino", "model")
+    assert rows["openvino"]["bytes"] == os.path.getsize(ir + ".xml") + os.path.getsize(ir + ".bin")
     for name in ("tflite_dynamic", "tflite_int8", "onnx_int8"):
         assert rows[name]["top1_agreement"] >= 0.98
         assert rows["keras"]["accuracy"] - rows[name]["accuracy"] <= 0.01
@@ -65,6 +71,61 @@ def test_every_artifact_agrees_with_keras_within_tolerance(trained):
     saved = json.load(open(os.path.join(trained["path"], "report.json")))
     assert saved["ok"] and saved["tflite_gpu_delegate"]["compatible"]
     assert "| tflite_int8 |" in open(os.path.join(trained["path"], "report.md")).read()
+
+
+def test_openvino_runs_the_export_exactly_and_auto_takes_it_where_it_is_fastest(trained, tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+
+    from export import exporter, formats
+    from export.local import LocalModel, runtimes
+
+    photo = io.BytesIO()
+    Image.fromarray(load_data("digits", (32, 32, 1)).test.x[0][..., 0]).save(photo, format="PNG")
+    assert "openvino" in runtimes()
+    (got,), (want,) = (LocalModel(trained["path"], runtime=r).classify([photo.getvalue()]) for r in ("openvino",
+                                                                                                     "savedmodel"))
+    assert got.runtime == "openvino" and got.label == want.label and abs(got.score - want.score) < 1e-4
+    ir = os.path.join(trained["path"], "openvino", "model.xml")
+    assert LocalModel(ir).kind == "openvino"  # a lone IR file runs too, at its recorded precision
+    assert openvino_format.Runner(ir).precision == "f32"
+
+    # auto: the fastest exact artifact of the report (the recorded batch-1 latencies decide)
+    copy = str(tmp_path / "1")
+    shutil.copytree(trained["path"], copy)
+    report = json.load(open(os.path.join(copy, "report.json")))
+    for fastest in ("openvino", "onnx"):
+        for row in report["artifacts"]:
+            row["latency_ms"] = 0.01 if row["artifact"] in (fastest, "openvino_bf16") else 5.0
+        json.dump(report, open(os.path.join(copy, "report.json"), "w"))
+        assert LocalModel(copy).kind == fastest  # never the bfloat16 IR: it is not exact
+    # an IR left out of a version goes with its weights
+    for row in report["artifacts"]:
+        row["ok"] = row["artifact"] != "openvino"
+    exporter._publish_what_passed(copy, report)
+    assert sorted(os.listdir(os.path.join(copy, "openvino"))) == sorted(
+        f for f in os.listdir(os.path.join(trained["path"], "openvino")) if not f.startswith("model."))
+
+    # the plan leaves out what this machine cannot run, both ways, and says why when one is asked for by name
+    bf16 = formats.FORMATS["openvino-bf16"]
+    monkeypatch.setitem(formats.FORMATS, "openvino-bf16", dataclasses.replace(bf16, available=lambda: "no bf16"))
+    assert plan_formats(openvino_out=True) == ["saved_model", "openvino"]
+    assert "openvino-bf16" not in plan_formats(everything=True)
+    with pytest.raises(CnnkitError, match="cannot write openvino-bf16 here: no bf16"):
+        plan_formats(extra=["openvino-bf16"])
+    monkeypatch.setitem(formats.FORMATS, "openvino-bf16", dataclasses.replace(bf16, available=lambda: None))
+    assert plan_formats(onnx_out=True, openvino_out=True) == ["saved_model", "onnx", "openvino", "openvino-bf16"]
+    monkeypatch.setitem(formats.FORMATS, "openvino", dataclasses.replace(
+        formats.FORMATS["openvino"], available=lambda: "OpenVINO is not installed"))
+    with pytest.raises(CnnkitError, match="--openvino: OpenVINO is not installed"):
+        plan_formats(openvino_out=True)
+
+    # bfloat16 is judged by its tolerance and top-1 agreement, never called exact
+    assert not bf16.exact and bf16.tolerance == parity.BFLOAT16_TOLERANCE
+    for agreement, ok in ((0.99, True), (0.9, False)):
+        row = {"ok": True, "tolerance": "max |diff| <= 0.05", "top1_agreement": agreement}
+        openvino_format.judge(row, bf16, None, None, {})
+        assert row["ok"] is ok and "top-1 agreement >= 98%" in row["tolerance"]
 
 
 SCRIPT = """

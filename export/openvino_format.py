@@ -1,0 +1,123 @@
+"""OpenVINO IR (``model.xml`` + ``model.bin``) from the export's float32 ONNX file, run with OpenVINO's CPU plugin.
+
+OpenVINO picks its own arithmetic on a CPU: bfloat16 wherever the CPU has it (AVX512-BF16, AMX), float32
+elsewhere. So each IR records the precision it is meant to run at, and the runner asks for exactly that:
+
+- ``openvino``: float32 weights, run with the ``f32`` precision hint: the Keras model's answers (exact);
+- ``openvino-bf16``: float16-compressed weights (half the file), run in bfloat16: judged like the float16
+  artifacts (a tolerance), offered only where OpenVINO reports BF16 among the CPU's capabilities.
+
+An optional extra (``pip install -e ".[openvino]"``); OpenVINO Model Server serves the same IR.
+"""
+import functools
+import os
+
+import numpy as np
+
+from keras_cnns.errors import CnnkitError
+from keras_cnns.files import replaced_atomically
+
+#: where the IR records the precision it runs at (read back by Runner)
+PRECISION_KEY = "cnnkit_inference_precision"
+#: compiled models a runner keeps, one per batch size (the report uses its batch and batch 1)
+COMPILED_KEPT = 2
+
+
+def missing():
+    """None when OpenVINO can be imported, else why not (one line)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return 'OpenVINO is not installed: pip install -e ".[openvino]"'
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_unavailable():
+    """None when OpenVINO's CPU plugin runs bfloat16 on this CPU, else why not."""
+    reason = missing()
+    if reason:
+        return reason
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" not in capabilities:
+        return f"this CPU has no bfloat16 arithmetic (OpenVINO's CPU capabilities: {', '.join(capabilities)})"
+    return None
+
+
+def build(job, fmt, path):
+    """The IR of the export's float32 ONNX file (converted first, in scratch, when --onnx was not asked for)."""
+    from export import child
+    from export.onnx_format import float_file
+
+    reason = fmt.available()
+    if reason:
+        raise CnnkitError(f"{fmt.name}: {reason}")
+    precision = "bf16" if fmt.precision == "bfloat16" else "f32"
+    child.run(f"the OpenVINO conversion of {job.src.name}", convert, float_file(job), path, precision)
+    return {"inference_precision": precision}
+
+
+def convert(onnx_path, path, precision="f32"):
+    """Write ``path`` (.xml, with its .bin beside it) from an ONNX file; ``precision``: f32 or bf16."""
+    import openvino as ov
+
+    model = ov.convert_model(onnx_path)
+    model.set_rt_info(precision, PRECISION_KEY)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    with replaced_atomically(path, ".xml") as tmp:
+        weights = os.path.splitext(tmp)[0] + ".bin"  # the .xml finds its weights by its own name
+        try:
+            ov.save_model(model, tmp, compress_to_fp16=precision != "f32")
+            os.replace(weights, os.path.splitext(path)[0] + ".bin")
+        finally:
+            if os.path.exists(weights):
+                os.remove(weights)
+    return path
+
+
+def judge(row, fmt, path, outputs, context):
+    """A bfloat16 row is held to top-1 agreement as well as its tolerance: bfloat16 keeps 8 bits of mantissa, so
+    its probabilities differ by more than float16's, and a tolerance alone would not say the answers are the same."""
+    from export import parity
+
+    if fmt.precision == "bfloat16":
+        row["tolerance"] += f", top-1 agreement >= {parity.MIN_AGREEMENT:.0%}"
+        row["ok"] = row["ok"] and row["top1_agreement"] >= parity.MIN_AGREEMENT
+
+
+class Runner:
+    """Runs an OpenVINO IR (or an ONNX file) on the CPU at the precision its IR records (float32 if none),
+    any batch size; float32 pixel values 0..255 in."""
+
+    def __init__(self, path, threads=2):
+        if missing():
+            raise CnnkitError(missing())
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.model = self.core.read_model(path)
+        self.precision = (self.model.get_rt_info(PRECISION_KEY).astype(str)
+                          if self.model.has_rt_info(PRECISION_KEY) else "f32")
+        self.config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": int(threads),
+                       "PERFORMANCE_HINT": "LATENCY"}
+        shape = self.model.input(0).get_partial_shape()
+        self.input_shape = tuple(int(d.get_length()) for d in list(shape)[1:])
+        self.classes = int(self.model.output(0).get_partial_shape()[-1].get_length())
+        self._compiled = {}
+
+    def _compiled_for(self, batch):
+        if batch not in self._compiled:
+            if len(self._compiled) >= COMPILED_KEPT:
+                self._compiled.pop(next(iter(self._compiled)))
+            model = self.model.clone()
+            model.reshape({model.input(0): [batch, *self.input_shape]})
+            self._compiled[batch] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        return self._compiled[batch]
+
+    def __call__(self, images):
+        images = np.ascontiguousarray(images, np.float32)
+        request = self._compiled_for(len(images))
+        return np.array(request.infer([images])[0], np.float32)
