@@ -16,7 +16,8 @@ def machine():
             info = f.read()
         cpu = re.search(r"model name\s*:\s*(.+)", info).group(1).strip()
         found = set(re.search(r"flags\s*:\s*(.+)", info).group(1).split())
-        flags = ",".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in found)
+        flags = ",".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                                     "amx_tile", "amx_bf16", "amx_int8") if f in found)
     except (OSError, AttributeError):
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
