@@ -89,4 +89,33 @@ def load_model_file(path):
     except Exception as err:  # a damaged or foreign file
         raise CnnkitError(f"cannot load model {path}: {err}") from None
     use_native_grouped_convolutions(model)
-    return model
+    return float32_model(model)
+
+
+def _mixed(policy):
+    """A dtype policy (its name, or its config as saved) that computes in bfloat16 or float16."""
+    name = policy.get("config", {}).get("name") if isinstance(policy, dict) else policy
+    return isinstance(name, str) and name.startswith("mixed_")
+
+
+def _float32_config(config):
+    """``config`` with every mixed-precision dtype policy replaced by float32 (nested models included)."""
+    if isinstance(config, dict):
+        return {k: "float32" if k == "dtype" and _mixed(v) else _float32_config(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(v) for v in config]
+    return config
+
+
+def float32_model(model):
+    """A model trained with mixed precision (``--precision bfloat16``) as a float32 model: its weights are float32
+    already, only its layers compute in bfloat16/float16. Loaded checkpoints are float32, so what is exported,
+    evaluated or fine-tuned computes as every runtime does (TFLite has no bfloat16 convolution). Other models
+    are returned as they are."""
+    import tf_keras as keras
+
+    if not any(_mixed(layer.dtype_policy.name) for layer in model.submodules if isinstance(layer, keras.layers.Layer)):
+        return model
+    rebuilt = model.__class__.from_config(_float32_config(model.get_config()))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt

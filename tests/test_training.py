@@ -203,6 +203,17 @@ def test_mixed_bfloat16_computes_in_bfloat16_with_float32_weights_and_output(tmp
     assert result.model.outputs[0].dtype == "float32"
     assert result.metrics["precision"] == "mixed_bfloat16" and result.metrics["accuracy"] > 0.5
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    # its checkpoints load as float32 models (same weights), so it exports as float32 (TFLite has no bfloat16
+    # convolution: the export used to fail on it)
+    saved = load_model_file(os.path.join(result.run_dir, "best.keras"))
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    x = load_data("digits", (32, 32, 1)).test.x[:16].astype(np.float32) / 255.0
+    np.testing.assert_allclose(saved(x), result.model(x), atol=3e-2)
+    from export import export as run_export
+    from export import plan_formats
+
+    _, report = run_export(result.run_dir, output=str(tmp_path / "exports"), formats=plan_formats(tflite_out=True))
+    assert report["ok"] and [r["artifact"] for r in report["artifacts"]] == ["keras", "saved_model", "tflite_float32"]
 
 
 @pytest.mark.slow
