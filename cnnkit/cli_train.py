@@ -59,8 +59,11 @@ _fit_options = [
                  help="Stop after this many epochs without a better validation accuracy."),
     click.option("--mode", type=click.Choice(("graph", "eager", "xla")), default="graph", show_default=True,
                  help="graph: compiled tf.function; xla: also XLA jit-compiled; eager: op by op (dynamic)."),
-    click.option("--precision", type=click.Choice(("float32", "mixed_float16", "bfloat16", "mixed_bfloat16")),
-                 default="float32", show_default=True, help="Mixed precision (meant for GPUs)."),
+    click.option("--precision", type=click.Choice(("auto", "float32", "mixed_float16", "bfloat16", "mixed_bfloat16")),
+                 default="auto", show_default=True,
+                 help="Arithmetic of the layers (weights and the exported model stay float32). auto: mixed bfloat16 "
+                      "on a CPU with AVX512-BF16 or AMX unless the model has depthwise convolutions (measured faster "
+                      "there), else float32; config.json says what it chose and why. mixed_float16 is for GPUs."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--deterministic", is_flag=True, help="Deterministic ops: same seed, same numbers (slower)."),
     click.option("--val-split", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,

@@ -28,6 +28,10 @@ def test_lrn_matches_the_alexnet_formula():
         lo, hi = max(0, c - n // 2), min(12, c + n // 2 + 1)
         expected[..., c] = a[..., c] / (k + alpha * np.sum(a[..., lo:hi] ** 2, axis=-1)) ** beta
     np.testing.assert_allclose(b, expected, rtol=1e-5)
+    for dtype in ("bfloat16", "float16"):  # mixed precision (--precision auto): no 16-bit LRN kernel on a CPU
+        half = LocalResponseNormalization(dtype=f"mixed_{dtype}")(tf.constant(a))
+        assert half.dtype == dtype
+        np.testing.assert_allclose(tf.cast(half, tf.float32).numpy(), expected, rtol=1e-2)
 
 
 def test_stochastic_depth_drops_whole_residual_branches_in_training():

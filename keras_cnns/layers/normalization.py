@@ -20,9 +20,12 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.beta = float(beta)
 
     def call(self, inputs):
-        return tf.nn.local_response_normalization(
-            inputs, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
-        )
+        x = inputs
+        if x.dtype in (tf.bfloat16, tf.float16):  # mixed precision: the CPU has no 16-bit LRN kernel
+            x = tf.cast(x, tf.float32)
+        x = tf.nn.local_response_normalization(x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha,
+                                               beta=self.beta)
+        return tf.cast(x, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -18,7 +18,7 @@ import time
 from keras_cnns import files
 from keras_cnns.data import load_data, make_dataset, parse_augment
 from keras_cnns.errors import CnnkitError, UnknownOptionError
-from keras_cnns.training import batchnorm, runs
+from keras_cnns.training import batchnorm, precision, runs
 from keras_cnns.training.callbacks import (
     EpochLogs,
     RecalibrateBatchNorm,
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 MODES = ("graph", "eager", "xla")
 STRATEGIES = ("default", "mirrored", "multiworker")
 BN_RECALIBRATE = ("auto", "always", "never")
-PRECISIONS = {"float32": "float32", "mixed_float16": "mixed_float16", "float16": "mixed_float16",
-              "mixed_bfloat16": "mixed_bfloat16", "bfloat16": "mixed_bfloat16"}
 #: GoogLeNet's auxiliary classifiers: their losses are weighted by 0.3 (Szegedy et al.)
 AUX_LOSS_WEIGHT = 0.3
 
@@ -78,7 +76,8 @@ class TrainConfig:
     early_stopping: int = None
     mode: str = "graph"
     strategy: str = "default"
-    precision: str = "float32"
+    #: auto: mixed bfloat16 where it trains faster (precision.py), float32 elsewhere
+    precision: str = "auto"
     seed: int = 0
     deterministic: bool = False
     val_split: float = 0.15
@@ -100,7 +99,7 @@ class TrainConfig:
                 raise CnnkitError(f"weights file {self.weights} does not exist (weights are imagenet, none or a file)")
             self.weights = os.path.abspath(self.weights)
         for name, value, allowed in (("mode", self.mode, MODES), ("strategy", self.strategy, STRATEGIES),
-                                     ("precision", self.precision, tuple(PRECISIONS))):
+                                     ("precision", self.precision, precision.CHOICES)):
             if value not in allowed:
                 raise CnnkitError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -122,10 +121,6 @@ class TrainConfig:
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.optimizer, 0.01)
         return self
-
-    @property
-    def precision_policy(self):
-        return PRECISIONS[self.precision]
 
 
 @dataclasses.dataclass
@@ -299,7 +294,7 @@ def _t_mul(config):
     return 1.0 if config.snapshots else config.t_mul
 
 
-def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_plan):
+def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_plan, precision_plan):
     from keras_cnns.analysis import count_trainable
 
     path = os.path.join(run_dir, "config.json")
@@ -320,6 +315,7 @@ def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_pl
                  "skipped": [p for p, _ in data.skipped]},
         "preprocessing": preprocessing,
         "batch_norm": bn_plan,
+        "precision": precision_plan,
         "versions": _versions(),
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -351,19 +347,29 @@ def train(config, resume_dir=None, verbose=0, data=None):
     replicas = strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
 
-    keras.mixed_precision.set_global_policy(config.precision_policy)
-    if config.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_physical_devices("GPU")
+    policy, why = precision.resolve(config.precision, gpus)
+    keras.mixed_precision.set_global_policy(policy)
+    if policy == "mixed_float16" and not gpus:
         log.warning("--precision mixed_float16 on a CPU: float16 is meant for GPUs and may fall back to slower "
                     "kernels here; a CPU's mixed precision is --precision mixed_bfloat16 (AVX512-BF16 or AMX)")
     try:
         with strategy.scope():
             model, inference = _build(config, data)
+            chosen = precision.for_model(config.precision, policy, why, model)
+            if chosen[0] != policy:  # auto, on a second look at the model: built again in that precision
+                keras.mixed_precision.set_global_policy(chosen[0])
+                model, inference = _build(config, data)
+            policy, why = chosen
+            if config.precision == "auto":
+                log.info("precision auto: %s (%s)", policy, why)
             bn_plan = _batch_norm_plan(model, config, steps_per_epoch)
             _compile(model, config, steps_per_epoch)
         # a fine-tuned model keeps the normalisation its features were learnt with, pretrained weights theirs
         pre = config.finetune.preprocessing if config.finetune else _weights_preprocessing(config, data)
         if chief:
-            _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir), bn_plan=bn_plan)
+            _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir), bn_plan=bn_plan,
+                             precision_plan={"requested": config.precision, "policy": policy, "why": why})
         main = model.output_names[0] if len(model.outputs) > 1 else None
         target_fn = (lambda t: {name: t for name in model.output_names}) if main else None
         options = None
@@ -404,7 +410,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
     if not chief:
         return TrainResult(run_dir, {"worker": True, "replicas": replicas}, inference)
 
-    metrics = _final_metrics(config, data, run_dir, inference, pre, bn_plan, recorder, seconds, traces, replicas)
+    metrics = _final_metrics(config, data, run_dir, inference, pre, bn_plan, recorder, seconds, traces, replicas,
+                             policy)
     files.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     runs.update_latest(run_dir)
     return TrainResult(run_dir, metrics, inference)
@@ -444,7 +451,7 @@ def _callbacks(config, data, run_dir, inference, pre, main, bn_plan, nan_guard, 
     return callbacks
 
 
-def _final_metrics(config, data, run_dir, inference, pre, bn_plan, recorder, seconds, traces, replicas):
+def _final_metrics(config, data, run_dir, inference, pre, bn_plan, recorder, seconds, traces, replicas, policy):
     """After the last epoch: the batch-norm consistency check, the history plot, the test evaluation, and
     what the run measured."""
     from keras_cnns.plots import plot_history
@@ -464,7 +471,7 @@ def _final_metrics(config, data, run_dir, inference, pre, bn_plan, recorder, sec
         "best_epoch": (recorder.best_epoch + 1) if recorder.best_epoch is not None else None,
         "best_val_accuracy": recorder.best,
         "mode": config.mode, "traces": int(traces), "strategy": config.strategy, "replicas": replicas,
-        "precision": config.precision_policy,
+        "precision": policy,
         "batch_norm": {**bn_plan, "check": check},
         "train_seconds": round(seconds, 2),
         "train_images_per_second": round(len(data.train) * recorder.session_epochs / seconds, 1),
