@@ -44,13 +44,13 @@ def _encode(pixels, fmt):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """LeNet-5 trained briefly on digits, exported (SavedModel, TFLite float32 and dynamic-range, ONNX) to BASE/lenet5/1, and test
+    """LeNet-5 trained briefly on digits, exported (SavedModel, TFLite float32 and dynamic-range, ONNX, OpenVINO) to BASE/lenet5/1, and test
     digits as PNG and JPEG bytes with the label the local SavedModel gives each (the reference answer)."""
     root = tmp_path_factory.mktemp("serving")
     result = train(TrainConfig(output=str(root / "run"), epochs=8))
     base = root / "exports"
     path, _ = run_export(result.run_dir, output=str(base),
-                         formats=plan_formats(tflite_out=True, onnx_out=True) + ["tflite-dynamic"])
+                         formats=plan_formats(tflite_out=True, onnx_out=True) + ["tflite-dynamic", "openvino"])
     data = load_data("digits", (32, 32, 1))
     pixels, truth = data.test.x[:24], data.test.y[:24]
     images = [_encode(p, "PNG" if i % 2 else "JPEG") for i, p in enumerate(pixels)]
@@ -460,7 +460,8 @@ def test_predict_cli_runs_every_artifact_and_the_servers(exported, server):
     runs = [([exported["base"] + "/lenet5"], None)]
     runs += [([version, "--runtime", runtime], kind) for runtime, kind in exact_kinds().items()]
     runs += [([os.path.join(version, "tflite", "model_float32.tflite")], "tflite"),
-             ([os.path.join(version, "onnx", "model.onnx")], "onnx")]
+             ([os.path.join(version, "onnx", "model.onnx")], "onnx"),
+             ([os.path.join(version, "openvino", "model.xml")], "openvino")]
     for args, kind in runs:
         out = cli("predict", *files, "--model", *args, "--json")
         assert out.returncode == 0, out.stderr
