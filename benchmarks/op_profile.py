@@ -63,7 +63,7 @@ def tensorflow(model_name, batch_size, input_size, steps):
                 continue
             for event in line.events:
                 name = names.get(event.metadata_id, "")
-                if ":" not in name:  # executor bookkeeping, not an op
+                if ":" not in name or "::" in name:  # executor bookkeeping (ExecutorState::Process), not an op
                     continue
                 kind = name.rsplit(":", 1)[1].replace("_MklNative", "").replace("_Mkl", "")
                 totals[kind] += event.duration_ps / 1e9
