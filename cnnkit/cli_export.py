@@ -88,8 +88,8 @@ def _print_report(report):
               help="Publish the version without the artifacts that fail the parity report (they stay in the "
                    "report, marked not published) instead of publishing nothing. Never without the SavedModel.")
 @json_option
-def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_out, everything, extra, quantize, prune, cluster,
-                   finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, labels_file,
+def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_out, everything, extra, quantize,
+                   prune, cluster, finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, labels_file,
                    preprocessing, opset, author, license_, max_megapixels, allow_failed_variants, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 

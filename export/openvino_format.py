@@ -4,8 +4,8 @@ OpenVINO picks its own arithmetic on a CPU: bfloat16 wherever the CPU has it (AV
 elsewhere. So each IR records the precision it is meant to run at, and the runner asks for exactly that:
 
 - ``openvino``: float32 weights, run with the ``f32`` precision hint: the Keras model's answers (exact);
-- ``openvino-bf16``: float16-compressed weights (half the file), run in bfloat16: judged like the float16
-  artifacts (a tolerance), offered only where OpenVINO reports BF16 among the CPU's capabilities.
+- ``openvino-bf16``: float16-compressed weights (half the file), run in bfloat16: held to a tolerance and top-1
+  agreement (``judge``), offered only where OpenVINO reports BF16 among the CPU's capabilities.
 
 An optional extra (``pip install -e ".[openvino]"``); OpenVINO Model Server serves the same IR.
 """
