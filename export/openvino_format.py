@@ -93,8 +93,9 @@ class Runner:
     any batch size; float32 pixel values 0..255 in."""
 
     def __init__(self, path, threads=2):
-        if missing():
-            raise CnnkitError(missing())
+        reason = missing()
+        if reason:
+            raise CnnkitError(reason)
         import openvino as ov
 
         self.core = ov.Core()
