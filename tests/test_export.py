@@ -48,6 +48,15 @@ def test_layout_is_what_tf_serving_loads(trained):
         assert os.path.exists(os.path.join(path, rel)), rel
     assert open(os.path.join(path, "assets", "labels.txt")).read().split() == [str(i) for i in range(10)]
     assert not [d for d in os.listdir(trained["base"]) if d.startswith(".")]  # no partial versions left
+    # the graph and its variables only: no Keras layer objects, whose saving traces every layer (and loading
+    # revives them) for nothing a consumer reads
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
+    nodes = saved.meta_graphs[0].object_graph_def.nodes
+    assert not [n for n in nodes if n.WhichOneof("kind") == "user_object" and "keras" in n.user_object.identifier]
+    assert sum(n.WhichOneof("kind") == "variable" for n in nodes) == 10  # LeNet-5's weights and biases
 
 
 def test_every_artifact_agrees_with_keras_within_tolerance(trained):

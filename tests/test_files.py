@@ -22,3 +22,41 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
             f.write("new")
         assert path.read_text() == "old"  # not yet: only when the block ends
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["report.json"]
+
+
+def test_a_keras_file_loads_as_tf_keras_loads_it_and_one_with_assets_through_tf_keras(tmp_path, monkeypatch):
+    """load_model_file reads a .keras archive's weights from an extracted copy (tf_keras reads them inside the
+    zip, where each backward seek starts the member over): the same model as tf_keras's own loader gives."""
+    import zipfile
+
+    import numpy as np
+    import tf_keras as keras
+
+    import keras_cnns
+    from keras_cnns.errors import CnnkitError
+    from keras_cnns.files import load_model_file
+
+    built = keras_cnns.create_model("alexnet", num_classes=5, input_shape=(67, 67, 3))  # LRN, two towers (grouped)
+    for w in built.weights:  # trained-looking statistics, not the initial ones
+        w.assign(np.random.RandomState(len(w.name)).normal(0, 0.05, w.shape).astype(w.dtype.as_numpy_dtype) + 0.5)
+    path = str(tmp_path / "m.keras")
+    built.save(path)
+    calls = []  # what went through tf_keras's own loader
+    original = keras.models.load_model
+    monkeypatch.setattr(keras.models, "load_model", lambda *a, **k: calls.append(a) or original(*a, **k))
+    ours, theirs = load_model_file(path), original(path, compile=False)
+    assert ours.get_config() == theirs.get_config() and len(ours.weights) == len(built.weights)
+    for a, b, c in zip(ours.weights, theirs.weights, built.weights):
+        assert a.name == b.name and np.array_equal(a.numpy(), b.numpy()) and np.array_equal(a.numpy(), c.numpy())
+    x = np.random.RandomState(0).uniform(0, 1, (2, 67, 67, 3)).astype(np.float32)
+    np.testing.assert_array_equal(ours(x).numpy(), built(x).numpy())
+
+    with_assets = str(tmp_path / "assets.keras")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(with_assets, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+        dst.writestr("assets/vocabulary.txt", "a\nb\n")
+    assert load_model_file(with_assets).count_params() == built.count_params() and calls == [(with_assets,)]
+    (tmp_path / "broken.keras").write_bytes(open(path, "rb").read()[:5000])
+    with pytest.raises(CnnkitError, match="cannot load model .*broken.keras"):
+        load_model_file(str(tmp_path / "broken.keras"))
