@@ -86,15 +86,30 @@ class ImageData:
 # Sources: each returns (images or paths, labels, class names)
 
 
-def _digits():
+def digits_8x8():
+    """scikit-learn's 8x8 digits (1797, values 0..16) and their labels, read from the data file it ships without
+    importing scikit-learn (which costs every command that trains or exports on the digits 1 s); through its
+    loader where that file is not found."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz") if spec else ""
+    if os.path.exists(path):
+        table = np.loadtxt(path, delimiter=",")
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
+    return bunch.images, bunch.target.astype(np.int64)
+
+
+def _digits():
+    pixels, labels = digits_8x8()
+    images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
     # frame each 8x8 digit in a 12x12 field, as MNIST centres its 20x20 digits in 28x28 (LeNet-5 then
     # pads to 32): a digit that touches the border loses its edge strokes to 'valid' convolutions
     images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-    return images, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
+    return images, labels, [str(c) for c in range(10)]
 
 
 def generate_shapes(per_class=300, size=32, seed=0):

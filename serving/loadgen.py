@@ -17,11 +17,11 @@ def sample_images(count=16):
     import io
 
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    from keras_cnns.data import digits_8x8
+
     images = []
-    for pixels in digits.images[:count]:
+    for pixels in digits_8x8()[0][:count]:
         buffer = io.BytesIO()
         Image.fromarray((pixels * 16).clip(0, 255).astype(np.uint8)).resize((32, 32)).save(buffer, "PNG")
         images.append(buffer.getvalue())

@@ -27,6 +27,14 @@ def test_digits_are_the_real_scikit_learn_digits_split_stratified_and_determinis
     counts = np.bincount(a.test.y)
     assert counts.min() >= 25 and counts.max() <= 29  # every digit in the test split, in proportion
     assert a.in_memory
+    from sklearn.datasets import load_digits  # read from its data file, without importing scikit-learn
+
+    from keras_cnns.data import digits_8x8
+
+    pixels, labels = digits_8x8()
+    reference = load_digits()
+    np.testing.assert_array_equal(pixels, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)
 
 
 def test_channels_follow_the_model():
