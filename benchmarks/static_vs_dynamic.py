@@ -1,9 +1,11 @@
 """Static vs dynamic graphs, measured: training images/s of the same architecture in TensorFlow (eager,
 tf.function graph, XLA) and PyTorch (eager, torch.compile), same batch, optimiser (SGD, momentum 0.9,
-lr 0.01) and input, all interleaved in one process.
+lr 0.01) and input, all interleaved in one process; in float32 and/or bfloat16 (TensorFlow's mixed_bfloat16
+policy, as `cnnkit train --precision bfloat16` trains; PyTorch's bfloat16 autocast).
 
     pip install -e ".[bench]"      # PyTorch (CPU)
     python benchmarks/static_vs_dynamic.py [--models resnet18,mobilenet_v2] [--batch-size 64] [--input-size 32]
+                                           [--precision float32,bf16]
 
 With --record, rewrites the static-vs-dynamic section of benchmarks/RESULTS.md and writes
 benchmarks/results/static_vs_dynamic.json.
@@ -19,9 +21,14 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks._record import add_record_option, machine, replace_section  # noqa: E402
 
+PRECISIONS = {"float32": "float32", "bf16": "mixed_bfloat16"}  # --precision: the Keras policy of each
 
-def torch_steppers(name, x, y, compiled_too=True, seed=0):
-    """{"torch eager": step, "torch.compile": step}, first-step seconds, trainable params."""
+
+def torch_steppers(name, x, y, compiled_too=True, seed=0, bf16=False):
+    """{"torch eager": step, "torch.compile": step}, first-step seconds, trainable params; ``bf16``: the
+    forward pass and loss under bfloat16 autocast (labels end in " bf16")."""
+    import contextlib
+
     import torch
 
     from benchmarks import torch_models
@@ -32,7 +39,9 @@ def torch_steppers(name, x, y, compiled_too=True, seed=0):
     torch.manual_seed(seed)
     reference = torch_models.create(name)
     variants = [("torch eager", False)] + ([("torch.compile", True)] if compiled_too else [])
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     for label, compiled in variants:
+        label += " bf16" if bf16 else ""
         model = torch_models.create(name)
         model.load_state_dict(reference.state_dict())
         model.train()
@@ -41,7 +50,8 @@ def torch_steppers(name, x, y, compiled_too=True, seed=0):
 
         def step(forward=forward, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(forward(xt), yt)
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(forward(xt), yt)
             loss.backward()
             optimizer.step()
             return loss.item()
@@ -53,25 +63,36 @@ def torch_steppers(name, x, y, compiled_too=True, seed=0):
     return steppers, first_step, torch_models.trainable_params(reference)
 
 
-def compare(name, batch_size, input_size, steps, repeats, compiled_too=True):
+def compare(name, batch_size, input_size, steps, repeats, compiled_too=True, precisions=("float32",)):
+    import tf_keras as keras
+
     from keras_cnns.analysis import count_trainable
     from keras_cnns.training import bench
 
-    info, shape, steppers, first_step, models = bench.keras_steppers(name, bench.MODES, batch_size, input_size)
-    x, y = bench.batch_of(batch_size, shape, 10)
-    torch_steps, torch_first, torch_params = torch_steppers(name, x, y, compiled_too)
+    steppers, first_step = {}, {}
+    for precision in precisions:
+        suffix = "" if precision == "float32" else f" {precision}"
+        keras.mixed_precision.set_global_policy(PRECISIONS[precision])
+        try:
+            info, shape, steps_of, first_of, models = bench.keras_steppers(name, bench.MODES, batch_size, input_size)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        steppers.update({f"tf {k}{suffix}": v for k, v in steps_of.items()})
+        first_step.update({f"tf {k}{suffix}": v for k, v in first_of.items()})
+        x, y = bench.batch_of(batch_size, shape, 10)
+        torch_steps, torch_first, torch_params = torch_steppers(name, x, y, compiled_too, bf16=precision == "bf16")
+        steppers.update(torch_steps)
+        first_step.update(torch_first)
     keras_params = count_trainable(models["graph"])
     if torch_params != keras_params:
         raise SystemExit(f"{name}: PyTorch has {torch_params:,} trainable parameters, Keras {keras_params:,}")
-    steppers.update({f"tf {k}": steppers.pop(k) for k in list(steppers)})
-    first_step.update({f"tf {k}": first_step.pop(k) for k in list(first_step)})
-    rates = bench.interleave({**steppers, **torch_steps}, batch_size, steps, repeats)
+    rates = bench.interleave(steppers, batch_size, steps, repeats)
     from keras_cnns.analysis import profile_model
 
     macs = profile_model(models["graph"]).macs
     return {"model": info.name, "input_shape": list(shape), "batch_size": batch_size, "params": keras_params,
             "macs_per_image": macs,
-            "results": bench.summarize(rates, {**first_step, **torch_first}, macs, bench.matmul_peak_gflops())}
+            "results": bench.summarize(rates, first_step, macs, bench.matmul_peak_gflops())}
 
 
 def main():
@@ -82,15 +103,19 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--precision", default="float32", help="comma list of float32, bf16")
     add_record_option(parser)
     args = parser.parse_args()
+    precisions = args.precision.split(",")
+    if set(precisions) - set(PRECISIONS):
+        parser.error(f"--precision: choose from {', '.join(PRECISIONS)}")
 
     from cnnkit._quiet import import_tensorflow
 
     import_tensorflow()
     import torch
 
-    records = [compare(m, args.batch_size, args.input_size, args.steps, args.repeats, not args.no_compile)
+    records = [compare(m, args.batch_size, args.input_size, args.steps, args.repeats, not args.no_compile, precisions)
                for m in args.models.split(",")]
     command = ("python benchmarks/static_vs_dynamic.py " + " ".join(sys.argv[1:])).strip()
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)

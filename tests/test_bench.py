@@ -1,6 +1,7 @@
 """`cnnkit bench train / infer`: the commands run on tiny settings and produce well-formed results (the
 numbers themselves live in benchmarks/RESULTS.md, never in a timed test)."""
 import json
+import math
 import subprocess
 import sys
 
@@ -118,3 +119,22 @@ def test_pytorch_twins_have_the_keras_parameter_count(name):
     assert torch_models.trainable_params(twin) == count_trainable(keras_model)
     out = twin(torch.zeros(2, 3, 32, 32))
     assert tuple(out.shape) == (2, 10)
+
+
+def test_static_vs_dynamic_bf16_steps_pytorch_under_bfloat16_autocast(monkeypatch):
+    """--precision bf16: PyTorch's forward pass computes in bfloat16 (autocast) and its weights stay float32."""
+    import torch
+
+    from benchmarks import static_vs_dynamic, torch_models
+    from keras_cnns.training import bench
+
+    created, seen = [], []
+    original = torch_models.create
+    monkeypatch.setattr(torch_models, "create", lambda *a, **k: created.append(original(*a, **k)) or created[-1])
+    x, y = bench.batch_of(4, (32, 32, 3), 10)
+    steps, first, _ = static_vs_dynamic.torch_steppers("resnet18", x, y, compiled_too=False, bf16=True)
+    assert list(steps) == list(first) == ["torch eager bf16"]
+    conv = next(m for m in created[-1].modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    loss = steps["torch eager bf16"]()
+    assert seen == [torch.bfloat16] and conv.weight.dtype == torch.float32 and math.isfinite(loss)
