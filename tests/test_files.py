@@ -60,3 +60,31 @@ def test_a_keras_file_loads_as_tf_keras_loads_it_and_one_with_assets_through_tf_
     (tmp_path / "broken.keras").write_bytes(open(path, "rb").read()[:5000])
     with pytest.raises(CnnkitError, match="cannot load model .*broken.keras"):
         load_model_file(str(tmp_path / "broken.keras"))
+
+
+def test_a_full_temporary_disk_while_loading_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """The weights are extracted to a temporary folder: no space there is a CnnkitError naming the cause, and
+    the half-written copy is removed."""
+    import glob
+    import shutil
+    import tempfile
+
+    import keras_cnns
+    from keras_cnns.errors import CnnkitError
+    from keras_cnns.files import load_model_file
+
+    path = str(tmp_path / "m.keras")
+    keras_cnns.create_model("lenet5").save(path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def full(src, dst, length=0):
+        dst.write(src.read(1000))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    with pytest.raises(CnnkitError, match=r"cannot load model .*m\.keras: .*No space left on device"):
+        load_model_file(path)
+    assert glob.glob(str(tmp_path / "tmp" / "*")) == []
+    monkeypatch.undo()
+    assert load_model_file(path).count_params() == 61_706
