@@ -1,4 +1,4 @@
-"""keras_cnns.files: a file is replaced whole or not at all."""
+"""keras_cnns.files: a file is replaced whole or not at all; a saved model loads as tf_keras loads it."""
 import os
 
 import pytest
