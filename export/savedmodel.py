@@ -137,7 +137,6 @@ def build_module(source, max_megapixels):
     """A ``tf.Module`` holding the model (batch norms folded into their convolutions: export/fold.py)
     and the signature functions."""
     import tensorflow as tf
-    from tensorflow.python.trackable.data_structures import NoDependency
 
     from export.fold import fold_batch_norms, use_native_grouped_convolutions
     from keras_cnns.imaging import decode as decode_image
@@ -151,10 +150,9 @@ def build_module(source, max_megapixels):
         def __init__(self):
             super().__init__(name="cnnkit_serving")
             model = use_native_grouped_convolutions(fold_batch_norms(source.model))
-            # the graph needs the model's variables, not the Keras objects: tracking the model would make
-            # tf.saved_model.save trace every layer's call for Keras' own metadata (FractalNet-20: 18 s of a
-            # 21 s save, and 7 s of an 8 s load), which no consumer of the export reads
-            self.model = NoDependency(model)
+            # the graph needs the model's variables, not the Keras objects: tracking the model (an attribute)
+            # would make tf.saved_model.save trace every layer's call for Keras' own metadata (FractalNet-20:
+            # 18 s of a 21 s save, and 7 s of an 8 s load), which no consumer of the export reads
             self.model_variables = list(model.variables)
             # traced once, called by every signature (each would otherwise trace the whole model again)
             self.forward = tf.function(lambda x: model(x, training=False),
