@@ -27,6 +27,7 @@ setup(
         "tensorflow-serving-api==2.21.*",  # TF Serving's protos and gRPC stubs
         "grpcio>=1.60",
         "prometheus-client>=0.20",  # the embedded server's metrics, in TF Serving's names
+        "tornado>=6.4",  # the embedded server's REST front end: event-driven HTTP/1.1 (serving/front.py)
         "pyyaml>=6",  # the docker-compose and Kubernetes files `cnnkit serve --emit-config` writes
         "requests>=2.31",  # the REST client
         "click>=8.1",

@@ -31,19 +31,21 @@ from export.local import runtimes as local_runtimes
 @click.option("--max-body-mb", default=64, show_default=True, type=click.IntRange(min=1),
               help="Larger request bodies are refused with 413.")
 @click.option("--workers", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Request threads per API (REST, gRPC). Memory in flight is at most about workers x (10 x "
+              help="Request threads per API (REST, gRPC): a REST request gets one only once it has arrived whole, so "
+                   "idle, stalled and slow clients hold none. Memory in flight is at most about workers x (10 x "
                    "--max-body-mb, what a body of JSON numbers takes parsed; or one image being decoded: the "
                    "export's --max-megapixels x 15 bytes) plus the loaded models.")
 @click.option("--queue", default=64, show_default=True, type=click.IntRange(min=0),
-              help="Connections (REST) or calls (gRPC) that may wait for a worker; beyond them the server "
-                   "answers 503 / RESOURCE_EXHAUSTED at once (overloaded, retry).")
+              help="Requests (REST) or calls (gRPC) that may wait for a worker; beyond them the server answers "
+                   "503 + Retry-After / RESOURCE_EXHAUSTED at once (overloaded, retry).")
 @click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds a REST request (headers and body) may take to arrive; a slower client is dropped.")
+              help="Seconds a REST request's body may take to arrive after its headers; a slower client is dropped.")
 @click.option("--idle-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds a kept-alive REST connection may idle between requests.")
+              help="Seconds a REST connection may take to send a request's headers whole, from connecting or from "
+                   "its last answer (idle keep-alive connections included); then it is closed.")
 @click.option("--queue-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
-              help="A REST connection that waited longer for a worker is answered 503 (its client has most likely "
-                   "given up).")
+              help="A REST request that waited this long for a worker is answered 503 then (its client has most "
+                   "likely given up).")
 @click.option("--emit-config", is_flag=True,
               help="Do not serve: write TF Serving deployment files (Dockerfile, models.config, batching and "
                    "monitoring configs, docker-compose.yml, Kubernetes manifests) for EXPORT_BASE to --output.")

@@ -1,5 +1,5 @@
 """Prometheus metrics under TF Serving's names, served at its monitoring path."""
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 PATH = "/monitoring/prometheus/metrics"
@@ -9,7 +9,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
-    """Request count (by model, entry point and status), request latency in microseconds, batch sizes."""
+    """Request count (by model, entry point and status), request latency in microseconds, batch sizes; open and
+    refused REST connections."""
 
     def __init__(self):
         disable_created_metrics()  # TF Serving exports no *_created series
@@ -23,6 +24,11 @@ class Metrics:
         self.batch_size = Histogram(":tensorflow:serving:batching_session:processed_batch_size",
                                     "Images per model call when batching is on.", ["model_name"],
                                     buckets=BATCH_BUCKETS, registry=self.registry)
+        # the REST front end's own (TF Serving has no such series)
+        self.rest_connections = Gauge("cnnkit_rest_connections", "Open REST connections.", registry=self.registry)
+        self.rest_refused = Counter("cnnkit_rest_connections_refused", "REST connections refused at accept: "
+                                    "max_connections (what the descriptor limit leaves room for) or fd_limit "
+                                    "(the limit itself was hit).", ["reason"], registry=self.registry)
 
     def observe(self, model, api, entrypoint, status, seconds):
         self.requests.labels(model, entrypoint, status).inc()

@@ -1,4 +1,5 @@
-"""TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest) on a threading HTTP server.
+"""TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest): request targets and JSON bodies to
+answers. The event-driven front end that reads requests and hands them to workers is serving/front.py.
 
 ::
 
@@ -12,15 +13,11 @@ Binary inputs travel as ``{"b64": "..."}``; binary outputs whose name ends in ``
 same way. Errors are ``{"error": "..."}`` with the HTTP status TF Serving gives the error's code.
 """
 import base64
-import concurrent.futures
-import http.server
 import json
 import logging
 import re
-import socket
-import threading
-import time
 import urllib.parse
+from typing import NamedTuple
 
 import numpy as np
 from google.protobuf import json_format
@@ -138,165 +135,92 @@ def classify_json(servable, body):
                         for cs, ss in zip(classes, scores)]}
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "cnnkit-serving"
-    #: TCP_NODELAY: with Nagle's algorithm on, the body written after the headers waits for the client's
-    #: delayed ACK, which measured 48 ms per request at one client instead of 2-3 ms
-    disable_nagle_algorithm = True
+class Call(NamedTuple):
+    """A request's route: which API on which model (``name`` None for the metrics or a bad target)."""
+    method: str
+    target: str
+    api: str  # status, metadata, predict, classify, regress or metrics
+    name: str | None
+    version: str | None
+    ok: bool  # the target names an API that takes this method
 
-    def log_message(self, format, *args):
-        log.debug("%s - %s", self.address_string(), format % args)
-
-    def setup(self):
-        super().setup()
-        self._answered = False
-        self.server.track(self, True)
-
-    def handle_one_request(self):
-        """Wait for a request's first byte (a new connection: up to the read deadline; a kept-alive one: up
-        to the idle timeout), then read it under the server's read deadline."""
-        server = self.server
-        self.connection.settimeout(server.idle_timeout if self._answered else server.read_timeout)
-        self._answered = True
-        try:
-            if not self.connection.recv(1, socket.MSG_PEEK):
-                self.close_connection = True
-                return
-        except OSError:  # idle too long, or reset
-            self.close_connection = True
-            return
-        self.connection.settimeout(server.read_timeout)
-        server.reading(self, True)
-        try:
-            super().handle_one_request()
-        finally:
-            self.server.reading(self, False)
-
-    def finish(self):
-        self.server.track(self, False)
-        super().finish()
-
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def _handle(self, method):
-        self.server.busy(self, True)
-        try:
-            self._dispatch(method)
-        finally:
-            self.server.busy(self, False)
-            if self.server.draining:
-                self.close_connection = True
-
-    def _dispatch(self, method):
-        start = time.perf_counter()
-        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        if method == "GET" and path == metrics_module.PATH:
-            return self._send(200, self.server.metrics.exposition(), metrics_module.CONTENT_TYPE)
-        match = ROUTE.match(path)
-        name = match["name"] if match else None
-        what = (match["what"] or "") if match else ""
-        api = {"/metadata": "metadata", ":predict": "predict", ":classify": "classify",
-               ":regress": "regress"}.get(what, "status")
-        status = "OK"
-        try:
-            body = self._read_body() if method == "POST" else None
-            if not match or (method == "POST") != what.startswith(":"):
-                raise not_found(f"Malformed request: {method} {self.path}")
-            result = self._api(api, name, match["version"], body)
-            self._send(200, json.dumps(result).encode("utf-8"))
-        except ServingError as err:
-            status = err.code
-            self._error(err.http_status, err.message)
-        except _TooLarge as err:
-            status = "RESOURCE_EXHAUSTED"
-            self.close_connection = True
-            self._error(413, str(err))
-        except RecursionError:  # nested too deeply for the JSON parser or the conversions after it
-            status = "INVALID_ARGUMENT"
-            self._error(400, "the request is nested too deeply")
-        except Exception as err:  # a bug, not the client's fault: report it and keep serving
-            status = "INTERNAL"
-            log.exception("%s %s failed", method, self.path)
-            self._error(500, f"{type(err).__name__}: {err}")
-        finally:
-            self.server.metrics.observe(self.server.repository.label(name), api, ENTRYPOINT, status,
-                                        time.perf_counter() - start)
-
-    def _api(self, api, name, version, body):
-        repository = self.server.repository
-        if version is not None:
-            if not version.isdigit():
-                raise invalid(f"version must be a number, got {version!r}")
-            version = int(version)
-        if api == "status":
-            return json_format.MessageToDict(status_response(repository, name, version),
-                                             preserving_proto_field_name=True,
-                                             always_print_fields_with_no_presence=True)
-        servable = repository.get(name, version)
-        if api == "metadata":
-            return {"model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
-                    "metadata": {"signature_def": json_format.MessageToDict(
-                        signature_map(servable), preserving_proto_field_name=True)}}
-        if api == "regress":
-            raise invalid(f"{name} has no regression signature; use :predict")
-        if api == "classify":
-            return classify_json(servable, body)
-        signature = body.get("signature_name") if isinstance(body, dict) else None
-        inputs, row = parse_predict(body, sorted(servable.input_specs(signature or "serving_default")))
-        output_filter = body.get("output_filter") or ()
-        return format_predict(servable.predict(signature, inputs, output_filter), row)
-
-    def _read_body(self):
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise invalid("a POST needs a Content-Length header")
-        length = int(length)
-        if length > self.server.max_body_bytes:
-            remaining = length if length <= 4 * self.server.max_body_bytes else 0
-            while remaining > 0:  # read it away so that the client gets to see the 413
-                chunk = self.rfile.read(min(1 << 16, remaining))
-                remaining = remaining - len(chunk) if chunk else 0
-            raise _TooLarge(f"request body of {length} bytes is over the limit of {self.server.max_body_bytes}")
-        raw = self._read_exactly(length)
-        self.server.reading(self, False)
-        try:
-            return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
-        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError; an integer of over 4300 digits
-            raise invalid(f"JSON Parse error: {str(err)[:200]}") from None
-
-    def _read_exactly(self, length):
-        chunks, remaining = [], length
-        while remaining > 0:
-            chunk = self.rfile.read(min(1 << 20, remaining))
-            if not chunk:
-                self.close_connection = True
-                raise invalid(f"the request body ended after {length - remaining} of {length} bytes")
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
-
-    def _error(self, code, message):
-        self._send(code, json.dumps({"error": message}).encode("utf-8"))
-
-    def _send(self, code, payload, content_type="application/json"):
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        if self.server.draining or self.server.waiting():  # others queue for a worker: hand this one over
-            self.close_connection = True
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
+    @property
+    def work(self):
+        """Whether it runs a model (a worker's job): every POST. GETs only read what is in memory."""
+        return self.method == "POST"
 
 
-class _TooLarge(Exception):
-    pass
+def route(method, target):
+    path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
+    if path == metrics_module.PATH:
+        return Call(method, target, "metrics", None, None, method == "GET")
+    match = ROUTE.match(path)
+    what = (match["what"] or "") if match else ""
+    api = {"/metadata": "metadata", ":predict": "predict", ":classify": "classify", ":regress": "regress"}.get(
+        what, "status")
+    ok = bool(match) and method in ("GET", "POST") and (method == "POST") == what.startswith(":")
+    return Call(method, target, api, match["name"] if match else None, match["version"] if match else None, ok)
+
+
+class Reply(NamedTuple):
+    code: int  # HTTP status
+    payload: bytes
+    status: str = "OK"  # TF Serving's error code, for the metrics
+    content_type: str = "application/json"
+
+
+def error_reply(code, message, status):
+    return Reply(code, json.dumps({"error": message}).encode("utf-8"), status)
+
+
+def answer(repository, metrics, call, body):
+    """The reply to ``call`` with ``body`` (the raw request body of a POST); never raises."""
+    if call.api == "metrics" and call.ok:
+        return Reply(200, metrics.exposition(), content_type=metrics_module.CONTENT_TYPE)
+    try:
+        if not call.ok:
+            raise not_found(f"Malformed request: {call.method} {call.target}")
+        result = _api(repository, call, _parse_body(body) if call.method == "POST" else None)
+        return Reply(200, json.dumps(result).encode("utf-8"))
+    except ServingError as err:
+        return error_reply(err.http_status, err.message, err.code)
+    except RecursionError:  # nested too deeply for the JSON parser or the conversions after it
+        return error_reply(400, "the request is nested too deeply", "INVALID_ARGUMENT")
+    except Exception as err:  # a bug, not the client's fault: report it and keep serving
+        log.exception("%s %s failed", call.method, call.target)
+        return error_reply(500, f"{type(err).__name__}: {err}", "INTERNAL")
+
+
+def _parse_body(raw):
+    try:
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError; an integer of over 4300 digits
+        raise invalid(f"JSON Parse error: {str(err)[:200]}") from None
+
+
+def _api(repository, call, body):
+    name, version = call.name, call.version
+    if version is not None:
+        if not version.isdigit():
+            raise invalid(f"version must be a number, got {version!r}")
+        version = int(version)
+    if call.api == "status":
+        return json_format.MessageToDict(status_response(repository, name, version),
+                                         preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+    servable = repository.get(name, version)
+    if call.api == "metadata":
+        return {"model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
+                "metadata": {"signature_def": json_format.MessageToDict(
+                    signature_map(servable), preserving_proto_field_name=True)}}
+    if call.api == "regress":
+        raise invalid(f"{name} has no regression signature; use :predict")
+    if call.api == "classify":
+        return classify_json(servable, body)
+    signature = body.get("signature_name") if isinstance(body, dict) else None
+    inputs, row = parse_predict(body, sorted(servable.input_specs(signature or "serving_default")))
+    output_filter = body.get("output_filter") or ()
+    return format_predict(servable.predict(signature, inputs, output_filter), row)
 
 
 def _no_constant(name):
@@ -308,144 +232,3 @@ def _finite_float(text):
     if value in (float("inf"), float("-inf")):
         raise invalid(f"JSON Parse error: number {text[:40]} is out of range")
     return value
-
-
-OVERLOADED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
-
-
-class RestServer(http.server.HTTPServer):
-    """A fixed pool of ``workers`` threads serves connections; up to ``queue`` more wait for one; beyond that
-    a connection is answered 503 at once and closed. A request must arrive whole (headers and body) within
-    ``read_timeout`` seconds of its first byte, or its connection is dropped; a keep-alive connection idles
-    at most ``idle_timeout`` seconds, and is closed after a response whenever connections are waiting; a
-    connection that waited over ``queue_timeout`` seconds for a worker is answered 503 when it gets one.
-    ``stop`` lets requests in flight finish, then closes idle connections."""
-
-    allow_reuse_address = True
-    #: listen backlog; socketserver's default of 5 resets connections when many clients connect at once
-    request_queue_size = 1024
-
-    def __init__(self, address, repository, metrics, max_body_bytes, workers=16, queue=64, read_timeout=10.0,
-                 idle_timeout=10.0, queue_timeout=10.0):
-        super().__init__(address, Handler)
-        self.repository = repository
-        self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
-        self.workers, self.queue = workers, queue
-        self.read_timeout, self.idle_timeout, self.queue_timeout = read_timeout, idle_timeout, queue_timeout
-        self.draining = False
-        self._connections = {}  # handler -> busy?
-        self._reading = {}  # handler -> time its request's first byte arrived
-        self._rejected = []  # (socket, time) answered 503: closed once the client had time to read it
-        self._waiting = 0
-        self._slots = threading.BoundedSemaphore(workers + queue)
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rest")
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._reaper = threading.Thread(target=self._reap, name="rest-reaper", daemon=True)
-        self._reaper.start()
-
-    def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            self._overloaded(request)
-            return
-        with self._lock:
-            self._waiting += 1
-        self._pool.submit(self._work, request, client_address, time.monotonic())
-
-    def _work(self, request, client_address, queued_at):
-        with self._lock:
-            self._waiting -= 1
-        if time.monotonic() - queued_at > self.queue_timeout:  # its client has most likely given up: refuse
-            self._overloaded(request)
-            self._slots.release()
-            return
-        try:
-            self.finish_request(request, client_address)
-        except Exception:  # a client that vanished mid-request: nothing to answer
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            self._slots.release()
-
-    def _overloaded(self, request):
-        self.metrics.observe(self.repository.label(None), "predict", ENTRYPOINT, "UNAVAILABLE", 0.0)
-        body = json.dumps({"error": f"overloaded: {self.workers} requests in progress and up to {self.queue} "
-                                    f"waiting (at most {self.queue_timeout:g} s); retry"}).encode()
-        try:
-            request.settimeout(1.0)
-            request.sendall(OVERLOADED % (len(body), body))
-            request.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        with self._lock:
-            self._rejected.append((request, time.monotonic()))
-
-    def waiting(self):
-        with self._lock:
-            return self._waiting
-
-    def handle_error(self, request, client_address):
-        log.debug("connection from %s ended with an error", client_address, exc_info=True)
-
-    def track(self, handler, open_):
-        with self._lock:
-            if open_:
-                self._connections[handler] = False
-            else:
-                self._connections.pop(handler, None)
-                self._reading.pop(handler, None)
-
-    def busy(self, handler, busy):
-        with self._lock:
-            self._connections[handler] = busy
-
-    def reading(self, handler, started):
-        with self._lock:
-            if started:
-                self._reading[handler] = time.monotonic()
-            else:
-                self._reading.pop(handler, None)
-
-    def _reap(self):
-        """Drop connections whose request did not arrive in time; close answered-503 sockets."""
-        while not self._stopped.wait(0.25):
-            now = time.monotonic()
-            with self._lock:
-                late = [h for h, since in self._reading.items() if now - since > self.read_timeout]
-                for h in late:
-                    self._reading.pop(h, None)
-                done = [(s, t) for s, t in self._rejected if now - t > 0.5]
-                self._rejected = [(s, t) for s, t in self._rejected if now - t <= 0.5]
-            for handler in late:
-                log.info("dropping %s: its request did not arrive within %gs", handler.client_address[0],
-                         self.read_timeout)
-                _shutdown(handler.connection)
-            for sock, _ in done:
-                try:
-                    sock.setblocking(False)
-                    while sock.recv(1 << 16):  # read away what the client sent, so closing sends no reset
-                        pass
-                except OSError:
-                    pass
-                sock.close()
-
-    def stop(self):
-        """Stop accepting, let in-flight requests finish, close idle keep-alive connections, join."""
-        self.draining = True
-        self.shutdown()
-        with self._lock:
-            idle = [h for h, busy in self._connections.items() if not busy]
-        for handler in idle:
-            _shutdown(handler.connection)  # wakes a thread waiting for the next request
-        self._pool.shutdown(wait=True)
-        self._stopped.set()
-        self.server_close()
-
-
-def _shutdown(sock):
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass

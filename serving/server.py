@@ -13,7 +13,7 @@ import grpc
 from serving.grpc_api import add_services
 from serving.metrics import Metrics
 from serving.repository import ModelRepository
-from serving.rest import RestServer
+from serving.front import RestServer
 
 log = logging.getLogger("serving")
 DEFAULT_MAX_BODY_MB = 64
@@ -28,11 +28,12 @@ class ModelServer:
     Port 0 picks a free port (read ``rest_port`` / ``grpc_port`` after ``start``); ``grpc_port=None``
     turns gRPC off. ``batching``: None, or {"max_batch_size", "timeout_s", "threads"}.
 
-    Bounded work: each API has ``workers`` threads and lets ``queue`` more connections (REST) or calls (gRPC)
-    wait; beyond that REST answers 503 and gRPC RESOURCE_EXHAUSTED at once. A REST request must arrive
-    whole within ``read_timeout`` seconds (a stalled or slow client is dropped), a kept-alive connection
-    idles at most ``idle_timeout`` seconds, and one that waited over ``queue_timeout`` seconds for a worker
-    is answered 503 (gRPC calls carry their clients' own deadlines).
+    Bounded work: each API has ``workers`` threads and lets ``queue`` more requests (REST) or calls (gRPC)
+    wait; beyond that REST answers 503 and gRPC RESOURCE_EXHAUSTED at once. REST connections are read by an
+    event loop (serving/front.py) and hold no worker until their request has arrived whole: its headers
+    within ``idle_timeout`` seconds of connecting or of the last answer, its body within ``read_timeout``
+    seconds of the headers, or the connection is dropped; a request that waited over ``queue_timeout``
+    seconds for a worker is answered 503 (gRPC calls carry their clients' own deadlines).
     """
 
     def __init__(self, base, host="127.0.0.1", rest_port=8501, grpc_port=8500, batching=None, keep_versions=2,
@@ -84,7 +85,7 @@ class ModelServer:
                 raise CnnkitError(f"cannot listen for gRPC on {self.host}:{self.grpc_port}")
             self.grpc_port = port
             self._grpc.start()
-        self._spawn(self._rest.serve_forever, "rest")
+        self._rest.start()
         self._spawn(self._watch, "watch")
         log.info("serving %s: REST http://%s:%d, gRPC %s", ", ".join(self.repository.names()), self.host,
                  self.rest_port, f"{self.host}:{self.grpc_port}" if self._grpc else "off")

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from export import export as run_export
 from export import plan_formats
 from keras_cnns.training import TrainConfig, train
 from serving.loadgen import spawn_server
+from serving.repository import Servable
 from serving.server import ModelServer
 
 MODEL = "lenet5"
@@ -90,38 +92,61 @@ def test_bad_json_is_always_a_short_400(base, text, message):
         assert requests.post(url, json=_body([_png(0)]), timeout=60).status_code == 200
 
 
-def test_stalled_clients_are_dropped_and_excess_connections_get_503_at_once(base):
-    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, workers=2, queue=2, read_timeout=1.0) as s:
+@pytest.fixture
+def gate(monkeypatch):
+    """Holds every model call until set: requests that really run, for as long as the test wants."""
+    event = threading.Event()
+    predict = Servable.predict
+
+    def held(self, *args, **kwargs):
+        event.wait(60)
+        return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(Servable, "predict", held)
+    yield event
+    event.set()
+
+
+def test_stalled_clients_hold_no_worker_and_are_dropped_at_their_deadlines(base):
+    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, workers=2, queue=2, idle_timeout=1.0,
+                     read_timeout=1.0) as s:
+        url = f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict"
         stalled = []
-        for _ in range(4):  # half a request each: two hold the workers, two wait in the queue
+        for _ in range(8):  # half a request's headers, or whole headers and half the body: twice workers + queue
             sock = socket.create_connection(("127.0.0.1", s.rest_port))
-            sock.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nContent-Le".encode())
+            sock.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nContent-Le".encode() if len(stalled) % 2 else
+                         f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{{".encode())
             stalled.append(sock)
         time.sleep(0.2)
         started = time.monotonic()
-        response = requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict", json=_body([_png(1)]),
-                                 timeout=30)
-        assert response.status_code == 503 and "overloaded" in response.json()["error"]
-        assert response.headers["Retry-After"] == "1" and time.monotonic() - started < 0.5  # refused at once
+        response = requests.post(url, json=_body([_png(1)]), timeout=30)
+        assert response.status_code == 200 and time.monotonic() - started < 0.5  # answered at once
         assert _threads(os.getpid()) < 60  # no thread per connection
-        # the stalled ones are dropped after the read timeout (the queued two once they got a worker)
-        for sock in stalled:
+        for sock in stalled:  # each is dropped at its deadline (headers: idle timeout, body: read timeout)
             sock.settimeout(10)
             try:
                 assert sock.recv(1024) == b""
             except ConnectionResetError:
                 pass
-        assert time.monotonic() - started < 5
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            ok = requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict", json=_body([_png(1)]),
-                               timeout=30)
-            if ok.status_code == 200:
-                break
-            time.sleep(0.2)
-        assert ok.status_code == 200
-        for sock in stalled:
             sock.close()
+        assert 0.8 < time.monotonic() - started < 3
+
+
+def test_real_work_beyond_workers_and_queue_gets_503_at_once(base, gate):
+    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, workers=2, queue=2) as s:
+        url = f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict"
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            admitted = [pool.submit(requests.post, url, json=_body([_png(i)]), timeout=60) for i in range(4)]
+            time.sleep(0.5)  # two run (held), two wait for a worker
+            started = time.monotonic()
+            response = requests.post(url, json=_body([_png(5)]), timeout=30)
+            assert response.status_code == 503 and "overloaded" in response.json()["error"]
+            assert response.headers["Retry-After"] == "1" and time.monotonic() - started < 0.5  # refused at once
+            status = requests.get(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}", timeout=5)
+            assert status.status_code == 200  # reading status is no work: answered under overload
+            gate.set()
+            assert [f.result().status_code for f in admitted] == [200] * 4
+        assert requests.post(url, json=_body([_png(1)]), timeout=30).status_code == 200
 
 
 def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(base):
@@ -137,21 +162,20 @@ def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(base):
         sock.close()
 
 
-def test_a_connection_that_waited_too_long_for_a_worker_is_answered_503(base):
-    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, workers=1, queue=4, read_timeout=2.0,
-                     queue_timeout=0.5) as s:
-        blocker = socket.create_connection(("127.0.0.1", s.rest_port))
-        blocker.sendall(b"POST /v1")  # holds the only worker until the read timeout (2 s) drops it
-        time.sleep(0.2)
-        started = time.monotonic()
-        late = requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict", json=_body([_png(3)]),
-                             timeout=30)
-        assert late.status_code == 503 and "at most 0.5 s" in late.json()["error"]
-        assert 1.5 < time.monotonic() - started < 5  # answered when it reached a worker, not served stale
-        fresh = requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict", json=_body([_png(3)]),
-                              timeout=30)
+def test_a_request_that_waited_too_long_for_a_worker_is_answered_503(base, gate):
+    with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, workers=1, queue=4, queue_timeout=0.5) as s:
+        url = f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            blocker = pool.submit(requests.post, url, json=_body([_png(3)]), timeout=60)  # holds the only worker
+            time.sleep(0.3)
+            started = time.monotonic()
+            late = requests.post(url, json=_body([_png(3)]), timeout=30)
+            assert late.status_code == 503 and "at most 0.5 s" in late.json()["error"]
+            assert 0.4 < time.monotonic() - started < 2  # answered at its deadline, not served stale
+            gate.set()
+            assert blocker.result().status_code == 200
+        fresh = requests.post(url, json=_body([_png(3)]), timeout=30)
         assert fresh.status_code == 200
-        blocker.close()
 
 
 def test_a_slow_body_is_dropped_at_the_read_timeout(base):
