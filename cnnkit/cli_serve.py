@@ -86,6 +86,7 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
     from serving.server import ModelServer
 
     log_to_stderr("serving", "cnnkit serve")
+    _raise_descriptor_limit()
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")
     logging.getLogger("serving").info("oneDNN kernels %s (TF_ENABLE_ONEDNN_OPTS=%s)",
                                       "on" if onednn == "1" else "off", onednn)
@@ -99,6 +100,21 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
         click.echo(json.dumps({"host": host, "rest_port": server.rest_port, "grpc_port": server.grpc_port,
                                "models": server.repository.names()}))
     server.serve_forever()
+
+
+def _raise_descriptor_limit():
+    """Every open REST connection takes a file descriptor: use the hard limit the system allows (as servers do),
+    not the soft default (often 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 @click.command()

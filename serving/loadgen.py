@@ -4,6 +4,8 @@ Each of ``concurrency`` clients has its own connection and sends one image per r
 each answer before the next (like a fleet of single-image callers). Reports requests/s and latency
 percentiles; any failed request is counted, never hidden.
 """
+import contextlib
+import socket
 import threading
 import time
 
@@ -68,9 +70,40 @@ def run_load(url, model, images, concurrency, requests_per_client, grpc=False, w
             "first_error": errors[0] if errors else None}
 
 
-def spawn_server(base, *options, timeout=120, env=None):
+@contextlib.contextmanager
+def hostile_connections(port, stalled=600, dripping=100, interval=1.0, host="127.0.0.1"):
+    """While in the block: ``stalled`` connections to the REST port that send nothing, and ``dripping`` ones
+    that send a request's headers one byte every ``interval`` seconds without ever finishing them (a slowloris).
+    Yields the list of sockets; each one the server closes stays closed."""
+    sockets = [socket.create_connection((host, port)) for _ in range(stalled + dripping)]
+    stop = threading.Event()
+    header = b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nX-Drip: " + b"a" * 1_000_000
+
+    def drip():
+        sent = 0
+        while not stop.wait(interval):
+            for sock in sockets[stalled:]:
+                try:
+                    sock.send(header[sent:sent + 1])
+                except OSError:
+                    pass
+            sent += 1
+
+    thread = threading.Thread(target=drip, name="drip", daemon=True)
+    thread.start()
+    try:
+        yield sockets
+    finally:
+        stop.set()
+        thread.join()
+        for sock in sockets:
+            sock.close()
+
+
+def spawn_server(base, *options, timeout=120, env=None, preexec_fn=None):
     """``cnnkit serve BASE`` in a child process on free ports -> (process, REST port, gRPC port, log path).
-    ``env``: variables to set for the child on top of this process's environment.
+    ``env``: variables to set for the child on top of this process's environment; ``preexec_fn``: run in the
+    child before it starts (to lower its resource limits, say).
 
     The load generator then competes with the server only for CPU, not for the GIL. The server's log
     (stderr) goes to a temporary file, so that it can never fill a pipe and stall the server.
@@ -84,7 +117,7 @@ def spawn_server(base, *options, timeout=120, env=None):
     log = tempfile.NamedTemporaryFile("w+", prefix="cnnkit-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", base, "--port", "0", "--grpc-port", "0",
                              "--json", *options], stdout=subprocess.PIPE, stderr=log, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, preexec_fn=preexec_fn)
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     line = proc.stdout.readline()

@@ -10,10 +10,10 @@ import threading
 
 import grpc
 
+from serving.front import RestServer
 from serving.grpc_api import add_services
 from serving.metrics import Metrics
 from serving.repository import ModelRepository
-from serving.front import RestServer
 
 log = logging.getLogger("serving")
 DEFAULT_MAX_BODY_MB = 64

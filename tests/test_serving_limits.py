@@ -6,6 +6,9 @@ import concurrent.futures
 import io
 import json
 import os
+import re
+import resource
+import selectors
 import signal
 import socket
 import threading
@@ -19,7 +22,7 @@ from PIL import Image
 from export import export as run_export
 from export import plan_formats
 from keras_cnns.training import TrainConfig, train
-from serving.loadgen import spawn_server
+from serving.loadgen import hostile_connections, run_load, spawn_server
 from serving.repository import Servable
 from serving.server import ModelServer
 
@@ -208,15 +211,33 @@ def test_a_slow_body_is_dropped_at_the_read_timeout(base):
         assert response.status_code == 200
 
 
-def _bomb():
+def _png_file(width, height, pixels):
+    """A PNG of 8-bit RGB (or grey, with ``grey``) from its compressed pixel rows, built chunk by chunk."""
     import struct
     import zlib
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    colour = 0 if pixels.get("grey") else 2
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)) + \
+        chunk(b"IDAT", pixels["idat"]) + chunk(b"IEND", b"")
+
+
+def _bomb():
+    """A PNG whose header claims 20000x20000 pixels over a few bytes of data."""
+    import zlib
+
+    return _png_file(20000, 20000, {"idat": zlib.compress(b"\0" * 1000)})
+
+
+def _real_bomb(side=10_000):
+    """A valid PNG of side x side black grey pixels: about 100 KB that really decode to side x side bytes."""
+    import zlib
+
+    compressor, row = zlib.compressobj(9), b"\0" * (side + 1)  # each row: filter type 0, then its pixels
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    return _png_file(side, side, {"idat": idat, "grey": True})
 
 
 def test_64_clients_with_8_hostile_ones_good_answers_bounded_threads_and_memory_then_sigterm_drains(base):
@@ -314,3 +335,85 @@ def test_images_sent_to_the_classify_signature_are_a_400_and_grpc_overload_is_re
             codes = list(pool.map(call, range(32)))
         assert "ok" in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
         assert set(codes) <= {"ok", grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_700_stalled_and_dripping_connections_cost_normal_requests_nothing_and_a_real_png_bomb_is_a_400(base):
+    """600 connections that send nothing and 100 that drip headers a byte a second, all held open (deadlines
+    longer than the test): 8 clients' 200 requests all succeed with p99 within 2x of the same load without them,
+    and the server starts no thread for them. Then a real 10000x10000 PNG bomb, in this fresh process."""
+    proc, port, _, log = spawn_server(base, "--no-grpc", "--idle-timeout", "120")
+    url = f"http://127.0.0.1:{port}"
+    images = [_png(i) for i in range(8)]
+
+    def p99():
+        result = run_load(url, MODEL, images, 8, 25)
+        assert result["requests"] == 200 and result["errors"] == 0, result["first_error"]
+        return result["p99_ms"]
+
+    try:
+        quiet = [p99()]
+        threads = _threads(proc.pid)
+        with hostile_connections(port, stalled=600, dripping=100, interval=1.0):
+            time.sleep(2.0)  # all accepted, two bytes dripped
+            assert _threads(proc.pid) <= threads + 2  # no thread per connection
+            gauge = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=30).text
+            assert float(re.search(r"^cnnkit_rest_connections (\S+)$", gauge, re.M)[1]) >= 700  # all held
+            loud = [p99()]
+            if min(loud) > 2 * min(quiet):  # one retry each way: this machine is shared and noisy
+                loud.append(p99())
+            assert _threads(proc.pid) <= threads + 2
+        if min(loud) > 2 * min(quiet):
+            quiet.append(p99())
+        assert min(loud) <= 2 * min(quiet), (quiet, loud)
+
+        bomb = _real_bomb()
+        assert len(bomb) < 200_000
+        before = _peak_rss_mb(proc.pid)
+        for _ in range(3):  # refused before decoding, every time
+            response = requests.post(f"{url}/v1/models/{MODEL}:predict", json=_body([bomb]), timeout=60)
+            assert response.status_code == 400
+            assert "10000x10000, over the 40 MP limit" in response.json()["error"]
+        assert _peak_rss_mb(proc.pid) - before < 50  # decoding it once would take 100 MB
+    finally:
+        proc.kill()
+        proc.wait()
+        os.unlink(log)
+
+
+def test_connections_beyond_the_descriptor_limit_are_refused_at_accept_and_counted(base):
+    limit = 256
+
+    def lower_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc, port, _, log = spawn_server(base, "--no-grpc", preexec_fn=lower_limit)
+    held = []
+    try:
+        with selectors.DefaultSelector() as selector:
+            for _ in range(limit):
+                sock = socket.create_connection(("127.0.0.1", port))
+                held.append(sock)
+                selector.register(sock, selectors.EVENT_READ)
+            time.sleep(1.0)
+            answered = [key.fileobj.recv(4096) for key, _ in selector.select(timeout=5)]
+        assert answered and all(a.startswith(b"HTTP/1.1 503") and b"too many open connections" in a
+                                for a in answered)
+        assert len(answered) < limit  # the rest were accepted and are held open
+        assert proc.poll() is None and len(os.listdir(f"/proc/{proc.pid}/fd")) < limit
+        for sock in held:
+            sock.close()
+        held = []
+        time.sleep(0.5)
+        response = requests.post(f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict", json=_body([_png(0)]),
+                                 timeout=30)
+        assert response.status_code == 200
+        metrics = requests.get(f"http://127.0.0.1:{port}/monitoring/prometheus/metrics", timeout=30).text
+        refused = re.search(r'^cnnkit_rest_connections_refused_total\{reason="max_connections"\} (\S+)$', metrics,
+                            re.M)
+        assert refused and float(refused[1]) == len(answered)
+    finally:
+        for sock in held:
+            sock.close()
+        proc.kill()
+        proc.wait()
+        os.unlink(log)
