@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_cnns*", "export*", "serving*", "cnnkit*"]),
-    package_data={"keras_cnns": ["zoo_stats.json", "imagenet_classes.txt"], "serving": ["container/Dockerfile"]},
+    package_data={"keras_cnns": ["zoo_stats.json", "imagenet_classes.txt"], "serving": ["container/Dockerfile", "web/index.html"]},
     install_requires=[
         # tf_keras (Keras 2) is the Keras API: tensorflow-model-optimization rejects Keras 3 models.
         "tensorflow==2.21.*",
@@ -47,7 +47,9 @@ setup(
         # the tests check the PyTorch twins of the Keras models, and every checkpoint mapping against
         # torchvision's own models
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "torch==2.13.0", "torchvision==0.28.0",
-                "openvino==2026.4.*"],
+                "openvino==2026.4.*",
+                # drives Debian's chromium (apt-get install chromium) in the model page's tests; no browser download
+                "playwright>=1.50"],
     },
     entry_points={"console_scripts": ["cnnkit=cnnkit.cli:main"]},
 )

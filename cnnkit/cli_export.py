@@ -192,6 +192,7 @@ def quickstart(epochs, output, samples, as_json):
                    f"{result.metrics['accuracy']:.2%} on the test split; REST and gRPC agree)"
                    if all(s["rest"] == s["grpc"] for s in served) else "")
     click.echo(f"\nnext:  cnnkit serve {output}          (REST :8501, gRPC :8500; production: --emit-config)\n"
+               f"       open http://127.0.0.1:8501/        (the model page: drop an image, read the answer)\n"
                f"       cnnkit predict {images[0]} --model {output}/lenet5")
 
 

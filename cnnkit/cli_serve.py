@@ -63,6 +63,7 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
     each model answers by default; a new version folder dropped in is picked up while serving, and a
     removed one is retired, without failing requests in flight. SIGTERM drains and stops.
     \b
+      open http://localhost:8501/       the model page: try a model on your images, watch the metrics
       curl localhost:8501/v1/models/lenet5
       curl -d '{"instances": [...]}' localhost:8501/v1/models/lenet5:predict
       cnnkit predict digit.png --server http://localhost:8501 --model lenet5

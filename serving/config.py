@@ -6,7 +6,9 @@
     OUT/models.config               ModelServerConfig: one entry per model, newest ``keep_versions`` served
     OUT/batching_parameters.txt     BatchingParameters
     OUT/monitoring.config           MonitoringConfig: Prometheus at /monitoring/prometheus/metrics
-    OUT/docker-compose.yml          one container, the export base mounted read-only at /models
+    OUT/docker-compose.yml          TF Serving, the export base mounted read-only at /models; and nginx
+                                    serving the model page beside TF Serving's REST API on :8080
+    OUT/nginx.conf, OUT/web/        that nginx site, and the page (serving/web/index.html)
     OUT/k8s/deployment.yaml         Deployment (readiness on the model status endpoint), Service,
     OUT/k8s/service.yaml            and a HorizontalPodAutoscaler on CPU
     OUT/k8s/hpa.yaml
@@ -24,8 +26,11 @@ from serving import metrics, tfserving_protos
 from serving.repository import ModelRepository
 
 DOCKERFILE = os.path.join(os.path.dirname(__file__), "container", "Dockerfile")
+PAGE = os.path.join(os.path.dirname(__file__), "web", "index.html")
 IMAGE = "cnnkit-tfserving"
 MODELS_MOUNT = "/models"
+WEB_PORT = 8080
+NGINX_IMAGE = "nginx:1.27-alpine"
 
 
 def models_config(names, keep_versions=2):
@@ -54,12 +59,38 @@ def monitoring_config():
 
 
 def compose(export_base):
-    return {"services": {"tfserving": {
-        "build": ".", "image": f"{IMAGE}:latest", "restart": "unless-stopped",
-        "ports": ["8500:8500", "8501:8501"],
-        "volumes": [f"{os.path.abspath(export_base)}:{MODELS_MOUNT}:ro"],
-        "stop_grace_period": "30s",
-    }}}
+    return {"services": {
+        "tfserving": {
+            "build": ".", "image": f"{IMAGE}:latest", "restart": "unless-stopped",
+            "ports": ["8500:8500", "8501:8501"],
+            "volumes": [f"{os.path.abspath(export_base)}:{MODELS_MOUNT}:ro"],
+            "stop_grace_period": "30s",
+        },
+        "web": {
+            "image": NGINX_IMAGE, "restart": "unless-stopped", "depends_on": ["tfserving"],
+            "ports": [f"{WEB_PORT}:80"],
+            "volumes": ["./web:/usr/share/nginx/html:ro", "./nginx.conf:/etc/nginx/conf.d/default.conf:ro"],
+        },
+    }}
+
+
+def nginx_conf(names, upstream="tfserving:8501", max_body_mb=64):
+    """An nginx site that serves the model page and passes TF Serving's REST API and metrics through, so that
+    the page and the API share one origin (TF Serving sends no CORS headers)."""
+    models = ",".join(names)
+    return f"""# cnnkit's model page in front of TF Serving: http://HOST:{WEB_PORT}/
+server {{
+    listen 80;
+    root /usr/share/nginx/html;
+    client_max_body_size {max_body_mb}m;
+    location = / {{
+        if ($arg_models = "") {{ return 302 /?models={models}; }}
+        try_files /index.html =404;
+    }}
+    location /v1/ {{ proxy_pass http://{upstream}; }}
+    location = {metrics.PATH} {{ proxy_pass http://{upstream}; }}
+}}
+"""
 
 
 def kubernetes(names, replicas=2, max_replicas=8):
@@ -113,12 +144,15 @@ def emit(export_base, output="tfserving", keep_versions=2, max_batch_size=32, ba
     manifests = {"docker-compose.yml": compose(export_base)}
     manifests.update({f"k8s/{k}": v for k, v in kubernetes(names).items()})
     files.update({filename: yaml.safe_dump(doc, sort_keys=False) for filename, doc in manifests.items()})
+    files["nginx.conf"] = nginx_conf(names)
     written = []
     try:
         os.makedirs(os.path.join(output, "k8s"), exist_ok=True)
+        os.makedirs(os.path.join(output, "web"), exist_ok=True)
         for filename, text in files.items():
             written.append(write_atomic(os.path.join(output, filename), text.encode("utf-8")))
         shutil.copyfile(DOCKERFILE, os.path.join(output, "Dockerfile"))
+        written.append(shutil.copyfile(PAGE, os.path.join(output, "web", "index.html")))
     except OSError as err:
         raise CnnkitError(f"cannot write the serving configs to {output}: {err.strerror}") from None
     return [os.path.join(output, "Dockerfile")] + written, names

@@ -33,7 +33,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from serving.rest import ENTRYPOINT, answer, error_reply, route
+from serving.rest import ENTRYPOINT, answer, error_reply, overloaded_reply, route
 
 log = logging.getLogger("serving")
 #: descriptors kept free for everything else the process opens (model files, gRPC, logs)
@@ -182,11 +182,10 @@ class RestServer:
                 try:
                     reply = await self._work(request, call)
                 except Overloaded as err:
-                    reply = error_reply(503, str(err), "UNAVAILABLE")
-                    request.retry_after = True
+                    reply = overloaded_reply(str(err))
             if reply is not None:
                 request.send(reply, close=self.draining or reply.code == 413)
-                if call.api != "metrics":
+                if call.api not in ("metrics", "page"):
                     self.metrics.observe(self.repository.label(call.name), call.api, ENTRYPOINT, reply.status,
                                          time.perf_counter() - request.started)
         finally:
@@ -242,7 +241,7 @@ class _Request(httputil.HTTPMessageDelegate):
         self.front, self.conn = front, conn
         self.chunks, self.size, self.reserved = [], 0, 0
         self.refusal = None  # the error reply decided from the headers or the body's size
-        self.closed = self.scheduled = self.answered = self.retry_after = False
+        self.closed = self.scheduled = self.answered = False
         self.method = self.target = None
 
     def headers_received(self, start_line, headers):
@@ -262,9 +261,7 @@ class _Request(httputil.HTTPMessageDelegate):
             if int(length) > 4 * limit:  # not worth reading away: answer now, close after the answer
                 self._early()
         elif not front.reserve(int(length) if length else limit):
-            self.refusal = error_reply(503, "overloaded: too many request bodies arriving at once; retry",
-                                       "UNAVAILABLE")
-            self.retry_after = True
+            self.refusal = overloaded_reply("overloaded: too many request bodies arriving at once; retry")
             self._early()
         else:
             self.reserved = int(length) if length else limit
@@ -300,8 +297,8 @@ class _Request(httputil.HTTPMessageDelegate):
         self.answered = True
         headers = httputil.HTTPHeaders({"Content-Type": reply.content_type, "Content-Length": str(len(reply.payload)),
                                         "Server": "cnnkit-serving"})
-        if self.retry_after:
-            headers["Retry-After"] = "1"
+        for name, value in reply.headers:
+            headers[name] = value
         if close:
             headers["Connection"] = "close"
         try:

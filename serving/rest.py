@@ -8,6 +8,7 @@ answers. The event-driven front end that reads requests and hands them to worker
     POST /v1/models/NAME[/versions/V]:predict    {"instances": [...]} or {"inputs": ...}
     POST /v1/models/NAME[/versions/V]:classify   classification signatures only
     GET  /monitoring/prometheus/metrics          Prometheus metrics
+    GET  /                                       the model page (serving/web/index.html): ``/?models=a,b``
 
 Binary inputs travel as ``{"b64": "..."}``; binary outputs whose name ends in ``_bytes`` come back the
 same way. Errors are ``{"error": "..."}`` with the HTTP status TF Serving gives the error's code.
@@ -154,6 +155,8 @@ def route(method, target):
     path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
     if path == metrics_module.PATH:
         return Call(method, target, "metrics", None, None, method == "GET")
+    if path in ("/", "/index.html"):
+        return Call(method, target, "page", None, None, method == "GET")
     match = ROUTE.match(path)
     what = (match["what"] or "") if match else ""
     api = {"/metadata": "metadata", ":predict": "predict", ":classify": "classify", ":regress": "regress"}.get(
@@ -167,16 +170,41 @@ class Reply(NamedTuple):
     payload: bytes
     status: str = "OK"  # TF Serving's error code, for the metrics
     content_type: str = "application/json"
+    headers: tuple = ()  # more (name, value) pairs
 
 
-def error_reply(code, message, status):
-    return Reply(code, json.dumps({"error": message}).encode("utf-8"), status)
+def error_reply(code, message, status, headers=()):
+    return Reply(code, json.dumps({"error": message}).encode("utf-8"), status, headers=headers)
+
+
+def overloaded_reply(message):
+    return error_reply(503, message, "UNAVAILABLE", (("Retry-After", "1"),))
+
+
+PAGE_HEADERS = (("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
+                # everything the page needs is in it; it talks to this server only
+                ("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                            "img-src blob:; connect-src 'self'; form-action 'none'"))
+
+
+def page(repository, target):
+    """The model page, or (without ``?models=``) a redirect to it naming every model served now."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+    if "models" not in query:
+        location = "/?" + urllib.parse.urlencode({"models": ",".join(repository.names())}, safe=",")
+        return Reply(302, b"", content_type="text/plain", headers=(("Location", location),))
+    from importlib.resources import files
+
+    html = files("serving").joinpath("web", "index.html").read_bytes()
+    return Reply(200, html, content_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
 def answer(repository, metrics, call, body):
     """The reply to ``call`` with ``body`` (the raw request body of a POST); never raises."""
     if call.api == "metrics" and call.ok:
         return Reply(200, metrics.exposition(), content_type=metrics_module.CONTENT_TYPE)
+    if call.api == "page" and call.ok:
+        return page(repository, call.target)
     try:
         if not call.ok:
             raise not_found(f"Malformed request: {call.method} {call.target}")

@@ -87,8 +87,8 @@ class ModelServer:
             self._grpc.start()
         self._rest.start()
         self._spawn(self._watch, "watch")
-        log.info("serving %s: REST http://%s:%d, gRPC %s", ", ".join(self.repository.names()), self.host,
-                 self.rest_port, f"{self.host}:{self.grpc_port}" if self._grpc else "off")
+        log.info("serving %s: REST and the model page http://%s:%d/, gRPC %s", ", ".join(self.repository.names()),
+                 self.host, self.rest_port, f"{self.host}:{self.grpc_port}" if self._grpc else "off")
         return self
 
     def _spawn(self, target, name):

@@ -2,6 +2,7 @@
 shutdown, the clients and `cnnkit predict`, and the TF Serving deployment files parsed with its protos."""
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
@@ -611,6 +612,9 @@ def test_emitted_configs_parse_with_tf_serving_protos(exported, tmp_path):
     assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models/lenet5", "port": 8501}
     assert parsed["k8s/hpa.yaml"]["spec"]["scaleTargetRef"]["name"] == parsed["k8s/deployment.yaml"]["metadata"]["name"]
     assert {p["port"] for p in parsed["k8s/service.yaml"]["spec"]["ports"]} == {8500, 8501}
+    web = parsed["docker-compose.yml"]["services"]["web"]  # the model page beside TF Serving (run by the page's test)
+    assert web["ports"] == ["8080:80"] and "./nginx.conf:/etc/nginx/conf.d/default.conf:ro" in web["volumes"]
+    assert (tmp_path / "tfs" / "web" / "index.html").read_bytes() == open(config.PAGE, "rb").read()
     dockerfile = open(tmp_path / "tfs" / "Dockerfile").read()
     from importlib.metadata import version
 
@@ -665,3 +669,108 @@ def test_real_tf_serving_container_answers_the_same_clients(exported, tmp_path):
         assert [p.label for p in rpc.classify(MODEL, exported["images"])] == exported["reference"]
     finally:
         subprocess.run(["docker", "stop", container], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium (apt-get install chromium), headless, driven by Playwright; no browser download."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert executable, "the model page's tests need Debian's chromium: apt-get install chromium"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield chromium
+        chromium.close()
+
+
+def test_the_model_page_classifies_png_and_jpeg_as_cnnkit_predict_does_follows_new_versions_and_shows_errors(
+        exported, browser, tmp_path):
+    base = tmp_path / "exports" / MODEL
+    _publish(str(base), exported["path"], 1)
+    png, jpeg = exported["files"][1], exported["files"][2]
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    expected = {os.path.basename(path): p.label for path, p in client.predict_files([png, jpeg], exported["path"])}
+    with ModelServer(str(tmp_path / "exports"), rest_port=0, grpc_port=None, poll_seconds=0.2) as s:
+        page = browser.new_page()
+        console_errors = []
+        page.on("pageerror", lambda err: console_errors.append(str(err)))
+        page.goto(f"http://127.0.0.1:{s.rest_port}/")
+        assert page.url.endswith(f"/?models={MODEL}")  # the server named its models
+        page.wait_for_selector("body[data-ready]")
+        assert page.text_content(f'tr[data-model="{MODEL}"][data-version="1"] .state') == "AVAILABLE"
+
+        page.set_input_files("#file", [png, jpeg])
+        for name, label in expected.items():
+            top1 = page.wait_for_selector(f'.result[data-file="{name}"] .bar.top1 .label')
+            assert top1.text_content() == label
+            assert page.get_attribute(f'.result[data-file="{name}"]', "data-version") == "1"
+            assert re.search(r"version 1 · [\d.]+ ms", page.text_content(f'.result[data-file="{name}"] .meta'))
+        assert len(page.query_selector_all(f'.result[data-file="{os.path.basename(png)}"] .bar')) == 5
+
+        page.set_input_files("#file", [str(corrupt)])
+        error = page.wait_for_selector('.result[data-file="corrupt.png"] .error').text_content()
+        assert "image" in error.lower() and len(error) > 20  # the server's own message, not a blank
+        assert error == requests.post(f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}/versions/1:predict", json={
+            "signature_name": "serving_bytes", "output_filter": ["top_labels", "scores"],
+            "instances": [b64(corrupt.read_bytes())]}, timeout=30).json()["error"]
+
+        _publish(str(base), exported["path"], 2)  # a new version dropped in: listed, and then it answers
+        page.wait_for_selector(f'tr[data-model="{MODEL}"][data-version="2"] .state.AVAILABLE', timeout=20_000)
+        page.set_input_files("#file", [png])
+        page.wait_for_selector(f'.result[data-file="{os.path.basename(png)}"][data-version="2"]')
+
+        # the metrics panel reads the server's own numbers: requests were made, so a rate and latencies show
+        page.wait_for_function("document.getElementById('latency').textContent.includes('/')", timeout=10_000)
+        assert re.fullmatch(r"[\d.]+ / [\d.]+ / [\d.]+", page.text_content("#latency"))
+
+        # the same page, as `--emit-config` deploys it in front of TF Serving: nginx serves it and passes the
+        # REST API through (here to this server, which speaks the same API)
+        emitted = tmp_path / "tfserving"
+        config.emit(str(tmp_path / "exports"), str(emitted))
+        with _nginx(emitted, s.rest_port, tmp_path / "nginx") as port:
+            page.goto(f"http://127.0.0.1:{port}/")
+            assert page.url.endswith(f"/?models={MODEL}")
+            page.wait_for_selector("body[data-ready]")
+            page.set_input_files("#file", [png])
+            name = os.path.basename(png)
+            assert page.wait_for_selector(f'.result[data-file="{name}"] .bar.top1 .label').text_content() == \
+                expected[name]
+        assert not console_errors
+        page.close()
+
+
+@contextlib.contextmanager
+def _nginx(emitted, rest_port, prefix):
+    """Debian's nginx running the emitted site, its upstream pointed at ``rest_port``; yields its port."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert os.path.exists(nginx), "the model page's test through nginx needs Debian's nginx: apt-get install nginx"
+    prefix.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    site = (emitted / "nginx.conf").read_text()
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};").replace(
+        "root /usr/share/nginx/html;", f"root {emitted / 'web'};").replace("tfserving:8501", f"127.0.0.1:{rest_port}")
+    temp = " ".join(f"{kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (prefix / "nginx.conf").write_text(
+        f"daemon off; master_process off; pid {prefix / 'nginx.pid'}; error_log {prefix / 'error.log'};\n"
+        f"events {{ worker_connections 64; }}\n"
+        f"http {{ include /etc/nginx/mime.types; access_log off; {temp}\n{site}}}\n")
+    proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (prefix / "error.log").read_text()
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
