@@ -45,7 +45,7 @@ def main():
         for spec in args.models.split(","):
             name, _, size = spec.partition("@")
             base = os.path.join(scratch, name)
-            export(name, output=base, input_size=int(size) if size else None)
+            export(name, output=base, input_size=int(size) if size else None, weights="none")
             for batching, onednn in [(b, o) for b in (False, True) for o in args.onednn.split(",")]:
                 proc, rest_port, grpc_port, _ = spawn_server(base, *(["--batching"] if batching else []),
                                                              env={"TF_ENABLE_ONEDNN_OPTS": str(int(onednn == "on"))})

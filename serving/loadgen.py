@@ -30,11 +30,18 @@ def sample_images(count=16):
     return images
 
 
-def run_load(url, model, images, concurrency, requests_per_client, grpc=False, warmup=2):
-    """Returns {concurrency, requests, errors, seconds, rps, p50_ms, p90_ms, p99_ms, max_ms}."""
+def run_load(url, model, images, concurrency, requests_per_client, grpc=False, warmup=2, seconds=None,
+             back_off=False):
+    """Returns {concurrency, requests, errors, seconds, rps, p50_ms, p90_ms, p99_ms, max_ms, refused,
+    refused_max_ms, first_error}: latencies of the answered requests; ``errors`` counts every failed one, of
+    which ``refused`` were the server's overload answer (REST 503, gRPC RESOURCE_EXHAUSTED). With ``seconds``,
+    each client sends until that much time has passed instead of ``requests_per_client`` requests (goodput
+    over a fixed time). A refused client moves straight on to its next request, or with ``back_off`` waits the
+    second that the server's Retry-After asks for."""
     latencies = [[] for _ in range(concurrency)]
-    errors = []
-    ready = threading.Barrier(concurrency + 1)
+    refused, errors = [], []
+    ready, go = threading.Barrier(concurrency + 1), threading.Barrier(concurrency + 1)
+    deadline = []
 
     def client_loop(n):
         c = connect(url, grpc)
@@ -44,13 +51,20 @@ def run_load(url, model, images, concurrency, requests_per_client, grpc=False, w
         except Exception as err:
             errors.append(repr(err))
         ready.wait()
-        for k in range(requests_per_client):
+        go.wait()  # once the deadline is set
+        k = 0
+        while (k < requests_per_client) if seconds is None else (time.perf_counter() < deadline[0]):
             image = images[(n * requests_per_client + k) % len(images)]
+            k += 1
             start = time.perf_counter()
             try:
                 c.classify(model, [image])
             except Exception as err:
                 errors.append(repr(err))
+                if "answered 503" in str(err) or "RESOURCE_EXHAUSTED" in str(err):
+                    refused.append(time.perf_counter() - start)
+                    if back_off:
+                        time.sleep(1.0)
                 continue
             latencies[n].append(time.perf_counter() - start)
 
@@ -59,6 +73,8 @@ def run_load(url, model, images, concurrency, requests_per_client, grpc=False, w
         thread.start()
     ready.wait()
     start = time.perf_counter()
+    deadline.append(start + (seconds or 0))
+    go.wait()
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - start
@@ -66,7 +82,8 @@ def run_load(url, model, images, concurrency, requests_per_client, grpc=False, w
     percentile = (lambda q: round(float(np.percentile(done, q)), 2)) if len(done) else (lambda q: None)
     return {"concurrency": concurrency, "requests": int(len(done)), "errors": len(errors),
             "seconds": round(seconds, 3), "rps": round(len(done) / seconds, 1), "p50_ms": percentile(50),
-            "p90_ms": percentile(90), "p99_ms": percentile(99), "max_ms": percentile(100),
+            "p90_ms": percentile(90), "p99_ms": percentile(99), "max_ms": percentile(100), "refused": len(refused),
+            "refused_max_ms": round(max(refused) * 1000, 2) if refused else None,
             "first_error": errors[0] if errors else None}
 
 
