@@ -10,7 +10,8 @@ Rows, each a `cnnkit serve` child process of its own:
   "bounded, back-off": the same with clients that wait the second Retry-After asks for;
 - "quiet" / "700 hostile": 8 clients, the defaults, without and then with 600 connections that send nothing
   and 100 that drip headers a byte a second, held open for the whole run (deadlines raised past it).
-With --record, rewrites the serving_overload section of benchmarks/RESULTS.md and writes
+Each row also says how many cores the server and the load generator (this process: the clients, on the same
+two cores) used. With --record, rewrites the serving_overload section of benchmarks/RESULTS.md and writes
 benchmarks/results/serving_overload.json.
 """
 import argparse
@@ -38,6 +39,7 @@ def main():
 
     import_tensorflow()
     from export import export
+    from serving.client import connect
     from serving.loadgen import hostile_connections, run_load, sample_images, spawn_server
     from serving.server import DEFAULT_QUEUE, DEFAULT_WORKERS
 
@@ -58,8 +60,14 @@ def main():
             try:
                 with hostile_connections(rest_port, stalled=600 if hostile else 0, dripping=100 if hostile else 0):
                     time.sleep(2 if hostile else 0)
-                    result = run_load(f"http://127.0.0.1:{rest_port}", name, images, clients, 1,
-                                      seconds=args.seconds, back_off="back-off" in label)
+                    url = f"http://127.0.0.1:{rest_port}"
+                    connect(url).classify(name, images[:1])  # the first call's set-up, outside the measurement
+                    server, own, start = _cpu_seconds(proc.pid), _own_cpu_seconds(), time.monotonic()
+                    result = run_load(url, name, images, clients, 1, warmup=0, seconds=args.seconds,
+                                      back_off="back-off" in label)
+                    wall = time.monotonic() - start
+                    result["server_cores"] = round((_cpu_seconds(proc.pid) - server) / wall, 2)
+                    result["loadgen_cores"] = round((_own_cpu_seconds() - own) / wall, 2)
             finally:
                 proc.terminate()
                 proc.wait(60)
@@ -71,13 +79,27 @@ def main():
     command, described = record_rows("serving_overload", rows)
     lines = [f"{args.model}, REST, {args.seconds:g} s per row:", "",
              "| setting | options | clients | hostile connections | answered | goodput req/s | p50 ms | p99 ms | "
-             "max ms | refused (503) | slowest 503 ms | other errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "max ms | refused (503) | slowest 503 ms | other errors | server cores | load generator cores |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['setting']} | `{r['options']}` | {r['clients']} | {r['hostile_connections']} | "
                      f"{r['requests']} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | "
-                     f"{r['refused_share']:.0%} | {r['refused_max_ms'] or '-'} | {r['errors'] - r['refused']} |")
+                     f"{r['refused_share']:.0%} | {r['refused_max_ms'] or '-'} | {r['errors'] - r['refused']} | "
+                     f"{r['server_cores']} | {r['loadgen_cores']} |")
     replace_section("serving_overload", record=args.record, body=f"`{command}` on {described}\n\n" + "\n".join(lines))
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds():
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import resource
 import selectors
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -417,3 +419,58 @@ def test_connections_beyond_the_descriptor_limit_are_refused_at_accept_and_count
         proc.kill()
         proc.wait()
         os.unlink(log)
+
+
+FD_LIMITED_SERVER = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[2])))
+from serving.front import RestServer
+from serving.metrics import Metrics
+from serving.repository import ModelRepository
+
+server = RestServer(("127.0.0.1", 0), ModelRepository(sys.argv[1]), Metrics(), 1 << 20)
+server.max_connections = 10 ** 6  # no budget of its own: the descriptor limit itself is hit
+server.start()
+print(json.dumps({"port": server.server_address[1]}), flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+def test_at_the_descriptor_limit_itself_excess_connections_are_refused_without_spinning(tmp_path):
+    limit = 128
+    proc = subprocess.Popen([sys.executable, "-c", FD_LIMITED_SERVER, str(tmp_path), str(limit)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    held = []
+    try:
+        port = json.loads(proc.stdout.readline())["port"]
+        for _ in range(limit + 32):  # past the limit: the server runs out of descriptors
+            held.append(socket.create_connection(("127.0.0.1", port)))
+        time.sleep(1.0)
+        with selectors.DefaultSelector() as selector:
+            for sock in held:
+                selector.register(sock, selectors.EVENT_READ)
+            answered = [key.fileobj.recv(4096) for key, _ in selector.select(timeout=5)]
+        assert len(answered) >= 32 and all(a.startswith(b"HTTP/1.1 503") for a in answered)
+        cpu = _cpu_seconds(proc.pid)
+        time.sleep(1.0)
+        assert _cpu_seconds(proc.pid) - cpu < 0.3  # not spinning on a listening socket it cannot accept from
+        for sock in held:
+            sock.close()
+        held = []
+        time.sleep(0.5)
+        metrics = requests.get(f"http://127.0.0.1:{port}/monitoring/prometheus/metrics", timeout=30).text
+        refused = re.search(r'^cnnkit_rest_connections_refused_total\{reason="fd_limit"\} (\S+)$', metrics, re.M)
+        assert refused and float(refused[1]) == len(answered)
+        assert re.search(r"^cnnkit_rest_connections 1\.0$", metrics, re.M)  # the others were closed: only this one
+    finally:
+        for sock in held:
+            sock.close()
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
