@@ -20,6 +20,7 @@ closed at once, and counted (``cnnkit_rest_connections_refused_total``); if the 
 descriptor kept for the purpose lets the server accept and close the excess instead of spinning on it.
 """
 import asyncio
+import concurrent.futures
 import errno
 import http
 import logging
@@ -53,8 +54,6 @@ class RestServer:
 
     def __init__(self, address, repository, metrics, max_body_bytes, workers=16, queue=64, read_timeout=10.0,
                  idle_timeout=10.0, queue_timeout=10.0, body_budget=None):
-        import concurrent.futures
-
         self.repository, self.metrics = repository, metrics
         self.max_body_bytes = max_body_bytes
         self.body_budget = body_budget or max(4 * max_body_bytes, 256 << 20)
@@ -103,6 +102,8 @@ class RestServer:
         """Stop accepting, let requests that arrived finish, close every connection; returns when done."""
         if self._thread is None:  # never started
             self.server_close()
+            os.close(self._spare)
+            self._pool.shutdown()
             return
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join()
@@ -247,13 +248,12 @@ class _Request(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line, headers):
         self.started = time.perf_counter()
         self.method, self.target = start_line.method, start_line.path
-        if self.method != "POST":
-            return
         front, limit = self.front, self.front.max_body_bytes
         length = headers.get("Content-Length")
         chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-        if length is None and not chunked:
-            self.refusal = error_reply(400, "a POST needs a Content-Length header", "INVALID_ARGUMENT")
+        if length is None and not chunked:  # no body
+            if self.method == "POST":
+                self.refusal = error_reply(400, "a POST needs a Content-Length header", "INVALID_ARGUMENT")
         elif length is not None and not length.isdigit():
             self.refusal = error_reply(400, f"Content-Length {length[:40]!r} is not a number", "INVALID_ARGUMENT")
         elif length is not None and int(length) > limit:

@@ -215,6 +215,17 @@ def test_bad_requests_get_tf_serving_status_and_a_message(server, exported, path
 def test_body_over_the_limit_is_refused_with_413(server):
     response = requests.post(f"{server.url}/v1/models/{MODEL}:predict", data=b" " * (2 << 20), timeout=60)
     assert response.status_code == 413 and "limit" in response.json()["error"]
+    # a body where none is expected is held to the same limit (never buffered without bound)
+    response = requests.get(f"{server.url}/v1/models/{MODEL}", data=b" " * (2 << 20), timeout=60)
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:  # chunked, growing past it
+        sock.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        piece = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
+        for _ in range(20):
+            sock.sendall(piece)
+        sock.sendall(b"0\r\n\r\n")
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413") and b"over the limit" in answer
 
 
 def _raw_get(port, target):
