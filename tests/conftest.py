@@ -31,6 +31,29 @@ def _fresh_keras_session():
     release_memory()
 
 
+@pytest.fixture(scope="session")
+def default_lenet_run(tmp_path_factory, worker_id):
+    """LeNet-5 trained on the bundled digits with every default (the README's main job), trained once per test
+    session: the first test process that asks trains it under a file lock, the others (xdist workers) wait
+    and reuse the finished run. Treat it as read-only. -> TrainResult (run_dir, metrics)."""
+    import fcntl
+    import json
+
+    from keras_cnns.training import TrainConfig, TrainResult, train
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # the folder every worker of this session shares
+        root = root.parent
+    run_dir = root / "default-lenet" / "run"
+    run_dir.parent.mkdir(exist_ok=True)
+    with open(root / "default-lenet" / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run_dir / "metrics.json").exists():
+            train(TrainConfig(output=str(run_dir)))
+    with open(run_dir / "metrics.json") as f:
+        return TrainResult(str(run_dir), json.load(f))
+
+
 def release_memory():
     """What the test built goes back to the system, so that the next test's peak is its own (memory_guard)."""
     import ctypes

@@ -23,9 +23,9 @@ from serving import client
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, default_lenet_run):
     root = tmp_path_factory.mktemp("export")
-    result = train(TrainConfig(output=str(root / "run")))
+    result = default_lenet_run
     path, report = run_export(result.run_dir, output=str(root / "exports"), formats=plan_formats(everything=True))
     return {"run": result.run_dir, "base": str(root / "exports" / "lenet5"), "path": path, "report": report,
             "metrics": result.metrics}

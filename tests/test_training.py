@@ -22,11 +22,9 @@ from keras_cnns.training.runs import load_run_model, read_config
 
 
 @pytest.fixture(scope="module")
-def lenet_run(tmp_path_factory):
-    """LeNet-5 on digits with every default: the README's main job."""
-    out = tmp_path_factory.mktemp("runs") / "lenet"
-    keras.backend.clear_session()
-    return train(TrainConfig(output=str(out)))
+def lenet_run(default_lenet_run):
+    """LeNet-5 on digits with every default: the README's main job (trained once per session, conftest.py)."""
+    return default_lenet_run
 
 
 def test_lenet5_reaches_97_percent_on_digits_with_the_defaults(lenet_run):
