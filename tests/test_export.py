@@ -665,7 +665,7 @@ def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):
 def test_export_cli_untrained_zoo_model_and_validate(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "cnnkit", *a], capture_output=True, text=True,  # noqa
                                     timeout=600, cwd=str(tmp_path))
-    out = run("export", "--tflite", "mobilenet", "--weights", "none", "--json")
+    out = run("export", "--tflite", "mobilenet", "--weights", "none", "--input-size", "96", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert [r["artifact"] for r in report["artifacts"]] == ["keras", "saved_model", "tflite_float32"]
