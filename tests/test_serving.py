@@ -29,7 +29,6 @@ from export import export as run_export
 from export import plan_formats
 from export.formats import exact_kinds
 from keras_cnns.data import load_data
-from keras_cnns.training import TrainConfig, train
 from serving import client, config, tfserving_protos
 from serving.loadgen import spawn_server
 from serving.server import ModelServer
@@ -44,11 +43,12 @@ def _encode(pixels, fmt):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """LeNet-5 trained briefly on digits, exported (SavedModel, TFLite float32 and dynamic-range, ONNX, OpenVINO) to BASE/lenet5/1, and test
-    digits as PNG and JPEG bytes with the label the local SavedModel gives each (the reference answer)."""
+def exported(tmp_path_factory, default_lenet_run):
+    """LeNet-5 trained on digits (the session's default run), exported (SavedModel, TFLite float32 and dynamic-range,
+    ONNX, OpenVINO) to BASE/lenet5/1, and test digits as PNG and JPEG bytes with the label the local SavedModel
+    gives each (the reference answer)."""
     root = tmp_path_factory.mktemp("serving")
-    result = train(TrainConfig(output=str(root / "run"), epochs=8))
+    result = default_lenet_run
     base = root / "exports"
     path, _ = run_export(result.run_dir, output=str(base),
                          formats=plan_formats(tflite_out=True, onnx_out=True) + ["tflite-dynamic", "openvino"])

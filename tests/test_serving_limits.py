@@ -23,7 +23,6 @@ from PIL import Image
 
 from export import export as run_export
 from export import plan_formats
-from keras_cnns.training import TrainConfig, train
 from serving.loadgen import hostile_connections, run_load, spawn_server
 from serving.repository import Servable
 from serving.server import ModelServer
@@ -32,10 +31,10 @@ MODEL = "lenet5"
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """LeNet-5 trained briefly on digits, exported as a SavedModel, and PNG digits with their answers."""
+def base(tmp_path_factory, default_lenet_run):
+    """LeNet-5 trained on digits (the session's default run), exported as a SavedModel."""
     root = tmp_path_factory.mktemp("limits")
-    result = train(TrainConfig(output=str(root / "run"), epochs=3))
+    result = default_lenet_run
     run_export(result.run_dir, output=str(root / "exports"), formats=plan_formats())
     return str(root / "exports")
 
