@@ -48,7 +48,8 @@ from export.local import runtimes as local_runtimes
                    "likely given up).")
 @click.option("--emit-config", is_flag=True,
               help="Do not serve: write TF Serving deployment files (Dockerfile, models.config, batching and "
-                   "monitoring configs, docker-compose.yml, Kubernetes manifests) for EXPORT_BASE to --output.")
+                   "monitoring configs, docker-compose.yml with nginx serving the model page on :8080, nginx.conf, "
+                   "Kubernetes manifests) for EXPORT_BASE to --output.")
 @click.option("--output", default="tfserving", show_default=True, type=click.Path(file_okay=False),
               help="Where --emit-config writes.")
 @click.option("--json", "as_json", is_flag=True,
