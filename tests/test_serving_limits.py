@@ -352,20 +352,22 @@ def test_700_stalled_and_dripping_connections_cost_normal_requests_nothing_and_a
         return result["p99_ms"]
 
     try:
-        quiet = [p99()]
+        p99(), p99()  # warm: the first requests pay for set-up
         threads = _threads(proc.pid)
-        with hostile_connections(port, stalled=600, dripping=100, interval=1.0):
-            time.sleep(2.0)  # all accepted, two bytes dripped
-            assert _threads(proc.pid) <= threads + 2  # no thread per connection
-            gauge = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=30).text
-            assert float(re.search(r"^cnnkit_rest_connections (\S+)$", gauge, re.M)[1]) >= 700  # all held
-            loud = [p99()]
-            if min(loud) > 2 * min(quiet):  # one retry each way: this machine is shared and noisy
-                loud.append(p99())
-            assert _threads(proc.pid) <= threads + 2
-        if min(loud) > 2 * min(quiet):
-            quiet.append(p99())
-        assert min(loud) <= 2 * min(quiet), (quiet, loud)
+        pairs = []
+        for _ in range(3):  # pairs measured back to back share the machine's load (shared and noisy): one must hold
+            quiet = p99()
+            with hostile_connections(port, stalled=600, dripping=100, interval=1.0):
+                time.sleep(2.0)  # all accepted, two bytes dripped
+                assert _threads(proc.pid) <= threads + 2  # no thread per connection
+                gauge = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=30).text
+                assert float(re.search(r"^cnnkit_rest_connections (\S+)$", gauge, re.M)[1]) >= 700  # all held
+                loud = p99()
+                assert _threads(proc.pid) <= threads + 2
+            pairs.append((quiet, loud))
+            if loud <= 2 * quiet:
+                break
+        assert any(loud <= 2 * quiet for quiet, loud in pairs), pairs
 
         bomb = _real_bomb()
         assert len(bomb) < 200_000
