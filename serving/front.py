@@ -81,9 +81,8 @@ class RestServer:
 
     async def _serve(self):
         self._slots = asyncio.Semaphore(self.workers)
-        self._http = _HTTPServer(_Requests(self), idle_connection_timeout=self.idle_timeout,
-                                 body_timeout=self.read_timeout, max_body_size=1 << 62, chunk_size=1 << 16)
-        self._http.on_closed = self._closed
+        self._http = _HTTPServer(self, idle_connection_timeout=self.idle_timeout, body_timeout=self.read_timeout,
+                                 max_body_size=1 << 62, chunk_size=1 << 16)
         io_loop = IOLoop.current()
         for sock in self._sockets:
             io_loop.add_handler(sock, self._accept, IOLoop.READ)
@@ -220,19 +219,15 @@ class RestServer:
 
 
 class _HTTPServer(HTTPServer):
-    on_closed = None
+    """Tornado's server, handing each request to a ``_Request`` of the front end and telling it of each closed
+    connection."""
+
+    def start_request(self, server_conn, request_conn):
+        return _Request(self.request_callback, request_conn)
 
     def on_close(self, server_conn):
         super().on_close(server_conn)
-        self.on_closed()
-
-
-class _Requests(httputil.HTTPServerConnectionDelegate):
-    def __init__(self, front):
-        self.front = front
-
-    def start_request(self, server_conn, request_conn):
-        return _Request(self.front, request_conn)
+        self.request_callback._closed()
 
 
 class _Request(httputil.HTTPMessageDelegate):
@@ -259,15 +254,12 @@ class _Request(httputil.HTTPMessageDelegate):
         elif length is not None and int(length) > limit:
             self.refusal = _too_large(int(length), limit)
             if int(length) > 4 * limit:  # not worth reading away: answer now, close after the answer
-                self._early()
+                self.finish()
         elif not front.reserve(int(length) if length else limit):
             self.refusal = overloaded_reply("overloaded: too many request bodies arriving at once; retry")
-            self._early()
+            self.finish()
         else:
             self.reserved = int(length) if length else limit
-
-    def _early(self):
-        self.finish()
 
     def data_received(self, chunk):
         if self.refusal is not None or self.chunks is None:
@@ -279,6 +271,7 @@ class _Request(httputil.HTTPMessageDelegate):
         self.chunks.append(chunk)
 
     def finish(self):
+        """The request has arrived (or its answer is decided early, from its headers): answer it, once."""
         if not self.scheduled:
             self.scheduled = True
             self.front._loop.create_task(self.front.respond(self))

@@ -212,24 +212,24 @@ def test_a_slow_body_is_dropped_at_the_read_timeout(base):
         assert response.status_code == 200
 
 
-def _png_file(width, height, pixels):
-    """A PNG of 8-bit RGB (or grey, with ``grey``) from its compressed pixel rows, built chunk by chunk."""
+def _png_file(width, height, idat, grey=False):
+    """A PNG of 8-bit RGB (or grey) from its compressed pixel rows (``idat``), built chunk by chunk."""
     import struct
     import zlib
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    colour = 0 if pixels.get("grey") else 2
+    colour = 0 if grey else 2
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)) + \
-        chunk(b"IDAT", pixels["idat"]) + chunk(b"IEND", b"")
+        chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _bomb():
     """A PNG whose header claims 20000x20000 pixels over a few bytes of data."""
     import zlib
 
-    return _png_file(20000, 20000, {"idat": zlib.compress(b"\0" * 1000)})
+    return _png_file(20000, 20000, zlib.compress(b"\0" * 1000))
 
 
 def _real_bomb(side=10_000):
@@ -238,7 +238,7 @@ def _real_bomb(side=10_000):
 
     compressor, row = zlib.compressobj(9), b"\0" * (side + 1)  # each row: filter type 0, then its pixels
     idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    return _png_file(side, side, {"idat": idat, "grey": True})
+    return _png_file(side, side, idat, grey=True)
 
 
 def test_64_clients_with_8_hostile_ones_good_answers_bounded_threads_and_memory_then_sigterm_drains(base):
@@ -475,3 +475,35 @@ def _cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_request_bodies_arriving_at_once_are_bounded_by_the_body_budget(tmp_path):
+    """Bodies are read without a worker, so their sum is what bounds memory: a body that would take it past
+    ``body_budget`` is refused at its headers with 503, and the budget comes back when a reader is dropped."""
+    from serving.front import RestServer
+    from serving.metrics import Metrics
+    from serving.repository import ModelRepository
+
+    server = RestServer(("127.0.0.1", 0), ModelRepository(str(tmp_path)), Metrics(), 1 << 20, read_timeout=1.0,
+                        body_budget=2 << 20)
+    server.start()
+    port = server.server_address[1]
+    try:
+        readers = []
+        for _ in range(2):  # each declares 1 MB and sends a little of it: the budget of 2 MB is taken
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nContent-Length: {1 << 20}\r\n\r\n[".encode())
+            readers.append(sock)
+        time.sleep(0.3)
+        response = requests.post(f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict", json={"instances": [1]},
+                                 timeout=30)
+        assert response.status_code == 503 and "too many request bodies" in response.json()["error"]
+        assert response.headers["Retry-After"] == "1"
+        time.sleep(1.5)  # the readers are dropped at the read timeout, and their share of the budget returns
+        response = requests.post(f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict", json={"instances": [1]},
+                                 timeout=30)
+        assert response.status_code == 404  # past the budget: no such model in an empty base
+        for sock in readers:
+            sock.close()
+    finally:
+        server.stop()
