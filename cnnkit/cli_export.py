@@ -12,6 +12,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 
 
 def _print_report(report):
+    from export.int8 import worst_text
+
     rows = []
     for r in report["artifacts"]:
         size = f"{r['bytes'] / 1024:,.1f} KiB" if r["bytes"] is not None else ""
@@ -28,6 +30,16 @@ def _print_report(report):
                  for k, v in r.items() if k in ("sparsity", "max_unique_values_per_kernel", "gzip_bytes")]
         if notes:
             click.echo(f"{r['artifact']}: " + ", ".join(notes))
+    for r in report["artifacts"]:
+        worst = worst_text(r)
+        if worst:
+            click.echo(f"{r['artifact']}: worst int8 layers: {worst}")
+        if r.get("mixed"):
+            mixed = r["mixed"]
+            click.echo(f"{r['artifact']}: " + (f"kept in float: {', '.join(mixed['float_layers'])}" if mixed["float_layers"]
+                                              else "no layer kept in float" if mixed["met"] else
+                                              f"not within {mixed['max_accuracy_drop']:g} points even with every "
+                                              "ranked layer in float"))
     if report.get("not_published"):
         click.echo(f"not published (out of tolerance): {', '.join(report['not_published'])}")
     if report.get("warning"):
@@ -66,6 +78,12 @@ def _print_report(report):
 @click.option("--int8-io", type=click.Choice(("uint8", "int8")), default="uint8", show_default=True,
               help="Input/output type of full-integer TFLite models (MediaPipe Tasks takes uint8, not int8).")
 @click.option("--calibration-data", metavar="SPEC", help="Images for int8 calibration (default: the run's data).")
+@click.option("--calibration-images", type=click.IntRange(min=1), default=200, show_default=True,
+              help="How many training images int8 calibrates on (fewer than 50, or one class: a warning).")
+@click.option("--max-accuracy-drop", metavar="PTS|tflite=PTS,onnx=PTS",
+              help="Keep int8 within PTS accuracy points of the Keras model: the layers the per-layer report ranks "
+                   "worst stay float, the fewest that meet it on the validation images (report.md lists them and "
+                   "the size and latency they cost); the parity gate then holds the file to PTS.")
 @click.option("--name", help="Model name in the export base (default: the model's).")
 @click.option("--version", type=click.IntRange(min=1), help="Version number (default: the next free one).")
 @click.option("--weights", metavar="imagenet|none|FILE",
@@ -89,8 +107,9 @@ def _print_report(report):
                    "report, marked not published) instead of publishing nothing. Never without the SavedModel.")
 @json_option
 def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_out, everything, extra, quantize,
-                   prune, cluster, finetune_epochs, int8_io, calibration_data, name, version, weights, input_size, labels_file,
-                   preprocessing, opset, author, license_, max_megapixels, allow_failed_variants, as_json):
+                   prune, cluster, finetune_epochs, int8_io, calibration_data, calibration_images, max_accuracy_drop,
+                   name, version, weights, input_size, labels_file, preprocessing, opset, author, license_,
+                   max_megapixels, allow_failed_variants, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 
     \b
@@ -103,6 +122,7 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
       cnnkit export runs/latest/best.keras --tflite      a model file carries its run's labels and preprocessing
       cnnkit export model.keras --labels labels.txt --preprocessing torch   a Keras file from elsewhere
       cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat
+      cnnkit export runs/latest --tflite --quantize int8 --max-accuracy-drop 1   int8, float where it costs accuracy
     """
     import_tensorflow(export=True)
     from export import ExportOptions, export, plan_formats
@@ -113,7 +133,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
     try:
         with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
             path, report = export(source, output, formats, ExportOptions(
-                calibration_data=calibration_data, name=name, version=version, weights=weights, input_size=input_size,
+                calibration_data=calibration_data, calibration_images=calibration_images,
+                max_accuracy_drop=max_accuracy_drop, name=name, version=version, weights=weights, input_size=input_size,
                 opset=opset, prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
                 author=author, license=license_, max_megapixels=max_megapixels,
                 allow_failed_variants=allow_failed_variants, labels=labels_file, preprocessing=preprocessing))

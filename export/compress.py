@@ -123,9 +123,9 @@ def build_tflite(job, fmt, path):
     """A compressed model's TFLite file from its own SavedModel (``scratch/NAME``): integer when the plan has
     full-integer TFLite too (or it was trained quantization-aware), with what pruning or clustering left in it."""
     variant = "qat" if fmt.name == "tflite-qat" else ("int8" if "tflite-int8" in job.formats else "float32")
-    tflite.convert_for(job, os.path.join(job.scratch, fmt.name), fmt.name, variant, path)
+    checked = tflite.convert_for(job, os.path.join(job.scratch, fmt.name), fmt.name, variant, path)
     details = {**job.compressed[fmt.name][1], **measured_kernels(fmt.name, path), "tflite_variant": variant,
-               "gzip_bytes": gzip_size(path)}
+               "gzip_bytes": gzip_size(path), **checked}
     return tflite.io_details(job, variant == "int8", details)
 
 

@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from export import child, compress, mediapipe_check, onnx_format, parity, savedmodel
+from export import child, compress, int8, mediapipe_check, onnx_format, parity, savedmodel
 from export.formats import FORMATS, QUANTIZE, RUNTIMES, BuildJob, by_kind, quantize_modes, runner_for
 from export.source import load_source
 from keras_cnns.errors import CnnkitError
@@ -58,6 +58,11 @@ class ExportOptions:
     finetune_epochs: int = 4
     #: input/output type of full-integer TFLite: uint8 or int8
     int8_io: str = "uint8"
+    #: calibration images of the full-integer formats (the first of the training split)
+    calibration_images: int = 200
+    #: accuracy points a full-integer artifact may lose: layers stay float until it does (export/int8.py);
+    #: one number for every int8 format, or "tflite=PTS,onnx=PTS"
+    max_accuracy_drop: object = None
     #: the TFLite metadata's author and license fields
     author: str = ""
     license: str = ""
@@ -206,7 +211,13 @@ def export(source, output="exports", formats=("saved_model",), options=None, **f
         _estimate_batch_norm(src, images)
     names, carried, left = _carry_over(src, formats, can_calibrate=bool(calibration) or data is not None)
     plan = [FORMATS[f] for f in names]
-    representative = _calibration_images(src, plan, calibration, data)
+    budget = int8.parse_budget(options.max_accuracy_drop)
+    if budget and not any(f.calibrated for f in plan):
+        raise CnnkitError("--max-accuracy-drop keeps full-integer (int8) artifacts within an accuracy budget: add "
+                          "--quantize int8 (or --all)")
+    representative, calibration_info = _calibration_images(src, plan, calibration, data, options.calibration_images)
+    checks = _int8_checks(src, plan, data, labels is not None, 0 if representative is None else len(representative),
+                          budget)
     quantized = [f.name for f in plan if f.precision is None and not f.compressed]
     if src.untrained and quantized and not options.allow_failed_variants:  # say so before the conversions
         raise CnnkitError(f"{src.name} is untrained (--weights none): its near-uniform answers cannot pass the "
@@ -219,7 +230,8 @@ def export(source, output="exports", formats=("saved_model",), options=None, **f
     os.makedirs(base, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            job = BuildJob(src, tmp, scratch, names, options, version, representative, compressed=compressed)
+            job = BuildJob(src, tmp, scratch, names, options, version, representative, compressed=compressed,
+                           calibration=calibration_info, budget=budget, **checks)
             artifacts = _build(job, plan)
         write_json(os.path.join(tmp, "export.json"), _manifest(src, name, version, artifacts, options))
         report = validate(tmp, images=images, labels=labels, raise_on_failure=not options.allow_failed_variants)
@@ -242,18 +254,53 @@ def export(source, output="exports", formats=("saved_model",), options=None, **f
     return final, report
 
 
-def _calibration_images(src, plan, calibration_data, data):
-    """Up to 200 training images for the formats that calibrate (full-integer ones), else None."""
+def _calibration_images(src, plan, calibration_data, data, count=200):
+    """(up to ``count`` training images for the formats that calibrate (full-integer ones), where they come from)
+    or (None, None) when no format calibrates. A small or one-class set is a warning, logged and recorded."""
     if not any(f.calibrated for f in plan):
-        return None
+        return None, None
     if calibration_data:
         from keras_cnns.data import load_data
 
-        return load_data(calibration_data, src.input_shape).train.x[:200]
-    if data is not None:
-        return data.train.x[:200]
-    raise CnnkitError("int8 quantization needs calibration images: export a training run, or give "
-                      "--calibration-data SPEC (e.g. a folder of sample images)")
+        data = load_data(calibration_data, src.input_shape)
+    elif data is None:
+        raise CnnkitError("int8 quantization needs calibration images: export a training run, or give "
+                          "--calibration-data SPEC (e.g. a folder of sample images)")
+    # a seeded sample of the whole split: its first images can be of a few classes only (shapes:200: 2 of 4)
+    chosen = np.sort(np.random.RandomState(0).permutation(len(data.train.y))[:count])
+    images, labels = data.train.x[chosen], data.train.y[chosen]
+    info = {"images": int(len(images)), "source": f"training split of {data.spec}",
+            "classes": int(len(np.unique(labels))) if len(labels) else 0,
+            "warnings": int8.calibration_warnings(len(images), labels, data.num_classes)}
+    for warning in info["warnings"]:
+        log.warning("int8 calibration: %s", warning)
+    return images, info
+
+
+def _int8_checks(src, plan, data, labelled, calibrated, budget):
+    """The full-integer formats' images besides calibration: the per-layer report's (``debug_images``) and, with a
+    budget, the automatic mode's (``decision``: the validation split, else training images not calibrated on;
+    never the test split the parity report judges on), with the Keras model's answers on them."""
+    if not any(f.calibrated for f in plan) or data is None:
+        return {}
+    from keras_cnns.analysis import profile_model
+
+    split, source = data.val, f"validation split of {data.spec}"
+    if not len(split.x):
+        unused = np.sort(np.random.RandomState(0).permutation(len(data.train.y))[calibrated:])
+        split = dataclasses.replace(data.train, x=data.train.x[unused], y=data.train.y[unused])
+        source = f"training images of {data.spec} not used for calibration"
+    macs = profile_model(src.model).macs
+    count = parity.evaluation_plan(macs, min(len(split.x), 500))[0]
+    images = split.x[:count].astype(np.float32)
+    if not len(images):
+        raise CnnkitError(f"{data.spec} has no images left to check int8 on besides its calibration and test images")
+    out = {"debug_images": images[:min(32, max(8, int(parity.LATENCY_MACS / max(macs, 1))))]}
+    if budget:
+        run = keras_reference(src.model, src.preprocessing)
+        reference = np.concatenate([run(images[i:i + 64]) for i in range(0, len(images), 64)]).argmax(axis=1)
+        out["decision"] = int8.Decision(images, split.y[:count] if labelled else None, reference, source)
+    return out
 
 
 def _estimate_batch_norm(src, images):
@@ -412,7 +459,7 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     for a in meta["artifacts"]:
         path = os.path.join(export_dir, a["path"])
         artifacts.append((a["artifact"], a["kind"], path, functools.partial(runner_for, a["kind"], path),
-                          by_kind(a["kind"]).tolerance))
+                          by_kind(a["kind"]).tolerance, a.get("mixed", {}).get("max_accuracy_drop")))
     rows = parity.compare(keras_reference(model, meta["preprocessing"]), artifacts, images, labels, batch_size=batch,
                           repeats=repeats, check=check)
     report = {"name": meta["name"], "version": meta["version"], "images": int(len(images)),
@@ -430,7 +477,8 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     write_json(os.path.join(export_dir, "report.json"), report)
     title = f"Parity report: {meta['name']} version {meta['version']} ({len(images)} images)"
     with open(os.path.join(export_dir, "report.md"), "w", encoding="utf-8") as f:
-        f.write(parity.markdown(rows, title) + (f"\n**Warning:** {warning}.\n" if warning else ""))
+        f.write(parity.markdown(rows, title) + (f"\n**Warning:** {warning}.\n" if warning else "")
+                + int8.markdown(rows))
     if raise_on_failure and not report["ok"]:
         raise ExportFailed(f"out of tolerance, nothing exported: {failure_details(report)}", report)
     return report
@@ -454,5 +502,7 @@ def failure_details(report):
         accuracy = f", accuracy {r['accuracy']:.2%} (Keras {reference:.2%})" if r["accuracy"] is not None else ""
         clauses.append(f"{r['artifact']}: max |diff| {r['max_abs_diff']:.2e}, top-1 agreement "
                        f"{r['top1_agreement']:.1%}{accuracy} ({r['tolerance']})"
-                       + mediapipe_check.failure_text(r.get("mediapipe")))
+                       + mediapipe_check.failure_text(r.get("mediapipe"))
+                       + (f"; worst int8 layers: {int8.worst_text(r)} (--max-accuracy-drop PTS keeps the costliest in "
+                          "float)" if int8.worst_text(r) and not r.get("mixed") else ""))
     return "; ".join(clauses)

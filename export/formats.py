@@ -10,6 +10,8 @@ import functools
 import os
 from typing import Callable
 
+import numpy as np
+
 from export import compress, mediapipe_check, onnx_format, openvino_format, parity, savedmodel, tflite
 from keras_cnns.errors import ArtifactError, CnnkitError
 
@@ -194,6 +196,26 @@ class BuildJob:
     mobile: str = None
     #: {format name: (None once released, details)} of the compressed models, each saved in scratch/NAME
     compressed: dict = dataclasses.field(default_factory=dict)
+    #: where the calibration images come from, how many, warnings (export.json of each full-integer artifact)
+    calibration: dict = None
+    #: the full-integer formats' per-layer report images, and the automatic mode's images (int8.Decision)
+    debug_images: object = None
+    decision: object = None
+    #: {"tflite" | "onnx": accuracy points a full-integer artifact may lose} (--max-accuracy-drop)
+    budget: dict = dataclasses.field(default_factory=dict)
+
+    def int8_checks(self, runtime, rgb=False):
+        """What a full-integer format's converter checks (int8.tflite_int8 / int8.onnx_int8 keywords): RGB
+        images for a grayscale model's mobile graph (``rgb``)."""
+        def colour(images):
+            return np.repeat(images[..., :1], 3, axis=-1) if rgb and images is not None else images
+
+        budget = self.budget.get(runtime)
+        decision = self.decision if budget is not None else None
+        if decision is not None and rgb:
+            decision = dataclasses.replace(decision, images=colour(decision.images))
+        return {"debug_images": colour(self.debug_images), "decision": decision, "budget": budget,
+                "scratch": self.scratch}
 
     def artifact_path(self, name):
         """Where format ``name``'s artifact goes in the version folder being written."""

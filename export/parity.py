@@ -80,9 +80,11 @@ def evaluation_plan(macs_per_image, available):
 def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20, check=None):
     """Rows of the report. ``reference``/runners: float32 pixels (N, H, W, C) -> probabilities.
 
-    ``artifacts``: [(name, kind, path, open_runner, tolerance)]; each runner is opened, measured and released in
-    turn, so one artifact's runtime is in memory at a time. ``tolerance``: the largest |difference| allowed, or
-    None for a quantized artifact (held to top-1 agreement and accuracy). ``repeats``: batch-1 latency calls per row.
+    ``artifacts``: [(name, kind, path, open_runner, tolerance, budget)]; each runner is opened, measured and released
+    in turn, so one artifact's runtime is in memory at a time. ``tolerance``: the largest |difference| allowed, or
+    None for a quantized artifact (held to top-1 agreement and accuracy); ``budget``: the accuracy points a
+    quantized artifact may lose when the user set one (--max-accuracy-drop: then with labels it is held to that
+    alone), else None. ``repeats``: batch-1 latency calls per row.
     ``check(row, path, outputs)``: more checks of a row, given the artifact's outputs on ``images``.
     """
     def predict(run):
@@ -95,7 +97,7 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
              "top1_agreement": 1.0, "accuracy": ref_accuracy, "latency_ms": latency_ms(reference, images[:1], repeats),
              "tolerance": None, "ok": True, "output_spread": float(np.ptp(expected, axis=0).max()),
              "images": int(len(images))}]
-    for name, kind, path, open_runner, limit in artifacts:
+    for name, kind, path, open_runner, limit, budget in artifacts:
         run = open_runner()
         got = predict(run)
         top1 = got.argmax(axis=1)
@@ -109,6 +111,9 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
         if limit is not None:
             row["tolerance"] = f"max |diff| <= {limit:g}"
             row["ok"] = row["max_abs_diff"] <= limit
+        elif budget is not None and labels is not None:
+            row["tolerance"] = f"accuracy drop <= {budget:g} pt (--max-accuracy-drop)"
+            row["ok"] = (ref_accuracy - row["accuracy"]) * 100 <= budget + 1e-9
         else:
             row["tolerance"] = f"top-1 agreement >= {MIN_AGREEMENT:.0%}, accuracy drop <= {MAX_ACCURACY_DROP * 100:g} pt"
             drop_ok = row["accuracy"] is None or ref_accuracy - row["accuracy"] <= MAX_ACCURACY_DROP + 1e-9

@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from export import metadata
+from export import int8, metadata
 from export.metadata import model_t
 from keras_cnns.errors import CnnkitError
 
@@ -21,69 +21,74 @@ VARIANTS = ("float32", "float16", "dynamic", "int8", "qat")
 LEGACY_LABELS_METADATA = "labels.txt"
 
 
-def convert(saved_model_dir, variant, representative=None, io_type="uint8"):
-    """Bytes of the ``.tflite`` model. ``representative``: uint8-range images (N, H, W, C) for int8,
-    whose input and output are ``io_type`` (uint8 or int8)."""
+def convert(saved_model_dir, variant, representative=None, io_type="uint8", int8_checks=None):
+    """(bytes of the ``.tflite`` model, what export.json says of it). ``representative``: uint8-range images
+    (N, H, W, C) for int8, whose input and output are ``io_type`` (uint8 or int8); ``int8_checks``: the keywords
+    of ``int8.tflite_int8`` (the per-layer report's images, the automatic mode's budget and decision images)."""
     import tensorflow as tf
 
     if variant not in VARIANTS:
         raise CnnkitError(f"unknown TFLite variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["probabilities"])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if variant != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if variant == "int8":
-        if representative is None or not len(representative):
-            raise CnnkitError("int8 quantization needs calibration images: export a training run or give "
-                              "--calibration-data SPEC")
-
-        def samples():
-            for image in representative:
-                yield [np.asarray(image, np.float32)[None]]
-
-        converter.representative_dataset = samples
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if io_type not in ("uint8", "int8"):
-            raise CnnkitError(f"int8 models take uint8 or int8 input/output, not {io_type!r}")
-        converter.inference_input_type = converter.inference_output_type = getattr(tf, io_type)
+    details = {}
     try:
-        content = converter.convert()
+        if variant == "int8":
+            if representative is None or not len(representative):
+                raise CnnkitError("int8 quantization needs calibration images: export a training run or give "
+                                  "--calibration-data SPEC")
+            if io_type not in ("uint8", "int8"):
+                raise CnnkitError(f"int8 models take uint8 or int8 input/output, not {io_type!r}")
+            content, details = int8.tflite_int8(saved_model_dir, representative, io_type, **(int8_checks or {}))
+        else:
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["probabilities"])
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if variant != "float32":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if variant == "float16":
+                converter.target_spec.supported_types = [tf.float16]
+            content = converter.convert()
+    except CnnkitError:
+        raise
     except Exception as err:  # ConverterError lists the ops that are not builtins
         first = next((line.strip() for line in str(err).splitlines() if "op" in line.lower()), str(err)[:300])
         raise CnnkitError(f"the model cannot be expressed as TFLite builtin ops ({variant}): {first}") from None
     check_builtin_only(content)
-    return content
+    return content, details
 
 
 def convert_file(saved_model_dir, variant, path, labels, name, description="", version="", author="", license="",
-                 representative=None, io_type="uint8"):
+                 representative=None, io_type="uint8", int8_checks=None):
     """``convert``, then the standard metadata (``add_metadata``), written to ``path``: what the exporter runs
-    in a child process."""
-    content = convert(saved_model_dir, variant, representative, io_type)
+    in a child process. Returns the details for export.json."""
+    content, details = convert(saved_model_dir, variant, representative, io_type, int8_checks)
     write(add_metadata(content, labels, name, description, version, author, license), path)
+    return details
 
 
 def build(job, fmt, path):
     """A format's TFLite file (``tflite-MODE``) from the export's mobile graph, in a child process."""
-    convert_for(job, job.mobile, fmt.name, fmt.name.split("-", 1)[1], path)
-    return io_details(job, fmt.name == "tflite-int8")
+    details = convert_for(job, job.mobile, fmt.name, fmt.name.split("-", 1)[1], path)
+    if fmt.calibrated:
+        details["calibration"] = job.calibration
+    return io_details(job, fmt.calibrated, details)
 
 
 def convert_for(job, graph, fmt, variant, path):
     """``convert_file`` of the SavedModel ``graph`` in a child process (export/child.py), with the export's
-    labels and metadata; calibrated on ``job.representative`` (RGB for a grayscale model's RGB mobile graph)."""
+    labels and metadata; calibrated on ``job.representative`` (RGB for a grayscale model's RGB mobile graph).
+    Returns the details for export.json (a full-integer file's per-layer report and automatic mode)."""
     from export import child
 
-    src, representative = job.src, job.representative
-    if representative is not None and src.input_shape[-1] == 1:
+    src = job.src
+    rgb = src.input_shape[-1] == 1
+    representative = job.representative
+    if representative is not None and rgb:
         representative = np.repeat(representative[..., :1], 3, axis=-1)
+    checks = job.int8_checks("tflite", rgb) if variant == "int8" else None
     description = (f"{src.name}: image classifier of {len(src.labels)} classes exported by cnnkit ({fmt}) from "
                    f"{src.origin}" + (f", trained on {src.data_spec}" if src.data_spec else ""))
-    child.run(f"the TFLite conversion ({variant}) of {src.name}", convert_file, graph, variant, path, src.labels,
-              src.name, description, job.version, job.options.author, job.options.license, representative,
-              job.options.int8_io)
+    return child.run(f"the TFLite conversion ({variant}) of {src.name}", convert_file, graph, variant, path,
+                     src.labels, src.name, description, job.version, job.options.author, job.options.license,
+                     representative, job.options.int8_io, checks)
 
 
 def io_details(job, integer, details=None):

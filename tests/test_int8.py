@@ -1,0 +1,153 @@
+"""int8 that keeps its accuracy (export/int8.py): the per-layer report names the layer that loses it, and the
+automatic mode keeps the fewest layers in float to meet a budget, on images it did not decide on."""
+import json
+
+import numpy as np
+import pytest
+
+from export import int8
+from keras_cnns.errors import CnnkitError
+
+SPEC, SIZE = "shapes:200", 16
+UNIT = {"scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3}
+
+
+@pytest.fixture(scope="module")
+def outlier_model(tmp_path_factory):
+    """A small CNN trained on generated shapes (99% on its test split), then given an outlier range without
+    changing what it computes: conv_a's most active channel is scaled by 1000 (ReLU commutes with a positive
+    scale) and conv_b reads that channel divided by 1000. One int8 scale for conv_a's output then leaves its other
+    channels a level or two: plain full-integer TFLite falls to chance."""
+    import tf_keras as keras
+
+    from keras_cnns.data import load_data
+    from keras_cnns.files import save_model_atomic
+    from keras_cnns.training.runs import contract
+
+    data = load_data(SPEC, (SIZE, SIZE, 3))
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    a = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv_b")(a)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax", name="fc")(x), name="outlier")
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(data.train.x / 255.0, data.train.y, epochs=40, batch_size=32, verbose=0)
+    channel = int(keras.Model(inputs, a)(data.train.x[:64] / 255.0).numpy().mean(axis=(0, 1, 2)).argmax())
+    before = model(data.test.x / 255.0).numpy()
+    kernel, bias = model.get_layer("conv_a").get_weights()
+    kernel[..., channel] *= 1000
+    bias[channel] *= 1000
+    model.get_layer("conv_a").set_weights([kernel, bias])
+    kernel, bias = model.get_layer("conv_b").get_weights()
+    kernel[:, :, channel, :] /= 1000
+    model.get_layer("conv_b").set_weights([kernel, bias])
+    np.testing.assert_allclose(model(data.test.x / 255.0).numpy(), before, atol=1e-4)  # the same function
+    path = tmp_path_factory.mktemp("outlier") / "outlier.keras"
+    save_model_atomic(model, str(path), contract("outlier", data.class_names, UNIT, (SIZE, SIZE, 3),
+                                                 {"spec": SPEC, "val_split": 0.15, "test_split": 0.15}, "test"))
+    return str(path)
+
+
+def _int8_row(report):
+    return next(r for r in report["artifacts"] if r["artifact"] == "tflite_int8")
+
+
+def test_plain_int8_is_refused_and_the_report_blames_the_outlier_layer(outlier_model, tmp_path):
+    from export import export, plan_formats
+    from export.exporter import ExportFailed
+
+    with pytest.raises(ExportFailed) as failed:
+        export(outlier_model, str(tmp_path), plan_formats(tflite_out=True, quantize="int8"))
+    row = _int8_row(failed.value.report)
+    keras_accuracy = failed.value.report["artifacts"][0]["accuracy"]
+    assert keras_accuracy >= 0.95 and row["accuracy"] <= 0.5  # collapsed
+    assert row["int8_layers"][0]["layer"] == "conv_a"  # ranked worst: it loses the most
+    assert row["int8_layers"][0]["added_db"] > 2 * max(r["added_db"] or 0 for r in row["int8_layers"][1:])
+    assert "worst int8 layers: conv_a" in str(failed.value) and "--max-accuracy-drop" in str(failed.value)
+    assert row["calibration"]["images"] == 200 and row["calibration"]["source"] == f"training split of {SPEC}"
+    assert row["calibration"]["classes"] == 4 and row["calibration"]["warnings"] == []
+
+
+def test_automatic_mode_keeps_the_layers_to_blame_in_float_within_the_budget(outlier_model, tmp_path):
+    from click.testing import CliRunner
+
+    from cnnkit.cli import cli
+    from export import export, plan_formats
+
+    final, report = export(outlier_model, str(tmp_path), plan_formats(tflite_out=True, quantize="int8"),
+                           max_accuracy_drop="1")
+    row = _int8_row(report)
+    mixed = row["mixed"]
+    # decided on the validation split; the parity gate judged it on the test split, within the budget
+    assert mixed["decided_on"] == f"validation split of {SPEC}" and mixed["met"]
+    assert report["ok"] and row["tolerance"] == "accuracy drop <= 1 pt (--max-accuracy-drop)"
+    assert report["artifacts"][0]["accuracy"] - row["accuracy"] <= 0.01 + 1e-9
+    assert mixed["float_layers"] == ["conv_a", "conv_b"]  # the outlier tensor's producer and reader
+    assert mixed["full_int8"]["accuracy"] <= 0.5 and mixed["chosen"]["accuracy"] >= mixed["keras_accuracy"] - 0.01
+    assert mixed["chosen"]["bytes"] > mixed["full_int8"]["bytes"] and "Edge TPU" in mixed["delegates"]
+    # the file itself: conv_a's and conv_b's outputs are float32 tensors, the classifier still integer
+    with open(f"{final}/tflite/model_int8.tflite", "rb") as f:
+        content = f.read()
+    floats = int8.float_tensors(content)
+    assert set(mixed["float_ops"]) <= floats
+    assert not any("/fc/" in name for name in floats)
+    assert row["mediapipe"]["loads"] and row["mediapipe"]["top1_agreement"] >= 0.98  # the phone's runtime runs it
+    with open(f"{final}/report.md", encoding="utf-8") as f:
+        markdown = f.read()
+    assert "## tflite_int8: where int8 loses accuracy" in markdown and "| conv_a | CONV_2D |" in markdown
+    assert "kept in float to stay within 1 points" in markdown
+    # validate shows it again, and holds the file to the same budget
+    out = CliRunner().invoke(cli, ["validate", final])
+    assert out.exit_code == 0, out.output
+    assert "tflite_int8: worst int8 layers: conv_a" in out.output
+    assert "tflite_int8: kept in float: conv_a, conv_b" in out.output
+    with open(f"{final}/export.json", encoding="utf-8") as f:
+        assert _int8_row({"artifacts": json.load(f)["artifacts"]})["mixed"]["float_layers"] == ["conv_a", "conv_b"]
+
+
+def test_a_budget_without_an_int8_format_is_a_clear_error(outlier_model, tmp_path):
+    from export import export, plan_formats
+
+    with pytest.raises(CnnkitError, match="--max-accuracy-drop keeps full-integer"):
+        export(outlier_model, str(tmp_path), plan_formats(tflite_out=True), max_accuracy_drop="1")
+    for bad in ("-1", "lots", "coreml=1", "tflite=200"):
+        with pytest.raises(CnnkitError, match="--max-accuracy-drop"):
+            int8.parse_budget(bad)
+    assert int8.parse_budget("0.5") == {"tflite": 0.5, "onnx": 0.5}
+    assert int8.parse_budget("tflite=2") == {"tflite": 2.0}
+
+
+def test_search_keeps_the_fewest_ranked_layers_in_float():
+    """1, 2, 4, ... then the fewest between: here the first 5 ranked layers are needed, never more."""
+    ranked = [{"float_ops": [f"t{i}"]} for i in range(20)]
+    calls = []
+
+    def evaluate(layers):
+        calls.append(len(layers))
+        return len(layers) >= 5, {"accuracy": None}
+
+    chosen, trials = int8.search(ranked, evaluate, 1.0)
+    assert len(chosen) == 5 and calls == [0, 1, 2, 4, 8, 6, 5] and trials[-1]["ok"]
+    assert int8.search(ranked, lambda layers: (False, {}), 1.0)[0] is None  # not even with all of them
+
+
+def test_channel_sqnr_sees_the_channels_one_int8_scale_crushes():
+    rng = np.random.RandomState(0)
+    x = rng.uniform(0, 1, (64, 8)).astype(np.float32)
+    x[:, 0] *= 1000  # one outlier channel
+    scale = x.max() / 255
+    q = np.round(x / scale) * scale
+    whole = 10 * np.log10((x ** 2).mean() / ((x - q) ** 2).mean())
+    assert whole > 40 and int8.channel_sqnr_db(x, q) < 3  # the whole tensor hides what the channels lose
+    assert int8.channel_sqnr_db(x, x) > 100  # exact
+
+
+def test_calibration_warnings():
+    assert int8.calibration_warnings(200, np.arange(200) % 4) == []
+    few, = int8.calibration_warnings(10, np.arange(10) % 4)
+    assert "only 10 calibration images" in few
+    one, = int8.calibration_warnings(200, np.zeros(200))
+    assert "all of one class" in one
+    two, = int8.calibration_warnings(200, np.arange(200) % 2, classes=4)
+    assert "cover 2 of the 4 classes" in two
