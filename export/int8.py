@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -122,7 +123,8 @@ def layer_name(tensor_name, op=""):
     """The Keras layers a converted op stands for, from its fused tensor name
     (``mobilenet_v2/conv1_relu6/Relu6;mobilenet_v2/conv1_conv/BiasAdd;...`` -> ``conv1_relu6 + conv1_conv``); an op
     outside the Keras model (the SavedModel's input normalisation, its output) is named by what it does."""
-    names = list(dict.fromkeys(part.split("/")[1] for part in tensor_name.split(";") if part.count("/") >= 2))
+    parts = [re.sub(r"^(StatefulPartitionedCall(_\d+)?/)+", "", p) for p in tensor_name.split(";")]
+    names = list(dict.fromkeys(p.split("/")[1] for p in parts if p.count("/") >= 2))
     if names:
         return " + ".join(names)
     what = "input normalisation" if op in ("MUL", "SUB", "DIV", "ADD") else "output"
@@ -159,16 +161,6 @@ def search(ranked, evaluate, budget):
             low = middle
     log.info("int8 within %.3g points with %d layer(s) in float (of %d ranked)", budget, high, len(ranked))
     return ranked[:high], trials
-
-
-def _tflite_runner(content, scratch):
-    """LiteRT running a candidate file's bytes (written to ``scratch``)."""
-    from export.tflite import Runner
-
-    path = os.path.join(scratch, "candidate.tflite")
-    with open(path, "wb") as f:
-        f.write(content)
-    return Runner(path, threads=2)
 
 
 def _predict(run, images, batch=32):
@@ -231,7 +223,7 @@ def tflite_layer_errors(calibrated, images):
             rows.append({"tensor": tensor, "layer": layer_name(tensor, r["op_name"]), "op": r["op_name"],
                          "sqnr_db": _capped(r["sqnr_db"]),
                          "rmse_per_scale": _number(math.sqrt(float(r["mean_squared_error"])) / scale if scale else None),
-                         "inputs": [t for t in inputs if t in measured], "readers": []})
+                         "inputs": [t for t in inputs if t in measured], "ids": [tensor]})
     return _ranked(rows)
 
 
@@ -253,22 +245,27 @@ def _capped(value):
 def _ranked(rows):
     """The rows with ``added_db`` (the SQNR a layer loses against the worst of its inputs; an input of the model is
     exact: SQNR_CAP_DB) and ``float_ops`` (what keeping it float takes: the layer, the producers of its inputs, so
-    that it reads them unrounded, and its readers, so that its output is not rounded for them), worst first."""
+    that it reads them unrounded, and its readers, so that its output is not rounded for them), worst first. Each
+    row: {tensor, ids (the ops the quantizer excludes to keep it float), sqnr_db, inputs (measured tensors), ...}."""
     by_tensor = {r["tensor"]: r for r in rows}
+    readers = {}
     for r in rows:
         for tensor in r["inputs"]:
-            by_tensor[tensor]["readers"].append(r["tensor"])
+            readers.setdefault(tensor, []).extend(r["ids"])
     for r in rows:
         before = [by_tensor[t]["sqnr_db"] for t in r["inputs"] if by_tensor[t]["sqnr_db"] is not None]
         r["added_db"] = None if r["sqnr_db"] is None else \
             round(max(0.0, min(before, default=SQNR_CAP_DB) - r["sqnr_db"]), 4)
     for r in rows:
-        r["float_ops"] = list(dict.fromkeys([*r.pop("inputs"), r["tensor"], *r.pop("readers")]))
+        inputs = [i for t in r["inputs"] for i in by_tensor[t]["ids"]]
+        r["float_ops"] = list(dict.fromkeys([*inputs, *r["ids"], *readers.get(r["tensor"], [])]))
+    for r in rows:
+        del r["inputs"]
     return sorted(rows, key=lambda r: -(r["added_db"] or 0))
 
 
 def float_set(rows):
-    """The op outputs (TFLite tensor names / ONNX node names) to keep in float for these ranked rows."""
+    """The ops (their ``id``: TFLite output tensor names, ONNX node names) to keep in float for these ranked rows."""
     return list(dict.fromkeys(name for r in rows for name in r["float_ops"]))
 
 
@@ -282,6 +279,8 @@ def tflite_int8(saved_model_dir, representative, io_type="uint8", debug_images=N
     """The full-integer TFLite model's bytes and what export.json says of it: the per-layer report on
     ``debug_images`` and, with a ``budget`` (accuracy points) and ``decision`` images, the fewest layers kept in
     float to meet it."""
+    from export.tflite import Runner
+
     calibrated = tflite_calibrated(saved_model_dir, representative)
     content = tflite_quantize(calibrated, io_type)
     if debug_images is None or not len(debug_images):
@@ -291,25 +290,122 @@ def tflite_int8(saved_model_dir, representative, io_type="uint8", debug_images=N
     if budget is None or decision is None:
         return content, details
     with tempfile.TemporaryDirectory(dir=scratch) as folder:
-        def evaluate(float_layers):
-            candidate = tflite_quantize(calibrated, io_type, float_set(float_layers))
-            run = _tflite_runner(candidate, folder)
-            accuracy, agreement, ok = decision.judge(_predict(run, decision.images), budget)
-            from export.parity import latency_ms
+        def build(float_ops):
+            candidate = tflite_quantize(calibrated, io_type, float_ops)
+            with open(os.path.join(folder, "candidate.tflite"), "wb") as f:
+                f.write(candidate)
+            return Runner(f.name, threads=2), len(candidate)
 
-            return ok, {"accuracy": accuracy, "top1_agreement": agreement, "bytes": len(candidate),
-                        "latency_ms": round(latency_ms(run, decision.images[:1], 10), 3)}
-
-        chosen, trials = search(layers, evaluate, budget)
-    details["mixed"] = mixed_details(decision, budget, chosen, trials, layers)
+        chosen, details["mixed"] = automatic(layers, build, decision, budget)
     if chosen:
         content = tflite_quantize(calibrated, io_type, float_set(chosen))
     return content, details
 
 
+def automatic(layers, build, decision, budget):
+    """The automatic mode over ranked ``layers``: ``build(float_ops) -> (runner, bytes)`` makes a candidate.
+    Returns (the chosen rows or None, export.json's account)."""
+    from export.parity import latency_ms
+
+    def evaluate(rows):
+        run, size = build(float_set(rows))
+        accuracy, agreement, ok = decision.judge(_predict(run, decision.images), budget)
+        return ok, {"accuracy": accuracy, "top1_agreement": agreement, "bytes": size,
+                    "latency_ms": round(latency_ms(run, decision.images[:1], 10), 3)}
+
+    chosen, trials = search(layers, evaluate, budget)
+    return chosen, mixed_details(decision, budget, chosen, trials, layers)
+
+
+# -- ONNX ------------------------------------------------------------------------------------------------------
+
+
+def onnx_int8(float_path, path, representative, debug_images=None, decision=None, budget=None, scratch=None):
+    """The full-integer (QDQ) ONNX file at ``path`` and what export.json says of it, as ``tflite_int8``: calibrated
+    once (ONNX Runtime's calibration cache), then quantized with ``nodes_to_exclude``."""
+    from export.onnx_format import Runner, quantize_int8
+
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        # ONNX Runtime's pre-processing (constant folding, shape inference): weights and biases tf2onnx computes
+        # with Reshape/Transpose become constants, quantized as weights rather than as activations
+        float_path, cache = quant_pre_process_to(float_path, folder), os.path.join(folder, "calibration.json")
+        quantize_int8(float_path, path, representative, calibration_cache=cache)
+        if debug_images is None or not len(debug_images):
+            return {}
+        layers = onnx_layer_errors(float_path, path, debug_images, folder)
+        details = {"int8_layers": layers, "int8_layers_measured_on": int(len(debug_images))}
+        if budget is None or decision is None:
+            return details
+
+        def build(float_ops):
+            candidate = quantize_int8(float_path, os.path.join(folder, "candidate.onnx"), representative, float_ops,
+                                      cache)
+            return Runner(candidate, threads=2), os.path.getsize(candidate)
+
+        chosen, details["mixed"] = automatic(layers, build, decision, budget)
+        if chosen:
+            quantize_int8(float_path, path, representative, float_set(chosen), cache)
+    return details
+
+
+def quant_pre_process_to(float_path, folder):
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path = os.path.join(folder, "preprocessed.onnx")
+    quant_pre_process(float_path, path)
+    return path
+
+
+def _channels_last(tensor):
+    """ONNX's images are NCHW: channels from axis 1, unless that axis is 1 wide (an NHWC reshape tf2onnx kept)."""
+    return np.moveaxis(tensor, 1, -1) if tensor.ndim == 4 and tensor.shape[1] > 1 else tensor
+
+
+def onnx_layer_errors(float_path, qdq_path, images, scratch):
+    """Every quantized tensor of a QDQ model (after its DequantizeLinear) against the float model's, on ``images``
+    one at a time, ranked as ``tflite_layer_errors``."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization.qdq_loss_debug import DEQUANT_OUTPUT_SUFFIX
+
+    graph = onnx.load(float_path).graph
+    qdq_outputs = {n for node in onnx.load(qdq_path).graph.node for n in node.output}
+    made = {out: node for node in graph.node for out in node.output}
+    measured = [t for t in made if t + DEQUANT_OUTPUT_SUFFIX in qdq_outputs]
+    sessions = []
+    for path, names in ((float_path, measured), (qdq_path, [t + DEQUANT_OUTPUT_SUFFIX for t in measured])):
+        model = onnx.load(path)
+        del model.graph.output[:]
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as it is
+        options.log_severity_level = 3
+        sessions.append(ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
+    sums = np.zeros(len(measured))
+    for image in images:
+        feed = {"images": np.asarray(image, np.float32)[None]}
+        for i, (f, q) in enumerate(zip(*(s.run(None, feed) for s in sessions))):
+            sums[i] += channel_sqnr_db(*(_channels_last(a) for a in (f, q)))
+    rows, kept = [], set(measured)
+    for tensor, total in zip(measured, sums):
+        node = made[tensor]
+        ids, inputs, todo = [], [], [tensor]  # back to the measured tensors: the nodes between are this layer's
+        while todo:
+            step = made.get(todo.pop())
+            if step is None or step.name in ids:
+                continue
+            ids.append(step.name)
+            for t in step.input:
+                (inputs if t in kept else todo).append(t)
+        rows.append({"tensor": tensor, "layer": layer_name(node.name, node.op_type.upper()), "op": node.op_type,
+                     "sqnr_db": _capped(total / len(images)), "rmse_per_scale": None, "ids": ids,
+                     "inputs": list(dict.fromkeys(inputs))})
+    return _ranked(rows)
+
+
 def mixed_details(decision, budget, chosen, trials, layers):
     """export.json's account of the automatic mode: the budget, the decision images, what stayed float, the cost."""
-    names = {r["tensor"]: r["layer"] for r in layers}
+    names = {i: r["layer"] for r in layers for i in r["ids"]}
     plain = trials[0]
     final = next((t for t in trials if chosen is not None and t["float_layers"] == len(chosen) and t["ok"]), plain)
     out = {"max_accuracy_drop": budget, "decided_on": decision.source, "decision_images": int(len(decision.images)),

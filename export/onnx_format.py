@@ -45,11 +45,13 @@ def build_float16(job, fmt, path):
 
 
 def build_int8(job, fmt, path):
-    from export import child
+    """Full-integer ONNX (QDQ) with its per-layer report, and float layers where a budget asks (export/int8.py)."""
+    from export import child, int8
 
-    child.run(f"the ONNX int8 quantization of {job.src.name}", quantize_int8, float_file(job), path,
-              job.representative)
-    return {}
+    checks = job.int8_checks("onnx")
+    details = child.run(f"the ONNX int8 quantization of {job.src.name}", int8.onnx_int8, float_file(job), path,
+                        job.representative, *(checks[k] for k in ("debug_images", "decision", "budget", "scratch")))
+    return {**details, "calibration": job.calibration}
 
 
 def float_file(job):
@@ -167,8 +169,10 @@ def to_float16(float_path, path):
     return path
 
 
-def quantize_int8(float_path, path, representative):
-    """Static int8 quantization (QDQ format) with ONNX Runtime, calibrated on ``representative`` images."""
+def quantize_int8(float_path, path, representative, nodes_to_exclude=(), calibration_cache=None):
+    """Static int8 quantization (QDQ format) with ONNX Runtime, calibrated on ``representative`` images, with
+    ``nodes_to_exclude`` left in float; ``calibration_cache``: a file that keeps the calibrated ranges for the next
+    call (export/int8.py quantizes the same model several times)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     if representative is None or not len(representative):
@@ -185,5 +189,6 @@ def quantize_int8(float_path, path, representative):
         # uint8 weights and activations: on x86 without VNNI (AVX2, AVX-512) ONNX Runtime's u8s8 kernels can
         # saturate; measured on LeNet-5/digits: s8 weights agreed 98.1% (accuracy -1.1 pt), u8 weights 99.6%
         quantize_static(float_path, tmp, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QUInt8, per_channel=False)
+                        weight_type=QuantType.QUInt8, per_channel=False, nodes_to_exclude=list(nodes_to_exclude),
+                        calibration_cache_path=calibration_cache)
     return path

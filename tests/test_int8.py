@@ -1,5 +1,5 @@
 """int8 that keeps its accuracy (export/int8.py): the per-layer report names the layer that loses it, and the
-automatic mode keeps the fewest layers in float to meet a budget, on images it did not decide on."""
+automatic mode keeps the fewest layers in float to meet a budget, on images it did not decide on (TFLite, ONNX)."""
 import json
 
 import numpy as np
@@ -49,8 +49,8 @@ def outlier_model(tmp_path_factory):
     return str(path)
 
 
-def _int8_row(report):
-    return next(r for r in report["artifacts"] if r["artifact"] == "tflite_int8")
+def _row(report, artifact="tflite_int8"):
+    return next(r for r in report["artifacts"] if r["artifact"] == artifact)
 
 
 def test_plain_int8_is_refused_and_the_report_blames_the_outlier_layer(outlier_model, tmp_path):
@@ -58,13 +58,17 @@ def test_plain_int8_is_refused_and_the_report_blames_the_outlier_layer(outlier_m
     from export.exporter import ExportFailed
 
     with pytest.raises(ExportFailed) as failed:
-        export(outlier_model, str(tmp_path), plan_formats(tflite_out=True, quantize="int8"))
-    row = _int8_row(failed.value.report)
+        export(outlier_model, str(tmp_path), plan_formats(tflite_out=True, onnx_out=True, quantize="int8"))
     keras_accuracy = failed.value.report["artifacts"][0]["accuracy"]
-    assert keras_accuracy >= 0.95 and row["accuracy"] <= 0.5  # collapsed
-    assert row["int8_layers"][0]["layer"] == "conv_a"  # ranked worst: it loses the most
-    assert row["int8_layers"][0]["added_db"] > 2 * max(r["added_db"] or 0 for r in row["int8_layers"][1:])
-    assert "worst int8 layers: conv_a" in str(failed.value) and "--max-accuracy-drop" in str(failed.value)
+    assert keras_accuracy >= 0.95
+    for artifact in ("tflite_int8", "onnx_int8"):
+        row = _row(failed.value.report, artifact)
+        assert row["accuracy"] <= 0.5 and not row["ok"]  # collapsed
+        assert row["int8_layers"][0]["layer"] == "conv_a"  # ranked worst: it loses the most
+        assert row["int8_layers"][0]["added_db"] > 2 * max(r["added_db"] or 0 for r in row["int8_layers"][1:])
+        assert f"{artifact}: max |diff|" in str(failed.value)
+    assert str(failed.value).count("worst int8 layers: conv_a") == 2 and "--max-accuracy-drop" in str(failed.value)
+    row = _row(failed.value.report)
     assert row["calibration"]["images"] == 200 and row["calibration"]["source"] == f"training split of {SPEC}"
     assert row["calibration"]["classes"] == 4 and row["calibration"]["warnings"] == []
 
@@ -75,9 +79,9 @@ def test_automatic_mode_keeps_the_layers_to_blame_in_float_within_the_budget(out
     from cnnkit.cli import cli
     from export import export, plan_formats
 
-    final, report = export(outlier_model, str(tmp_path), plan_formats(tflite_out=True, quantize="int8"),
-                           max_accuracy_drop="1")
-    row = _int8_row(report)
+    final, report = export(outlier_model, str(tmp_path), plan_formats(tflite_out=True, onnx_out=True,
+                                                                      quantize="int8"), max_accuracy_drop="1")
+    row = _row(report)
     mixed = row["mixed"]
     # decided on the validation split; the parity gate judged it on the test split, within the budget
     assert mixed["decided_on"] == f"validation split of {SPEC}" and mixed["met"]
@@ -93,17 +97,30 @@ def test_automatic_mode_keeps_the_layers_to_blame_in_float_within_the_budget(out
     assert set(mixed["float_ops"]) <= floats
     assert not any("/fc/" in name for name in floats)
     assert row["mediapipe"]["loads"] and row["mediapipe"]["top1_agreement"] >= 0.98  # the phone's runtime runs it
+    # ONNX: the same layers float in the QDQ file (no DequantizeLinear feeds them), the classifier still int8
+    onnx_mixed = _row(report, "onnx_int8")["mixed"]
+    assert onnx_mixed["met"] and onnx_mixed["float_layers"] == ["conv_a", "conv_b"] and _row(report, "onnx_int8")["ok"]
+    assert onnx_mixed["full_int8"]["accuracy"] <= 0.5
+    import onnx
+
+    nodes = {n.name: n for n in onnx.load(f"{final}/onnx/model_int8.onnx").graph.node}
+    dequantized = {name for name, n in nodes.items() if any(i.endswith("_DequantizeLinear_Output") for i in n.input)}
+    conv_nodes = [name for name, n in nodes.items() if n.op_type == "Conv"]
+    assert len(conv_nodes) == 2 and not dequantized & set(conv_nodes)
+    assert any("/fc/" in name for name in dequantized)
     with open(f"{final}/report.md", encoding="utf-8") as f:
         markdown = f.read()
     assert "## tflite_int8: where int8 loses accuracy" in markdown and "| conv_a | CONV_2D |" in markdown
+    assert "## onnx_int8: where int8 loses accuracy" in markdown
     assert "kept in float to stay within 1 points" in markdown
     # validate shows it again, and holds the file to the same budget
     out = CliRunner().invoke(cli, ["validate", final])
     assert out.exit_code == 0, out.output
     assert "tflite_int8: worst int8 layers: conv_a" in out.output
     assert "tflite_int8: kept in float: conv_a, conv_b" in out.output
+    assert "onnx_int8: kept in float: conv_a, conv_b" in out.output
     with open(f"{final}/export.json", encoding="utf-8") as f:
-        assert _int8_row({"artifacts": json.load(f)["artifacts"]})["mixed"]["float_layers"] == ["conv_a", "conv_b"]
+        assert _row({"artifacts": json.load(f)["artifacts"]})["mixed"]["float_layers"] == ["conv_a", "conv_b"]
 
 
 def test_a_budget_without_an_int8_format_is_a_clear_error(outlier_model, tmp_path):
