@@ -349,10 +349,17 @@ def onnx_int8(float_path, path, representative, debug_images=None, decision=None
 
 
 def quant_pre_process_to(float_path, folder):
+    """ONNX Runtime's pre-processing of the float model into ``folder``; the model as it is where that fails (its
+    symbolic shape inference does not know every op)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     path = os.path.join(folder, "preprocessed.onnx")
-    quant_pre_process(float_path, path)
+    try:
+        quant_pre_process(float_path, path)
+    except Exception as err:  # noqa: BLE001 - any failure of an optional step: quantize the model as it is
+        log.warning("ONNX Runtime's quantization pre-processing failed (%s); quantizing the model as it is",
+                    str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+        return float_path
     return path
 
 
