@@ -414,6 +414,8 @@ def _publish_what_passed(version_dir, report):
         if a["artifact"] in gone:
             for path in parity.artifact_files(os.path.join(version_dir, a["path"])):
                 os.remove(path)
+            if a.get("download"):  # a compressed file's download form
+                os.remove(os.path.join(version_dir, a["download"]))
     write_json(os.path.join(version_dir, "export.json"),
                {**meta, "artifacts": [a for a in meta["artifacts"] if a["artifact"] not in gone]})
     for r in report["artifacts"]:

@@ -353,13 +353,18 @@ def quant_pre_process_to(float_path, folder):
     symbolic shape inference does not know every op)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    path = os.path.join(folder, "preprocessed.onnx")
+    path, here = os.path.join(folder, "preprocessed.onnx"), os.getcwd()
     try:
-        quant_pre_process(float_path, path)
+        # its symbolic shape inference (for transformers' dynamic shapes) is not needed here; where it cannot finish,
+        # it leaves a model in the working directory: run it from the scratch folder all the same
+        os.chdir(folder)
+        quant_pre_process(float_path, path, skip_symbolic_shape=True)
     except Exception as err:  # noqa: BLE001 - any failure of an optional step: quantize the model as it is
         log.warning("ONNX Runtime's quantization pre-processing failed (%s); quantizing the model as it is",
                     str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
         return float_path
+    finally:
+        os.chdir(here)
     return path
 
 

@@ -1,6 +1,7 @@
 """Export: SavedModel layout and signatures, TFLite in LiteRT, ONNX in ONNX Runtime, the parity report,
 versioning, and bad input that must leave earlier exports untouched."""
 import errno
+import gzip
 import hashlib
 import io
 import json
@@ -741,10 +742,20 @@ def test_qat_pruning_and_clustering_fine_tune_then_export(trained):
     assert abs(sparsity - 0.5) <= 0.01 and rows["tflite_pruned"]["sparsity"] == pytest.approx(sparsity)
     assert max(len(np.unique(k)) for k in clustered) <= 16
     assert rows["tflite_clustered"]["max_unique_values_per_kernel"] == max(len(np.unique(k)) for k in clustered)
-    float_gzip = __import__("export.compress", fromlist=["gzip_size"]).gzip_size(
-        os.path.join(path, "tflite", "model_float32.tflite"))
+    with open(os.path.join(path, "tflite", "model_float32.tflite"), "rb") as f:
+        float_gzip = len(gzip.compress(f.read()))
+    for name in ("pruned", "clustered"):  # the download form beside each compressed file: that file, gzipped
+        with open(os.path.join(path, "tflite", f"model_{name}.tflite"), "rb") as f, \
+                open(os.path.join(path, "tflite", f"model_{name}.tflite.gz"), "rb") as g:
+            packed = g.read()
+            assert gzip.decompress(packed) == f.read() and len(packed) == rows[f"tflite_{name}"]["gzip_bytes"]
     assert rows["tflite_pruned"]["gzip_bytes"] < 0.8 * float_gzip  # zeros compress
     assert rows["tflite_clustered"]["gzip_bytes"] < 0.8 * float_gzip  # 16 distinct values compress
+    # with --prune, the clustered model is the pruned one, clustered with its zeros kept (Deep Compression's order)
+    assert rows["tflite_clustered"]["pruned_first"] == 0.5
+    zeros = sum(int((k == 0).sum()) for k in clustered) / sum(k.size for k in clustered)
+    assert zeros >= 0.49 and rows["tflite_clustered"]["sparsity"] == pytest.approx(zeros)
+    assert rows["tflite_clustered"]["gzip_bytes"] < rows["tflite_pruned"]["gzip_bytes"]
     for name in ("tflite_qat", "tflite_pruned", "tflite_clustered"):
         assert rows[name]["top1_agreement"] >= 0.98 and rows[name]["ok"]
     assert rows["tflite_qat"]["bytes"] < rows["tflite_float32"]["bytes"] / 3  # integer kernels

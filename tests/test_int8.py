@@ -12,12 +12,12 @@ SPEC, SIZE = "shapes:200", 16
 UNIT = {"scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3}
 
 
-@pytest.fixture(scope="module")
-def outlier_model(tmp_path_factory):
+def build_outlier_model(path):
     """A small CNN trained on generated shapes (99% on its test split), then given an outlier range without
     changing what it computes: conv_a's most active channel is scaled by 1000 (ReLU commutes with a positive
     scale) and conv_b reads that channel divided by 1000. One int8 scale for conv_a's output then leaves its other
-    channels a level or two: plain full-integer TFLite falls to chance."""
+    channels a level or two: plain full-integer TFLite and ONNX fall to chance. Saved with its contract at ``path``
+    (also benchmarks/int8_rescue.py's first model)."""
     import tf_keras as keras
 
     from keras_cnns.data import load_data
@@ -43,10 +43,14 @@ def outlier_model(tmp_path_factory):
     kernel[:, :, channel, :] /= 1000
     model.get_layer("conv_b").set_weights([kernel, bias])
     np.testing.assert_allclose(model(data.test.x / 255.0).numpy(), before, atol=1e-4)  # the same function
-    path = tmp_path_factory.mktemp("outlier") / "outlier.keras"
     save_model_atomic(model, str(path), contract("outlier", data.class_names, UNIT, (SIZE, SIZE, 3),
                                                  {"spec": SPEC, "val_split": 0.15, "test_split": 0.15}, "test"))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def outlier_model(tmp_path_factory):
+    return build_outlier_model(tmp_path_factory.mktemp("outlier") / "outlier.keras")
 
 
 def _row(report, artifact="tflite_int8"):

@@ -40,9 +40,11 @@ def _mediapipe(path):
 
 def test_every_tflite_variant_carries_standard_metadata(rgb_export):
     path, report = rgb_export
-    files = sorted(os.listdir(os.path.join(path, "tflite")))
+    files = sorted(f for f in os.listdir(os.path.join(path, "tflite")) if f.endswith(".tflite"))
     assert files == ["model_clustered.tflite", "model_dynamic.tflite", "model_float16.tflite", "model_float32.tflite",
                      "model_int8.tflite", "model_pruned.tflite"]
+    downloads = sorted(f for f in os.listdir(os.path.join(path, "tflite")) if not f.endswith(".tflite"))
+    assert downloads == ["model_clustered.tflite.gz", "model_pruned.tflite.gz"]  # the compressed ones' download form
     for name in files:
         content = open(os.path.join(path, "tflite", name), "rb").read()
         meta = metadata.read(content)
