@@ -1,6 +1,7 @@
 """int8 that keeps its accuracy (export/int8.py): the per-layer report names the layer that loses it, and the
 automatic mode keeps the fewest layers in float to meet a budget, on images it did not decide on (TFLite, ONNX)."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -77,12 +78,14 @@ def test_plain_int8_is_refused_and_the_report_blames_the_outlier_layer(outlier_m
     assert row["calibration"]["classes"] == 4 and row["calibration"]["warnings"] == []
 
 
-def test_automatic_mode_keeps_the_layers_to_blame_in_float_within_the_budget(outlier_model, tmp_path):
+def test_automatic_mode_keeps_the_layers_to_blame_in_float_within_the_budget(outlier_model, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from cnnkit.cli import cli
     from export import export, plan_formats
 
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # the quantizers leave nothing in the working directory
     final, report = export(outlier_model, str(tmp_path), plan_formats(tflite_out=True, onnx_out=True,
                                                                       quantize="int8"), max_accuracy_drop="1")
     row = _row(report)
@@ -123,6 +126,7 @@ def test_automatic_mode_keeps_the_layers_to_blame_in_float_within_the_budget(out
     assert "tflite_int8: worst int8 layers: conv_a" in out.output
     assert "tflite_int8: kept in float: conv_a, conv_b" in out.output
     assert "onnx_int8: kept in float: conv_a, conv_b" in out.output
+    assert os.listdir(tmp_path / "cwd") == []
     with open(f"{final}/export.json", encoding="utf-8") as f:
         assert _row({"artifacts": json.load(f)["artifacts"]})["mixed"]["float_layers"] == ["conv_a", "conv_b"]
 
