@@ -126,3 +126,14 @@ def record_rows(script, rows):
         json.dump({"machine": described, "command": command.strip(), "python": platform.python_version(),
                    "rows": rows}, f, indent=1)
     return command.strip(), described
+
+
+def cnnkit(*args, ok=(0,)):
+    """``python -m cnnkit ARGS`` as a user types it: its stdout; a SystemExit with its stderr for another exit code."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True)
+    if out.returncode not in ok:
+        raise SystemExit(f"cnnkit {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return out.stdout

@@ -13,25 +13,17 @@ import argparse
 import gzip
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _record import add_record_option, cnnkit, machine, replace_section  # noqa: E402
+
 NOTES_BYTES, NOTES_PARAMETERS = 0.5e6, 1_248_424
 
 
-def cnnkit(*args):
-    out = subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"cnnkit {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return out.stdout
-
-
 def main():
-    sys.path.insert(0, HERE)
-    from _record import add_record_option, machine, replace_section
-
     import keras_cnns
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -14,24 +14,19 @@ layers stayed float. Models, trained here on generated data (no download):
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _record import add_record_option, cnnkit, machine, replace_section  # noqa: E402
+
 TRAIN = {
     "efficientnet_b0": ["--data", "shapes:200", "--input-size", "32", "--epochs", "15", "--optimizer", "adam",
                         "--lr", "0.001"],
     "mobilenet_v2": ["--data", "shapes:200", "--input-size", "32", "--epochs", "8", "--optimizer", "adam",
                      "--lr", "0.003"],
 }
-
-
-def cnnkit(*args):
-    out = subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True)
-    if out.returncode not in (0, 1):
-        raise SystemExit(f"cnnkit {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return out.stdout
 
 
 def source(model, folder):
@@ -80,9 +75,6 @@ def table(results):
 
 
 def main():
-    sys.path.insert(0, HERE)
-    from _record import add_record_option, machine, replace_section
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="outlier,efficientnet_b0,mobilenet_v2")
     add_record_option(parser)

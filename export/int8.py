@@ -144,9 +144,12 @@ def search(ranked, evaluate, budget):
             trials.append({"float_layers": count, **row, "ok": ok})
         return tried[count]
 
-    counts = [0] + [min(2 ** i, len(ranked)) for i in range(max(1, math.ceil(math.log2(max(len(ranked), 1)))) + 1)]
+    counts, step = [0], 1
+    while step < len(ranked):
+        counts.append(step)
+        step *= 2
     low, high = -1, None
-    for count in dict.fromkeys(counts):
+    for count in dict.fromkeys(counts + [len(ranked)]):
         if attempt(count):
             high = count
             break
@@ -332,7 +335,7 @@ def onnx_int8(float_path, path, representative, debug_images=None, decision=None
         quantize_int8(float_path, path, representative, calibration_cache=cache)
         if debug_images is None or not len(debug_images):
             return {}
-        layers = onnx_layer_errors(float_path, path, debug_images, folder)
+        layers = onnx_layer_errors(float_path, path, debug_images)
         details = {"int8_layers": layers, "int8_layers_measured_on": int(len(debug_images))}
         if budget is None or decision is None:
             return details
@@ -373,9 +376,11 @@ def _channels_last(tensor):
     return np.moveaxis(tensor, 1, -1) if tensor.ndim == 4 and tensor.shape[1] > 1 else tensor
 
 
-def onnx_layer_errors(float_path, qdq_path, images, scratch):
+def onnx_layer_errors(float_path, qdq_path, images):
     """Every quantized tensor of a QDQ model (after its DequantizeLinear) against the float model's, on ``images``
     one at a time, ranked as ``tflite_layer_errors``."""
+    import warnings
+
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import DEQUANT_OUTPUT_SUFFIX
@@ -393,13 +398,16 @@ def onnx_layer_errors(float_path, qdq_path, images, scratch):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as it is
         options.log_severity_level = 3
         sessions.append(ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
-    sums = np.zeros(len(measured))
-    for image in images:
+    sqnr = np.zeros((len(images), len(measured)))
+    for n, image in enumerate(images):
         feed = {"images": np.asarray(image, np.float32)[None]}
         for i, (f, q) in enumerate(zip(*(s.run(None, feed) for s in sessions))):
-            sums[i] += channel_sqnr_db(*(_channels_last(a) for a in (f, q)))
+            sqnr[n, i] = channel_sqnr_db(*(_channels_last(a) for a in (f, q)))
     rows, kept = [], set(measured)
-    for tensor, total in zip(measured, sums):
+    with warnings.catch_warnings():  # a tensor all zeros on every image: no measure (None)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(sqnr, axis=0)
+    for tensor, mean in zip(measured, means):
         node = made[tensor]
         ids, inputs, todo = [], [], [tensor]  # back to the measured tensors: the nodes between are this layer's
         while todo:
@@ -410,7 +418,7 @@ def onnx_layer_errors(float_path, qdq_path, images, scratch):
             for t in step.input:
                 (inputs if t in kept else todo).append(t)
         rows.append({"tensor": tensor, "layer": layer_name(node.name, node.op_type.upper()), "op": node.op_type,
-                     "sqnr_db": _capped(total / len(images)), "rmse_per_scale": None, "ids": ids,
+                     "sqnr_db": _capped(mean), "rmse_per_scale": None, "ids": ids,
                      "inputs": list(dict.fromkeys(inputs))})
     return _ranked(rows)
 
