@@ -42,6 +42,7 @@ def source(model, folder):
 
 
 def measure(model, folder):
+    os.makedirs(folder)
     src = source(model, folder)
     rows = {}
     for mode, extra in (("plain", []), ("automatic", ["--max-accuracy-drop", "1"])):
