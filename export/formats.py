@@ -62,6 +62,8 @@ class Format:
     compressed: bool = False
     #: needs calibration images
     calibrated: bool = False
+    #: gets a per-layer int8 error report (export/int8.py)
+    layer_report: bool = False
     #: ``available() -> None`` where it can be written here, else why not (an optional runtime, a CPU feature)
     available: Callable = None
 
@@ -107,14 +109,15 @@ FORMATS = {f.name: f for f in (
            in_all=True),
     Format("tflite-float16", "tflite_float16", "tflite/model_float16.tflite", "tflite", tflite.build, HALF,
            in_all=True),
-    Format("tflite-dynamic", "tflite_dynamic", "tflite/model_dynamic.tflite", "tflite", tflite.build, in_all=True),
+    Format("tflite-dynamic", "tflite_dynamic", "tflite/model_dynamic.tflite", "tflite", tflite.build, in_all=True,
+           layer_report=True),
     Format("tflite-int8", "tflite_int8", "tflite/model_int8.tflite", "tflite", tflite.build, in_all=True,
-           calibrated=True),
+           calibrated=True, layer_report=True),
     Format("onnx", "onnx", "onnx/model.onnx", "onnx", onnx_format.build, FLOAT, in_all=True),
     Format("onnx-float16", "onnx_float16", "onnx/model_float16.onnx", "onnx", onnx_format.build_float16, HALF,
            in_all=True),
     Format("onnx-int8", "onnx_int8", "onnx/model_int8.onnx", "onnx", onnx_format.build_int8, in_all=True,
-           calibrated=True),
+           calibrated=True, layer_report=True),
     # OpenVINO IR from the float32 ONNX file; bfloat16 only where the CPU has it (an optional extra)
     Format("openvino", "openvino", "openvino/model.xml", "openvino", openvino_format.build, FLOAT, in_all=True,
            available=openvino_format.missing),

@@ -230,6 +230,48 @@ def tflite_layer_errors(calibrated, images):
     return _ranked(rows)
 
 
+def tflite_tensor_errors(float_content, content, images):
+    """A quantized ``.tflite`` whose ops compute in float (dynamic range: int8 weights) against the float32 file,
+    tensor by tensor (the op outputs both files name alike), on ``images`` one at a time, ranked as
+    ``tflite_layer_errors`` (the automatic mode does not apply: TensorFlow quantizes those weights in the converter)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # every op as itself (no delegate takes a group of them), every tensor kept
+    runs = [Interpreter(model_content=c, experimental_preserve_all_tensors=True,
+                        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            for c in (float_content, content)]
+    index, ops = [], {}
+    for interpreter in runs:
+        interpreter.allocate_tensors()
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        index.append({details[i]["name"]: i for op in interpreter._get_ops_details() for i in op["outputs"]  # noqa: SLF001
+                      if details[i]["dtype"] == np.float32})
+    for op in runs[1]._get_ops_details():  # noqa: SLF001 - LiteRT's op list: each op's type, inputs and outputs
+        ops.update({t: op for t in op["outputs"]})
+    names = {i: name for name, i in index[1].items()}
+    common = [name for name in index[1] if name in index[0]]
+    sqnr = np.zeros((len(images), len(common)))
+    for n, image in enumerate(images):
+        for interpreter in runs:
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.asarray(image, np.float32)[None])
+            interpreter.invoke()
+        for i, name in enumerate(common):
+            sqnr[n, i] = channel_sqnr_db(runs[0].get_tensor(index[0][name]), runs[1].get_tensor(index[1][name]))
+    rows = []
+    for i, name in enumerate(common):
+        op = ops[index[1][name]]
+        rows.append({"tensor": name, "layer": layer_name(name, op["op_name"]), "op": op["op_name"],
+                     "sqnr_db": _capped(_nanmean(sqnr[:, i])), "rmse_per_scale": None, "ids": [name],
+                     "inputs": [names[t] for t in op["inputs"] if names.get(t) in common]})
+    return _ranked(rows)
+
+
+def _nanmean(values):
+    """The mean of the measured values (NaN: a tensor all zeros on that image), NaN when none is."""
+    values = np.asarray(values, np.float64)
+    return float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
+
+
 def _tflite_ops(content):
     """(input tensor names, output tensor names) of every op of a ``.tflite``'s main graph."""
     from export.metadata import model_t
@@ -379,8 +421,6 @@ def _channels_last(tensor):
 def onnx_layer_errors(float_path, qdq_path, images):
     """Every quantized tensor of a QDQ model (after its DequantizeLinear) against the float model's, on ``images``
     one at a time, ranked as ``tflite_layer_errors``."""
-    import warnings
-
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import DEQUANT_OUTPUT_SUFFIX
@@ -404,10 +444,7 @@ def onnx_layer_errors(float_path, qdq_path, images):
         for i, (f, q) in enumerate(zip(*(s.run(None, feed) for s in sessions))):
             sqnr[n, i] = channel_sqnr_db(*(_channels_last(a) for a in (f, q)))
     rows, kept = [], set(measured)
-    with warnings.catch_warnings():  # a tensor all zeros on every image: no measure (None)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        means = np.nanmean(sqnr, axis=0)
-    for tensor, mean in zip(measured, means):
+    for tensor, mean in zip(measured, (_nanmean(column) for column in sqnr.T)):
         node = made[tensor]
         ids, inputs, todo = [], [], [tensor]  # back to the measured tensors: the nodes between are this layer's
         while todo:

@@ -46,6 +46,11 @@ def convert(saved_model_dir, variant, representative=None, io_type="uint8", int8
             if variant == "float16":
                 converter.target_spec.supported_types = [tf.float16]
             content = converter.convert()
+            if variant == "dynamic" and (int8_checks or {}).get("debug_images") is not None:
+                converter.optimizations = []
+                details = {"int8_layers": int8.tflite_tensor_errors(converter.convert(), content,
+                                                                    int8_checks["debug_images"]),
+                           "int8_layers_measured_on": int(len(int8_checks["debug_images"]))}
     except CnnkitError:
         raise
     except Exception as err:  # ConverterError lists the ops that are not builtins
@@ -83,7 +88,7 @@ def convert_for(job, graph, fmt, variant, path):
     representative = job.representative
     if representative is not None and rgb:
         representative = np.repeat(representative[..., :1], 3, axis=-1)
-    checks = job.int8_checks("tflite", rgb) if variant == "int8" else None
+    checks = job.int8_checks("tflite", rgb) if variant in ("int8", "dynamic") else None
     description = (f"{src.name}: image classifier of {len(src.labels)} classes exported by cnnkit ({fmt}) from "
                    f"{src.origin}" + (f", trained on {src.data_spec}" if src.data_spec else ""))
     return child.run(f"the TFLite conversion ({variant}) of {src.name}", convert_file, graph, variant, path,

@@ -63,7 +63,8 @@ def test_plain_int8_is_refused_and_the_report_blames_the_outlier_layer(outlier_m
     from export.exporter import ExportFailed
 
     with pytest.raises(ExportFailed) as failed:
-        export(outlier_model, str(tmp_path), plan_formats(tflite_out=True, onnx_out=True, quantize="int8"))
+        export(outlier_model, str(tmp_path), plan_formats(tflite_out=True, onnx_out=True, quantize="int8",
+                                                          extra=["tflite-dynamic"]))
     keras_accuracy = failed.value.report["artifacts"][0]["accuracy"]
     assert keras_accuracy >= 0.95
     for artifact in ("tflite_int8", "onnx_int8"):
@@ -73,6 +74,11 @@ def test_plain_int8_is_refused_and_the_report_blames_the_outlier_layer(outlier_m
         assert row["int8_layers"][0]["added_db"] > 2 * max(r["added_db"] or 0 for r in row["int8_layers"][1:])
         assert f"{artifact}: max |diff|" in str(failed.value)
     assert str(failed.value).count("worst int8 layers: conv_a") == 2 and "--max-accuracy-drop" in str(failed.value)
+    # dynamic range: int8 weights (per channel: conv_a's are exact enough), but each op quantizes its input on the
+    # fly with one scale: conv_b, which reads the outlier tensor, is where it collapses; conv_a computes in float
+    dynamic = _row(failed.value.report, "tflite_dynamic")
+    assert dynamic["accuracy"] <= 0.5 and [r["layer"] for r in dynamic["int8_layers"]][0] == "conv_b"
+    assert next(r for r in dynamic["int8_layers"] if r["layer"] == "conv_a")["sqnr_db"] >= 40
     row = _row(failed.value.report)
     assert row["calibration"]["images"] == 200 and row["calibration"]["source"] == f"training split of {SPEC}"
     assert row["calibration"]["classes"] == 4 and row["calibration"]["warnings"] == []
