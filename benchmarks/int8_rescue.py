@@ -62,7 +62,7 @@ def measure(model, folder):
 
 def table(results):
     lines = ["| model | format | Keras | plain int8: accuracy / agreement | size | ms | automatic: accuracy / agreement "
-             "| size | ms | float layers | gate |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| size | ms | Keras layers kept float | gate |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for model, formats in results.items():
         for fmt, r in formats.items():
             p, a = r["plain"], r["automatic"]

@@ -535,8 +535,8 @@ def mixed_text(mixed):
     def accuracy(cost):
         return "n/a" if cost["accuracy"] is None else f"{cost['accuracy']:.2%}"
 
-    seen = (f"on {mixed['decision_images']} images ({mixed['decided_on']}; Keras "
-            f"{mixed['keras_accuracy']:.2%})" if mixed.get("keras_accuracy") is not None
+    seen = (f"on {mixed['decision_images']} images ({mixed['decided_on']}; Keras {mixed['keras_accuracy']:.2%}; "
+            f"one image is {100 / mixed['decision_images']:.2g} points)" if mixed.get("keras_accuracy") is not None
             else f"on {mixed['decision_images']} unlabelled images ({mixed['decided_on']}: top-1 agreement)")
     if not mixed["met"]:
         return (f"**Automatic mixed int8/float:** not within {mixed['max_accuracy_drop']:g} points {seen} even with "
