@@ -61,7 +61,8 @@ def main():
             f"unpacked ({best['bytes'] / 1e3:,.0f} kB: one byte a weight) so that LiteRT can memory-map it.")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "deep_compression.json"), "w") as f:
-        json.dump({"machine": machine(), "parameters": parameters, "report": report}, f, indent=1)
+        rows = [{k: v for k, v in r.items() if k != "int8_layers"} for r in report["artifacts"]]  # in the export
+        json.dump({"machine": machine(), "parameters": parameters, "artifacts": rows}, f, indent=1)
     print(body)
     replace_section("deep_compression", body, args.record)
 
