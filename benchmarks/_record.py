@@ -55,11 +55,14 @@ def run_watched(command, ceiling_mb=None, poll_seconds=0.1):
     the exporter's converter children, when they live past one sample)."""
     import signal
     import subprocess
+    import tempfile
     import time
 
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    # its output goes to files, not pipes: a child that writes more than a pipe holds (64 KiB) while nothing reads
+    # until it ends would wait for ever
+    out_file, err_file = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(command, stdout=out_file, stderr=err_file, text=True, start_new_session=True)
     peak, at_peak, killed, seen = 0.0, "", False, set()
     while proc.poll() is None:
         mb, processes = tree_memory_mb(proc.pid, seen)
@@ -70,10 +73,17 @@ def run_watched(command, ceiling_mb=None, poll_seconds=0.1):
             killed = True
             break
         time.sleep(poll_seconds)
-    out, err = proc.communicate()
+    proc.wait()
+    out, err = (_read_back(f) for f in (out_file, err_file))
     return {"returncode": proc.returncode, "stdout": out, "stderr": err, "peak_mb": round(peak),
             "peak_processes": at_peak, "seconds": round(time.perf_counter() - start, 1), "killed": killed,
             "descendants": len(seen - {proc.pid})}
+
+
+def _read_back(file):
+    with file:
+        file.seek(0)
+        return file.read()
 
 
 def tree_memory_mb(pid, seen=None):

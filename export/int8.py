@@ -263,7 +263,7 @@ def tflite_tensor_errors(float_content, content, images):
         rows.append({"tensor": name, "layer": layer_name(name, op["op_name"]), "op": op["op_name"],
                      "sqnr_db": _capped(_nanmean(sqnr[:, i])), "rmse_per_scale": None, "ids": [name],
                      "inputs": [names[t] for t in op["inputs"] if names.get(t) in common]})
-    return _ranked(rows)
+    return _stored(_ranked(rows))
 
 
 def _nanmean(values):
@@ -309,6 +309,11 @@ def _ranked(rows):
     return sorted(rows, key=lambda r: -(r["added_db"] or 0))
 
 
+def _stored(layers):
+    """The report's rows without what only the search needs (each one's ops, and what keeping it float takes)."""
+    return [{k: v for k, v in r.items() if k not in ("ids", "float_ops")} for r in layers]
+
+
 def float_set(rows):
     """The ops (their ``id``: TFLite output tensor names, ONNX node names) to keep in float for these ranked rows."""
     return list(dict.fromkeys(name for r in rows for name in r["float_ops"]))
@@ -331,7 +336,7 @@ def tflite_int8(saved_model_dir, representative, io_type="uint8", debug_images=N
     if debug_images is None or not len(debug_images):
         return content, {}
     layers = tflite_layer_errors(calibrated, debug_images)
-    details = {"int8_layers": layers, "int8_layers_measured_on": int(len(debug_images))}
+    details = {"int8_layers": _stored(layers), "int8_layers_measured_on": int(len(debug_images))}
     if budget is None or decision is None:
         return content, details
     with tempfile.TemporaryDirectory(dir=scratch) as folder:
@@ -378,7 +383,7 @@ def onnx_int8(float_path, path, representative, debug_images=None, decision=None
         if debug_images is None or not len(debug_images):
             return {}
         layers = onnx_layer_errors(float_path, path, debug_images)
-        details = {"int8_layers": layers, "int8_layers_measured_on": int(len(debug_images))}
+        details = {"int8_layers": _stored(layers), "int8_layers_measured_on": int(len(debug_images))}
         if budget is None or decision is None:
             return details
 
