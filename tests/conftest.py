@@ -20,6 +20,24 @@ if _USER_ONEDNN is None:
     os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
 
 
+#: the loggers the CLI routes to the terminal (cnnkit/_common.log_to_stderr): an in-process CLI call (CliRunner)
+#: must not leave them so for the tests that follow it in the same worker (caplog sees nothing then)
+CLI_LOGGERS = ("keras_cnns", "serving", "serving.client", "export")
+
+
+@pytest.fixture(autouse=True)
+def _cli_logging_restored():
+    import logging
+
+    saved = {name: (list(lg.handlers), lg.propagate, lg.level)
+             for name, lg in ((n, logging.getLogger(n)) for n in CLI_LOGGERS)}
+    yield
+    for name, (handlers, propagate, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:], logger.propagate = handlers, propagate
+        logger.setLevel(level)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():
     """Each test starts from an empty Keras graph and fixed seeds."""
