@@ -266,8 +266,7 @@ def _calibration_images(src, plan, calibration_data, data, count=200):
     elif data is None:
         raise CnnkitError("int8 quantization needs calibration images: export a training run, or give "
                           "--calibration-data SPEC (e.g. a folder of sample images)")
-    # a seeded sample of the whole split: its first images can be of a few classes only (shapes:200: 2 of 4)
-    chosen = np.sort(np.random.RandomState(0).permutation(len(data.train.y))[:count])
+    chosen = np.sort(_training_order(data)[:count])
     images, labels = data.train.x[chosen], data.train.y[chosen]
     info = {"images": int(len(images)), "source": f"training split of {data.spec}",
             "classes": int(len(np.unique(labels))) if len(labels) else 0,
@@ -275,6 +274,12 @@ def _calibration_images(src, plan, calibration_data, data, count=200):
     for warning in info["warnings"]:
         log.warning("int8 calibration: %s", warning)
     return images, info
+
+
+def _training_order(data):
+    """The training split's indices in a seeded order: calibration takes the first, the automatic mode may decide on
+    the rest. Not the split's own order: its first images can be of a few classes only (shapes:200: 2 of 4)."""
+    return np.random.RandomState(0).permutation(len(data.train.y))
 
 
 def _int8_checks(src, plan, data, labelled, calibrated, budget):
@@ -287,7 +292,7 @@ def _int8_checks(src, plan, data, labelled, calibrated, budget):
 
     split, source = data.val, f"validation split of {data.spec}"
     if not len(split.x):
-        unused = np.sort(np.random.RandomState(0).permutation(len(data.train.y))[calibrated:])
+        unused = np.sort(_training_order(data)[calibrated:])
         split = dataclasses.replace(data.train, x=data.train.x[unused], y=data.train.y[unused])
         source = f"training images of {data.spec} not used for calibration"
     macs = profile_model(src.model).macs

@@ -166,10 +166,6 @@ def search(ranked, evaluate, budget):
     return ranked[:high], trials
 
 
-def _predict(run, images, batch=32):
-    return np.concatenate([run(images[i:i + batch]) for i in range(0, len(images), batch)])
-
-
 # -- TFLite ----------------------------------------------------------------------------------------------------
 
 
@@ -355,11 +351,11 @@ def tflite_int8(saved_model_dir, representative, io_type="uint8", debug_images=N
 def automatic(layers, build, decision, budget):
     """The automatic mode over ranked ``layers``: ``build(float_ops) -> (runner, bytes)`` makes a candidate.
     Returns (the chosen rows or None, export.json's account)."""
-    from export.parity import latency_ms
+    from export.parity import latency_ms, predict_batches
 
     def evaluate(rows):
         run, size = build(float_set(rows))
-        accuracy, agreement, ok = decision.judge(_predict(run, decision.images), budget)
+        accuracy, agreement, ok = decision.judge(predict_batches(run, decision.images, 32), budget)
         return ok, {"accuracy": accuracy, "top1_agreement": agreement, "bytes": size,
                     "latency_ms": round(latency_ms(run, decision.images[:1], 10), 3)}
 

@@ -77,6 +77,11 @@ def evaluation_plan(macs_per_image, available):
     return images, repeats, min(64, max(1, int(BATCH_MACS / macs)))
 
 
+def predict_batches(run, images, batch_size=64):
+    """``run`` over ``images`` in batches of ``batch_size``: the probabilities of all of them."""
+    return np.concatenate([run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
 def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20, check=None):
     """Rows of the report. ``reference``/runners: float32 pixels (N, H, W, C) -> probabilities.
 
@@ -88,7 +93,7 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
     ``check(row, path, outputs)``: more checks of a row, given the artifact's outputs on ``images``.
     """
     def predict(run):
-        return np.concatenate([run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        return predict_batches(run, images, batch_size)
 
     expected = predict(reference)
     ref_top1 = expected.argmax(axis=1)
