@@ -20,6 +20,16 @@ if _USER_ONEDNN is None:
     os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
 
 
+def pytest_collection_finish(session):
+    """What is imported by now (TensorFlow, the test modules: some 300,000 objects) is moved out of the garbage
+    collector's sight: a full collection then takes about 1 ms instead of 0.2 s, and tests run one after each test
+    and whenever TensorFlow's graph building triggers one (gc.freeze; nothing is collected that could be freed)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 #: the loggers the CLI routes to the terminal (cnnkit/_common.log_to_stderr): an in-process CLI call (CliRunner)
 #: must not leave them so for the tests that follow it in the same worker (caplog sees nothing then)
 CLI_LOGGERS = ("keras_cnns", "serving", "serving.client", "export")
@@ -49,27 +59,63 @@ def _fresh_keras_session():
     release_memory()
 
 
-@pytest.fixture(scope="session")
-def default_lenet_run(tmp_path_factory, worker_id):
-    """LeNet-5 trained on the bundled digits with every default (the README's main job), trained once per test
-    session: the first test process that asks trains it under a file lock, the others (xdist workers) wait
-    and reuse the finished run. Treat it as read-only. -> TrainResult (run_dir, metrics)."""
+def shared(tmp_path_factory, worker_id, name, make):
+    """A folder made once per test session: the first test process that asks runs ``make(folder)`` under a file
+    lock, the others (xdist workers) wait and reuse it. Treat it as read-only. -> the folder (a Path)."""
     import fcntl
-    import json
-
-    from keras_cnns.training import TrainConfig, TrainResult, train
 
     root = tmp_path_factory.getbasetemp()
     if worker_id != "master":  # the folder every worker of this session shares
         root = root.parent
-    run_dir = root / "default-lenet" / "run"
-    run_dir.parent.mkdir(exist_ok=True)
-    with open(root / "default-lenet" / "lock", "w") as lock:
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (run_dir / "metrics.json").exists():
-            train(TrainConfig(output=str(run_dir)))
+        if not (root / f"{name}.done").exists():
+            make(folder)
+            (root / f"{name}.done").touch()
+    return folder
+
+
+def _shared_run(tmp_path_factory, worker_id, name, **config):
+    import json
+
+    from keras_cnns.training import TrainConfig, TrainResult, train
+
+    run_dir = shared(tmp_path_factory, worker_id, name, lambda folder: train(TrainConfig(output=str(folder), **config)))
     with open(run_dir / "metrics.json") as f:
         return TrainResult(str(run_dir), json.load(f))
+
+
+@pytest.fixture(scope="session")
+def default_lenet_run(tmp_path_factory, worker_id):
+    """LeNet-5 trained on the bundled digits with every default (the README's main job), trained once per test
+    session (see shared). -> TrainResult (run_dir, metrics)."""
+    return _shared_run(tmp_path_factory, worker_id, "default-lenet")
+
+
+@pytest.fixture(scope="session")
+def photos_resnet20_run(tmp_path_factory, worker_id, photos):
+    """ResNet-20 trained on ``photos`` at 32x32 for 8 epochs (the small-folder defaults), trained once per test
+    session (see shared). -> TrainResult (run_dir, metrics)."""
+    return _shared_run(tmp_path_factory, worker_id, "photos-resnet20", model="resnet20_cifar", data=photos,
+                       input_size=32, epochs=8)
+
+
+def cnnkit_here(*args, env=None):
+    """``python -m cnnkit ARGS`` run in this test process (click's CliRunner): the command's own code, without
+    starting another interpreter and TensorFlow (5 s of CPU each). For what only a real process shows (exit on
+    a signal, TensorFlow's native start-up output), tests start one. -> (returncode, stdout, stderr) as
+    subprocess.run gives them."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from cnnkit.cli import cli
+
+    out = CliRunner(env=env).invoke(cli, [str(a) for a in args])
+    if out.exception is not None and not isinstance(out.exception, SystemExit):
+        raise out.exception  # a traceback in a real process: here, the test's own failure
+    return subprocess.CompletedProcess(args, out.exit_code, out.stdout, out.stderr)
 
 
 def release_memory():
@@ -86,8 +132,9 @@ def release_memory():
 
 #: modules whose tests train a model, export one, or build the zoo's biggest: all of them are "slow", so that
 #: `pytest -n 2 -m "not slow" tests` is a quick loop of a few minutes (CI runs everything)
-SLOW_MODULES = {"test_batchnorm.py", "test_bench.py", "test_export.py", "test_mobile.py", "test_pretrained.py",
-                "test_serving.py", "test_train_cli.py", "test_training.py", "test_zoo_build.py"}
+SLOW_MODULES = {"test_batchnorm.py", "test_bench.py", "test_export.py", "test_int8.py", "test_mobile.py",
+                "test_params.py", "test_pretrained.py", "test_serving.py", "test_train_cli.py", "test_training.py",
+                "test_zoo_build.py"}
 
 
 def pytest_configure(config):
@@ -129,6 +176,7 @@ def write_photos(root, per_class=90, size=48, seed=1, sizes=None, noise=12):
 
 
 @pytest.fixture(scope="session")
-def photos(tmp_path_factory):
-    """270 photos (PNG and JPEG) of discs, bars and crosses in three class folders."""
-    return write_photos(tmp_path_factory.mktemp("photos"))
+def photos(tmp_path_factory, worker_id):
+    """270 photos (PNG and JPEG) of discs, bars and crosses in three class folders, written once per test session
+    (see shared): read-only."""
+    return str(shared(tmp_path_factory, worker_id, "photos", write_photos))

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import cnnkit_here
 from PIL import Image
 
 from export import export as run_export
@@ -663,7 +664,7 @@ def test_ops_without_a_tflite_builtin_are_a_clear_error(tmp_path):
         tflite.convert(str(tmp_path / "odd"), "float32")
 
 
-def test_export_cli_untrained_zoo_model_and_validate(tmp_path):
+def test_export_cli_untrained_zoo_model_and_validate(tmp_path, monkeypatch):
     run = lambda *a: subprocess.run([sys.executable, "-m", "cnnkit", *a], capture_output=True, text=True,  # noqa
                                     timeout=600, cwd=str(tmp_path))
     out = run("export", "--tflite", "mobilenet", "--weights", "none", "--input-size", "96", "--json")
@@ -676,9 +677,10 @@ def test_export_cli_untrained_zoo_model_and_validate(tmp_path):
     assert "batch-norm statistics of" in out.stderr and "warning" not in report
     assert report["artifacts"][0]["output_spread"] > parity.MIN_OUTPUT_SPREAD
     assert os.path.exists(tmp_path / "exports" / "mobilenet" / "1" / "tflite" / "model_float32.tflite")
-    out = run("validate", "exports/mobilenet/1")
+    monkeypatch.chdir(tmp_path)  # validate in this process (cnnkit_here), from the same folder
+    out = cnnkit_here("validate", "exports/mobilenet/1")
     assert out.returncode == 0 and "tflite_float32" in out.stdout
-    out = run("validate", ".")
+    out = cnnkit_here("validate", ".")
     assert out.returncode == 2 and out.stderr.startswith("cnnkit: error: ") and len(out.stderr.splitlines()) == 1
     # an artifact that no longer matches its Keras model: validate says so and exits 1
     from keras_cnns.files import load_model_file
@@ -688,7 +690,7 @@ def test_export_cli_untrained_zoo_model_and_validate(tmp_path):
     kernel, bias = model.layers[-2].get_weights()
     model.layers[-2].set_weights([kernel * 3.0, bias])
     model.save(keras_file)
-    out = run("validate", "exports/mobilenet/1")
+    out = cnnkit_here("validate", "exports/mobilenet/1")
     assert out.returncode == 1 and "OUT OF TOLERANCE" in out.stdout
 
 

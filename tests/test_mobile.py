@@ -21,10 +21,10 @@ CLASSES = ["bar", "cross", "disc"]  # the photo folders, sorted
 
 
 @pytest.fixture(scope="module")
-def rgb_export(tmp_path_factory, photos):
+def rgb_export(tmp_path_factory, photos_resnet20_run):
     """A model trained on a folder of PNG and JPEG photos, exported to every TFLite variant."""
     root = tmp_path_factory.mktemp("mobile")
-    run = train(TrainConfig(model="resnet20_cifar", data=photos, input_size=32, epochs=8, output=str(root / "run")))
+    run = photos_resnet20_run
     # 30% sparsity: at 50% this 0.27M-parameter net lost one of the 42 test photos after its 2 fine-tuning
     # epochs, and the parity gate (98% agreement) rightly refused it
     formats = plan_formats(everything=True, prune=0.3, cluster=16)
@@ -103,8 +103,8 @@ def test_grayscale_models_ship_an_rgb_input_graph_for_mobile(tmp_path):
         schema.ColorSpaceType.RGB
 
 
-def test_int8_input_is_reported_as_not_for_mediapipe_but_kept(rgb_export, tmp_path):
-    run_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(rgb_export[0]))), "run")
+def test_int8_input_is_reported_as_not_for_mediapipe_but_kept(photos_resnet20_run, tmp_path):
+    run_dir = photos_resnet20_run.run_dir
     path, report = run_export(run_dir, output=str(tmp_path), formats=plan_formats(quantize="int8"), int8_io="int8")
     row = next(r for r in report["artifacts"] if r["artifact"] == "tflite_int8")
     assert report["ok"] and row["int8_io"] and not row["mediapipe"]["loads"]

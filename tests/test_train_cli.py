@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import cnnkit_here
 
 from keras_cnns.training.callbacks import read_history
 
@@ -92,31 +93,32 @@ def test_same_seed_and_deterministic_give_identical_runs(tmp_path):
 
 
 def test_evaluate_and_finetune_from_the_command_line(tmp_path):
+    """In this process (cnnkit_here): ten commands, each of which would start TensorFlow again."""
     src = str(tmp_path / "src")
-    one_json(run("train", "lenet5", "--epochs", "1", "--output", src, "--json"))
-    out = run("evaluate", src)
+    one_json(cnnkit_here("train", "lenet5", "--epochs", "1", "--output", src, "--json"))
+    out = cnnkit_here("evaluate", src)
     assert out.returncode == 0 and "test accuracy" in out.stdout and "precision" in out.stdout
     assert os.path.exists(os.path.join(src, "confusion.png"))
-    evaluated = one_json(run("evaluate", src, "--json"))
+    evaluated = one_json(cnnkit_here("evaluate", src, "--json"))
     assert evaluated["samples"] == 269 and len(evaluated["confusion_matrix"]) == 10
-    wrong = run("evaluate", os.path.join(src, "best.keras"))
+    wrong = cnnkit_here("evaluate", os.path.join(src, "best.keras"))
     assert wrong.returncode == 2 and "is a model file of the run" in wrong.stderr and "give the run directory" in \
         wrong.stderr
 
-    out = run("finetune", src, "--data", "shapes:10", "--epochs", "1", "--output", str(tmp_path / "ft"))
+    out = cnnkit_here("finetune", src, "--data", "shapes:10", "--epochs", "1", "--output", str(tmp_path / "ft"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "finetune strategy head: small data set" in out.stderr and "strategy" not in out.stdout  # said once
     (rate,) = [line.split(": ")[1] for line in out.stdout.splitlines() if line.startswith("learning rate: ")]
     assert len(rate) <= 8 and float(rate) > 0  # 1/10 of the source's, as a person writes it (not 0.00030000000000000003)
-    out = run("finetune", src, "--data", "shapes:10", "--different", "--epochs", "1", "--output",
+    out = cnnkit_here("finetune", src, "--data", "shapes:10", "--different", "--epochs", "1", "--output",
               str(tmp_path / "ft2"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "finetune strategy top:" in out.stderr and "different domain" in out.stderr  # the notes' table, other row
 
     other = str(tmp_path / "src2")
-    one_json(run("train", "lenet5", "--epochs", "1", "--seed", "1", "--output", other, "--json"))
-    ensemble = one_json(run("ensemble", src, other, "--output", str(tmp_path / "ens"), "--json"))
-    members = [one_json(run("evaluate", r, "--json"))["accuracy"] for r in (src, other)]
+    one_json(cnnkit_here("train", "lenet5", "--epochs", "1", "--seed", "1", "--output", other, "--json"))
+    ensemble = one_json(cnnkit_here("ensemble", src, other, "--output", str(tmp_path / "ens"), "--json"))
+    members = [one_json(cnnkit_here("evaluate", r, "--json"))["accuracy"] for r in (src, other)]
     assert ensemble["metrics"]["samples"] == 269 and ensemble["metrics"]["accuracy"] >= min(members) - 0.02
     assert os.path.exists(tmp_path / "ens" / "best.keras")
 
@@ -136,10 +138,18 @@ def test_evaluate_and_finetune_from_the_command_line(tmp_path):
     (["finetune", "model.onnx", "--data", "digits"], "must be a run directory, a .keras/.h5 model file or a zoo model name"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message):
-    out = run(*args, env={"TF_CONFIG": ""})
+    """In this process (the same path as `python -m cnnkit`, without starting TensorFlow a dozen times); the
+    test after it proves the same in a real process, where TensorFlow's own start-up output could get in."""
+    out = cnnkit_here(*args, env={"TF_CONFIG": ""})
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cnnkit: error: ") and message in lines[0], out.stderr
+
+
+def test_a_user_error_after_tensorflow_started_is_one_line_in_a_real_process():
+    out = run("train", "lenet5", "--snapshots", "5", "--epochs", "2")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == "cnnkit: error: 5 snapshots need at least as many epochs, got 2", out.stderr
 
 
 def test_mixed_float16_on_a_cpu_is_one_plain_warning_not_a_native_error_line(tmp_path):
