@@ -380,7 +380,7 @@ def test_calibration_data_quantizes_a_model_file_and_its_held_out_split_checks_i
     rows = {r["artifact"]: r for r in report["artifacts"]}
     assert report["ok"] and rows["tflite_int8"]["top1_agreement"] >= 0.98
     assert report["images"] == len(load_data("digits", (32, 32, 1)).test)  # real images, not noise
-    out = run("export", model_file, "--tflite", "--quantize", "int8", "--calibration-data", "nowhere")
+    out = cnnkit_here("export", model_file, "--tflite", "--quantize", "int8", "--calibration-data", "nowhere")
     assert out.returncode == 2 and "nowhere" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -857,7 +857,7 @@ def test_a_keras_file_from_elsewhere_needs_labels_and_preprocessing(tmp_path):
 
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2, "softmax")])
     model.save(tmp_path / "foreign.keras")
-    out = _cnnkit("export", str(tmp_path / "foreign.keras"), "--output", str(tmp_path / "e"))
+    out = cnnkit_here("export", str(tmp_path / "foreign.keras"), "--output", str(tmp_path / "e"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     (line,) = [line for line in out.stderr.splitlines() if line.startswith("cnnkit: error")]
     assert "carries no class names or preprocessing" in line and "--labels FILE and --preprocessing" in line
@@ -880,7 +880,7 @@ def test_a_keras_file_from_elsewhere_needs_labels_and_preprocessing(tmp_path):
 def test_weights_and_input_size_with_a_run_or_file_are_refused(trained):
     for source in (trained["run"], os.path.join(trained["run"], "best.keras")):
         for option in (("--weights", "imagenet"), ("--input-size", "64")):
-            out = _cnnkit("export", source, *option)
+            out = cnnkit_here("export", source, *option)
             assert out.returncode == 2 and f"{option[0]}" in out.stderr and "zoo model name" in out.stderr
 
 
@@ -921,14 +921,14 @@ def test_failed_commands_leave_no_empty_folders(tmp_path, monkeypatch):
         run_export("lenet5", output=str(tmp_path / "exports"), formats=plan_formats(tflite_out=True))
     assert not os.path.exists(tmp_path / "exports")
     monkeypatch.chdir(tmp_path)
-    out = _cnnkit("train", "lenet5", "--data", "shapes:6", "--epochs", "1", "-o", "no_such_option=1")
+    out = cnnkit_here("train", "lenet5", "--data", "shapes:6", "--epochs", "1", "-o", "no_such_option=1")
     assert out.returncode == 2 and "no_such_option" in out.stderr
     assert not os.path.exists(tmp_path / "runs") or os.listdir(tmp_path / "runs") == []
 
 
 def test_untrained_with_quantized_variants_is_refused_before_converting(tmp_path):
-    out = _cnnkit("export", "lenet5", "--quantize", "int8", "--calibration-data", "shapes:6", "--output",
-                  str(tmp_path))
+    out = cnnkit_here("export", "lenet5", "--quantize", "int8", "--calibration-data", "shapes:6", "--output",
+                      str(tmp_path))
     assert out.returncode == 2 and "untrained" in out.stderr and "--allow-failed-variants" in out.stderr
     assert "out of tolerance" not in out.stderr and not os.listdir(tmp_path)
 
