@@ -54,6 +54,10 @@ _fit_options = [
                       "the un-augmented training split. auto: unless an epoch has 1000+ steps and the moving "
                       "average spans at most a tenth of it."),
     click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True),
+    click.option("--class-weight", metavar="auto|balanced|none|FILE", default="auto", show_default=True,
+                 help="Weigh each image's loss by its class: balanced = inverse frequency (every class weighs the "
+                      "same); auto = balanced when the largest class has more than 3x the training images of the "
+                      "smallest (said in the log), else none; FILE = a JSON object {class name: weight}."),
     click.option("--augment", default="", metavar="LIST", help="Comma list of flip, crop, noise, color."),
     click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
                  help="Stop after this many epochs without a better validation accuracy."),
@@ -179,7 +183,9 @@ def train(model, data, input_size, options, dropout, weights, snapshots, resume_
                                              "Default: the run's own test split.")
 @json_option
 def evaluate(run_dir, data, as_json):
-    """Accuracy, top-5, loss, per-class precision/recall and a confusion-matrix PNG for a run."""
+    """Accuracy, top-5, loss, per-class precision/recall and a confusion-matrix PNG for a run; its calibration
+    (expected calibration error over 15 confidence bins, a reliability diagram PNG) before and after a
+    temperature fitted on the run's validation split."""
     import_tensorflow()
     from keras_cnns.training import evaluate_run
 
@@ -191,6 +197,16 @@ def evaluate(run_dir, data, as_json):
     rows = [(name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", c["support"]) for name, c in metrics["per_class"].items()]
     click.echo(table(("class", "precision", "recall", "images"), rows, right=(1, 2, 3)))
     click.echo(f"confusion matrix: {metrics['confusion_png']}")
+    found = metrics.get("calibration")
+    if found:
+        line = f"calibration: ECE {found['ece']:.1%} over {found['bin_count']} confidence bins"
+        if found["temperature"]:
+            line += (f"; temperature {found['temperature']:.2f} (fitted on {found['temperature_images']} validation "
+                     f"images) gives {found['ece_after_temperature']:.1%}")
+        else:
+            line += f" ({found['temperature_note']})"
+        click.echo(line)
+        click.echo(f"reliability diagram: {found['reliability_png']}")
 
 
 @click.command()

@@ -466,12 +466,15 @@ def augment_image(image, seed, augment):
 
 
 def make_dataset(data, split_name, batch_size, preprocessing, training=False, augment=(), seed=0,
-                 target_fn=None, drop_remainder=False, options=None, parallel=True, prefetch=True, cache=False):
+                 target_fn=None, drop_remainder=False, options=None, parallel=True, prefetch=True, cache=False,
+                 class_weights=None):
     """The tf.data pipeline of one split: (decode) -> shuffle -> augment -> batch -> normalise -> prefetch.
 
     Labels are one-hot (for label smoothing); ``target_fn`` may map them further (GoogLeNet's three
     outputs). ``parallel`` maps and ``prefetch`` use AUTOTUNE; ``cache`` keeps decoded images in memory
     after the first pass (then shuffling happens after decoding). ``cnnkit bench data`` compares these.
+    ``class_weights`` (one per class): each element is (image, target, its class's weight), the sample weight
+    Keras multiplies that image's loss by.
     """
     import tensorflow as tf
 
@@ -504,7 +507,8 @@ def make_dataset(data, split_name, batch_size, preprocessing, training=False, au
 
     def finish(x, y):
         target = tf.one_hot(y, num_classes)
-        return normalise(x, preprocessing), (target_fn(target) if target_fn else target)
+        out = normalise(x, preprocessing), (target_fn(target) if target_fn else target)
+        return out if class_weights is None else (*out, tf.gather(tf.constant(class_weights, tf.float32), y))
 
     ds = ds.map(finish, num_parallel_calls=calls, deterministic=True)
     if options is not None:

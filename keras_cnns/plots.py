@@ -1,5 +1,5 @@
 """Charts: the notes' model comparison (operations on x, parameters on y, bubble area = memory of
-weights + one image's activations, as float32), training history and confusion matrices."""
+weights + one image's activations, as float32), training history, confusion matrices and reliability diagrams."""
 
 
 def _pyplot():
@@ -89,6 +89,29 @@ def plot_confusion_matrix(matrix, class_names, path, title="confusion matrix"):
                 if matrix[i, j]:
                     ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if matrix[i, j] > high else "black")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_reliability(found, path, title="reliability"):
+    """Accuracy against confidence per bin (``calibration.reliability``): on the diagonal a model is calibrated,
+    below it over-confident. With a fitted temperature, its bins beside the model's own."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    series = [("model", found["bins"], found["ece"], "tab:blue")]
+    if found.get("temperature"):
+        series.append((f"temperature {found['temperature']:.2f}", found["bins_after_temperature"],
+                       found["ece_after_temperature"], "tab:orange"))
+    for name, rows, ece, colour in series:
+        ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker="o", color=colour,
+                label=f"{name}: ECE {ece:.1%}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

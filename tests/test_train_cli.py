@@ -98,7 +98,8 @@ def test_evaluate_and_finetune_from_the_command_line(tmp_path):
     one_json(cnnkit_here("train", "lenet5", "--epochs", "1", "--output", src, "--json"))
     out = cnnkit_here("evaluate", src)
     assert out.returncode == 0 and "test accuracy" in out.stdout and "precision" in out.stdout
-    assert os.path.exists(os.path.join(src, "confusion.png"))
+    assert os.path.exists(os.path.join(src, "confusion.png")) and os.path.exists(os.path.join(src, "reliability.png"))
+    assert "calibration: ECE " in out.stdout and "validation images) gives " in out.stdout
     evaluated = one_json(cnnkit_here("evaluate", src, "--json"))
     assert evaluated["samples"] == 269 and len(evaluated["confusion_matrix"]) == 10
     wrong = cnnkit_here("evaluate", os.path.join(src, "best.keras"))

@@ -64,6 +64,58 @@ def test_saved_best_model_reproduces_the_reported_test_accuracy(lenet_run):
     assert again["confusion_matrix"] == lenet_run.metrics["confusion_matrix"]
 
 
+def test_evaluation_reports_calibration_with_a_temperature_fitted_on_the_validation_split(lenet_run):
+    from keras_cnns.data import make_dataset
+    from keras_cnns.training import calibration
+    from keras_cnns.training.evaluation import predict
+
+    found, metrics = lenet_run.metrics["calibration"], lenet_run.metrics
+    assert found["bin_count"] == 15 and 0 <= found["ece"] < 0.1 and found["ece"] == metrics["ece"]
+    assert sum(b["images"] for b in found["bins"]) == metrics["samples"]
+    with open(found["reliability_png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # the temperature is the likelihood's best on the validation split, and only those images were used
+    data = load_data("digits", (32, 32, 1))
+    assert found["temperature_images"] == len(data.val)
+    val = predict(load_run_model(lenet_run.run_dir), make_dataset(data, "val", 128, read_config(
+        lenet_run.run_dir)["preprocessing"]))
+    nll = [calibration.negative_log_likelihood(calibration.temperature_scaled(val, t), data.val.y)
+           for t in (found["temperature"], found["temperature"] * 1.1, found["temperature"] / 1.1, 1.0)]
+    assert nll[0] <= min(nll[1:])
+
+
+def _imbalanced_digits(path, counts=(60, 12, 30)):
+    """Digits 0, 1 and 2 with ``counts`` images each: the training split is about 5x imbalanced."""
+    data = load_data("digits", (12, 12, 1))
+    x = np.concatenate([data.train.x, data.val.x, data.test.x])[..., 0]
+    y = np.concatenate([data.train.y, data.val.y, data.test.y])
+    keep = np.concatenate([np.flatnonzero(y == c)[:n] for c, n in enumerate(counts)])
+    np.savez(path, x=x[keep], y=y[keep], class_names=["0", "1", "2"])
+    return str(path)
+
+
+def test_class_weights_multiply_the_training_loss_and_auto_balances_an_imbalanced_folder(lenet_run, tmp_path,
+                                                                                        caplog):
+    from keras_cnns.training import class_weights
+
+    spec = _imbalanced_digits(tmp_path / "imbalanced.npz")
+    (tmp_path / "twice.json").write_text(json.dumps({"0": 2, "1": 2, "2": 2}))
+    losses = {}
+    for weight in ("none", str(tmp_path / "twice.json")):  # a learning rate too small to move: same model, loss x2
+        run = train(TrainConfig(data=spec, epochs=1, optimizer="sgd", lr=1e-9, class_weight=weight,
+                                output=str(tmp_path / f"w{len(losses)}")))
+        losses[weight] = read_history(os.path.join(run.run_dir, "history.csv"))[0]["loss"]
+    assert losses[str(tmp_path / "twice.json")] == pytest.approx(2 * losses["none"], rel=1e-4)
+    with caplog.at_level("INFO", logger="keras_cnns"):
+        run = train(TrainConfig(data=spec, epochs=1, output=str(tmp_path / "auto")))
+    plan = read_config(run.run_dir)["class_weight"]
+    data = load_data(spec, (32, 32, 1))
+    expected = class_weights.balanced(data.train.y, 3)
+    assert plan["requested"] == "auto" and list(plan["weights"].values()) == pytest.approx(expected, rel=1e-5)
+    assert max(expected) / min(expected) > 3 and "class weights balanced" in caplog.text
+    assert read_config(lenet_run.run_dir)["class_weight"]["weights"] is None  # the digits are balanced
+
+
 def test_evaluate_on_another_data_set_matches_classes_by_name(lenet_run, tmp_path):
     data = load_data("digits", (12, 12, 1))  # the digits' own size, framed as the loader frames them
     keep = np.isin(data.test.y, [3, 7])

@@ -51,10 +51,11 @@ def evaluate_snapshots(run_dir, data=None):
     files = _snapshot_files(run_dir)
     members = [load_model_file(f) for f in files]
     data = data or (_own_data(run_dir, members[0]) if members else None)
-    single = [evaluate_run(run_dir, model=m, confusion_png=False, data=data)["accuracy"] for m in members]
+    single = [evaluate_run(run_dir, model=m, confusion_png=False, data=data, calibrate=False)["accuracy"]
+              for m in members]
     if len(members) < 2:
         return {"members": len(members), "member_accuracy": single}
-    metrics = evaluate_run(run_dir, model=build_ensemble(members), confusion_png=False, data=data)
+    metrics = evaluate_run(run_dir, model=build_ensemble(members), confusion_png=False, data=data, calibrate=False)
     return {"members": len(members), "files": [os.path.basename(f) for f in files], "member_accuracy": single,
             "accuracy": metrics["accuracy"], "loss": metrics["loss"]}
 
@@ -96,8 +97,8 @@ def ensemble_runs(run_dirs, output=None):
     save_model_atomic(model, os.path.join(out, "best.keras"), runs.model_contract(out))
     data = _own_data(out, model)
     metrics = evaluate_run(out, model=model, data=data)
-    metrics["member_accuracy"] = [evaluate_run(out, model=m, confusion_png=False, data=data)["accuracy"]
-                                  for m in members]
+    metrics["member_accuracy"] = [evaluate_run(out, model=m, confusion_png=False, data=data,
+                                               calibrate=False)["accuracy"] for m in members]
     write_json(os.path.join(out, "metrics.json"), metrics)
     runs.update_latest(out)
     return out, metrics

@@ -1,4 +1,5 @@
-"""Test metrics of a trained model: accuracy, top-5, loss, per-class precision/recall, confusion matrix."""
+"""Test metrics of a trained model: accuracy, top-5, loss, per-class precision/recall, confusion matrix and
+calibration (expected calibration error, a reliability diagram, a temperature fitted on the validation split)."""
 import os
 import re
 
@@ -6,7 +7,7 @@ import numpy as np
 
 from keras_cnns.data import load_data, make_dataset
 from keras_cnns.errors import CnnkitError
-from keras_cnns.training import runs
+from keras_cnns.training import calibration, runs
 
 
 def classification_metrics(probabilities, labels, class_names):
@@ -34,6 +35,7 @@ def classification_metrics(probabilities, labels, class_names):
         "loss": float(loss.mean()) if len(labels) else 0.0,
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
+        "ece": calibration.reliability(probabilities, labels)["ece"] if len(labels) else 0.0,
     }
 
 
@@ -59,10 +61,13 @@ def _relabel(data, class_names, spec):
     return data
 
 
-def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_png=True, batch_size=128, data=None):
+def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_png=True, batch_size=128, data=None,
+                 calibrate=True):
     """Evaluate a run's best model on its own test split, or on all of another data set ``data_spec``.
 
     ``data``: the run's own data already loaded at the model's input shape (saves decoding it again).
+    ``calibrate``: also fit a temperature on the run's validation split and report what it does to the
+    calibration error of the evaluated images (``metrics["calibration"]``, see :mod:`calibration`).
     """
     run_dir = runs.resolve_run_dir(run_dir)
     config = runs.read_config(run_dir)
@@ -84,16 +89,39 @@ def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_pn
         ds = make_dataset(data, part, batch_size, preprocessing)
         probabilities.append(predict(model, ds))
         labels.append(data.split(part).y)
-    metrics = classification_metrics(np.concatenate(probabilities), np.concatenate(labels), class_names)
+    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
+    metrics = classification_metrics(probabilities, labels, class_names)
     metrics["data"] = spec
     metrics["split"] = split if own else "all"
+    suffix = "" if own and split == "test" else "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec}-{metrics['split']}")
+    title = f"{config['model']} on {spec} ({metrics['split']})"
+    if calibrate and len(labels):
+        metrics["calibration"] = _calibration(model, data, preprocessing, batch_size, probabilities, labels)
     if confusion_png:
-        from keras_cnns.plots import plot_confusion_matrix
+        from keras_cnns.plots import plot_confusion_matrix, plot_reliability
 
-        suffix = "" if own and split == "test" else "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec}-{metrics['split']}")
         path = os.path.join(run_dir, f"confusion{suffix}.png")
         plot_confusion_matrix(np.array(metrics["confusion_matrix"]), class_names, path,
-                              title=f"{config['model']} on {spec} ({metrics['split']}): "
-                                    f"accuracy {metrics['accuracy']:.2%}")
+                              title=f"{title}: accuracy {metrics['accuracy']:.2%}")
         metrics["confusion_png"] = path
+        if "calibration" in metrics:
+            path = os.path.join(run_dir, f"reliability{suffix}.png")
+            metrics["calibration"]["reliability_png"] = plot_reliability(metrics["calibration"], path, title=title)
     return metrics
+
+
+def _calibration(model, data, preprocessing, batch_size, probabilities, labels):
+    """The evaluated images' calibration error and reliability bins, before and after a temperature fitted on
+    the run's validation split (never on the evaluated images themselves)."""
+    found = calibration.reliability(probabilities, labels)
+    out = {"ece": found["ece"], "bins": found["bins"], "bin_count": calibration.BINS, "temperature": None}
+    val_labels = data.split("val").y
+    if not len(val_labels):
+        out["temperature_note"] = "no validation split to fit a temperature on"
+        return out
+    val = predict(model, make_dataset(data, "val", batch_size, preprocessing))
+    temperature = calibration.fit_temperature(val, val_labels)
+    after = calibration.reliability(calibration.temperature_scaled(probabilities, temperature), labels)
+    out.update(temperature=temperature, temperature_images=int(len(val_labels)), ece_after_temperature=after["ece"],
+               bins_after_temperature=after["bins"])
+    return out

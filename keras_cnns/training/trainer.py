@@ -18,7 +18,7 @@ import time
 from keras_cnns import files
 from keras_cnns.data import load_data, make_dataset, parse_augment
 from keras_cnns.errors import CnnkitError, UnknownOptionError
-from keras_cnns.training import batchnorm, precision, runs
+from keras_cnns.training import batchnorm, class_weights, precision, runs
 from keras_cnns.training.callbacks import (
     EpochLogs,
     RecalibrateBatchNorm,
@@ -71,6 +71,8 @@ class TrainConfig:
     #: re-estimate batch-norm statistics before every validation: auto (short epochs), always or never
     bn_recalibrate: str = "auto"
     label_smoothing: float = 0.0
+    #: auto | balanced | none | a JSON file {class: weight} (class_weights.py; auto: balanced when imbalanced)
+    class_weight: str = "auto"
     augment: tuple = ()
     snapshots: int = 0
     early_stopping: int = None
@@ -116,6 +118,7 @@ class TrainConfig:
             raise CnnkitError(f"warm-up must be shorter than the run: {self.warmup_epochs} of {self.epochs} epochs")
         if self.snapshots and self.snapshots > self.epochs:
             raise CnnkitError(f"{self.snapshots} snapshots need at least as many epochs, got {self.epochs}")
+        self.class_weight = class_weights.check(self.class_weight)
         self.augment = parse_augment(",".join(self.augment) if isinstance(self.augment, (list, tuple))
                                      else self.augment)
         if self.lr is None:
@@ -294,7 +297,7 @@ def _t_mul(config):
     return 1.0 if config.snapshots else config.t_mul
 
 
-def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_plan, precision_plan):
+def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_plan, precision_plan, weight_plan):
     from keras_cnns.analysis import count_trainable
 
     path = os.path.join(run_dir, "config.json")
@@ -316,6 +319,7 @@ def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_pl
         "preprocessing": preprocessing,
         "batch_norm": bn_plan,
         "precision": precision_plan,
+        "class_weight": weight_plan,
         "versions": _versions(),
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -344,6 +348,9 @@ def train(config, resume_dir=None, verbose=0, data=None):
         data = load_data(config.data, input_shape, val_split=config.val_split, test_split=config.test_split,
                          strict=config.strict)
     run_dir = _run_dir(config, resume_dir, chief)
+    weight_plan = class_weights.resolve(config.class_weight, data.train.y, data.class_names)
+    if weight_plan["weights"]:
+        log.info("class weights %s", weight_plan["why"])
     replicas = strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
 
@@ -369,7 +376,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
         pre = config.finetune.preprocessing if config.finetune else _weights_preprocessing(config, data)
         if chief:
             _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir), bn_plan=bn_plan,
-                             precision_plan={"requested": config.precision, "policy": policy, "why": why})
+                             precision_plan={"requested": config.precision, "policy": policy, "why": why},
+                             weight_plan=weight_plan)
         main = model.output_names[0] if len(model.outputs) > 1 else None
         target_fn = (lambda t: {name: t for name in model.output_names}) if main else None
         options = None
@@ -377,7 +385,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train_ds = make_dataset(data, "train", config.batch_size, pre, training=True, augment=config.augment,
-                                seed=config.seed, target_fn=target_fn, options=options)
+                                seed=config.seed, target_fn=target_fn, options=options,
+                                class_weights=class_weights.as_array(weight_plan, data.class_names))
         val_ds = make_dataset(data, "val", config.batch_size, pre, target_fn=target_fn, options=options)
 
         nan_guard, recorder = TerminateOnNaN(), RunRecorder(run_dir, inference)
@@ -512,5 +521,6 @@ def resume(run_dir, verbose=0):
     if os.path.exists(os.path.join(run_dir, "metrics.json")):
         raise CnnkitError(f"{run_dir} has already finished (metrics.json exists); nothing to resume")
     saved = runs.read_config(run_dir)
+    saved["train"].setdefault("class_weight", "none")  # a run from before --class-weight trained without
     config = TrainConfig(**saved["train"])
     return train(config, resume_dir=run_dir, verbose=verbose)
