@@ -59,6 +59,13 @@ _fit_options = [
                       "same); auto = balanced when the largest class has more than 3x the training images of the "
                       "smallest (said in the log), else none; FILE = a JSON object {class name: weight}."),
     click.option("--augment", default="", metavar="LIST", help="Comma list of flip, crop, noise, color."),
+    click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="ALPHA",
+                 help="mixup: each training batch blends image pairs and their labels by lam ~ Beta(ALPHA, ALPHA) "
+                      "(0.2-0.4 usual; 0: off)."),
+    click.option("--cutmix", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="ALPHA",
+                 help="CutMix: a box of one image pasted into another, labels mixed by area (1.0 usual; 0: off)."),
+    click.option("--mix-switch-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                 help="With --mixup and --cutmix: the chance that a batch uses CutMix rather than mixup."),
     click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
                  help="Stop after this many epochs without a better validation accuracy."),
     click.option("--mode", type=click.Choice(("graph", "eager", "xla")), default="graph", show_default=True,

@@ -467,14 +467,14 @@ def augment_image(image, seed, augment):
 
 def make_dataset(data, split_name, batch_size, preprocessing, training=False, augment=(), seed=0,
                  target_fn=None, drop_remainder=False, options=None, parallel=True, prefetch=True, cache=False,
-                 class_weights=None):
+                 class_weights=None, mix=None):
     """The tf.data pipeline of one split: (decode) -> shuffle -> augment -> batch -> normalise -> prefetch.
 
     Labels are one-hot (for label smoothing); ``target_fn`` may map them further (GoogLeNet's three
     outputs). ``parallel`` maps and ``prefetch`` use AUTOTUNE; ``cache`` keeps decoded images in memory
     after the first pass (then shuffling happens after decoding). ``cnnkit bench data`` compares these.
     ``class_weights`` (one per class): each element is (image, target, its class's weight), the sample weight
-    Keras multiplies that image's loss by.
+    Keras multiplies that image's loss by. ``mix`` (a :class:`keras_cnns.mixing.Mix`): mixup / CutMix batches.
     """
     import tensorflow as tf
 
@@ -504,11 +504,19 @@ def make_dataset(data, split_name, batch_size, preprocessing, training=False, au
             lambda xy, s: (augment_image(tf.cast(xy[0], tf.float32), s, augment), xy[1]),
             num_parallel_calls=calls, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if mix:
+        seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(lambda xy, s: (*xy, s))
 
-    def finish(x, y):
-        target = tf.one_hot(y, num_classes)
-        out = normalise(x, preprocessing), (target_fn(target) if target_fn else target)
-        return out if class_weights is None else (*out, tf.gather(tf.constant(class_weights, tf.float32), y))
+    def finish(x, y, mix_seed=None):
+        x, target = normalise(x, preprocessing), tf.one_hot(y, num_classes)
+        weights = None if class_weights is None else tf.gather(tf.constant(class_weights, tf.float32), y)
+        if mix:
+            from keras_cnns.mixing import mix_batch
+
+            x, target, weights = mix_batch(x, target, mix_seed, mix, weights)
+        out = x, (target_fn(target) if target_fn else target)
+        return out if weights is None else (*out, weights)
 
     ds = ds.map(finish, num_parallel_calls=calls, deterministic=True)
     if options is not None:

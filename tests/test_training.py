@@ -116,6 +116,19 @@ def test_class_weights_multiply_the_training_loss_and_auto_balances_an_imbalance
     assert read_config(lenet_run.run_dir)["class_weight"]["weights"] is None  # the digits are balanced
 
 
+def test_mixup_cutmix_label_smoothing_and_class_weights_train_together_and_are_recorded(tmp_path):
+    spec = _imbalanced_digits(tmp_path / "imbalanced.npz")
+    run = train(TrainConfig(data=spec, epochs=2, mixup=0.2, cutmix=1.0, mix_switch_prob=0.5, label_smoothing=0.1,
+                            output=str(tmp_path / "mixed")))
+    history = read_history(os.path.join(run.run_dir, "history.csv"))
+    assert len(history) == 2 and all(np.isfinite(r["loss"]) for r in history)
+    saved = read_config(run.run_dir)
+    assert (saved["train"]["mixup"], saved["train"]["cutmix"], saved["train"]["mix_switch_prob"]) == (0.2, 1.0, 0.5)
+    assert saved["class_weight"]["weights"] is not None
+    with pytest.raises(CnnkitError, match="--mixup is a Beta distribution's alpha"):
+        TrainConfig(mixup=-1).validate()
+
+
 def test_evaluate_on_another_data_set_matches_classes_by_name(lenet_run, tmp_path):
     data = load_data("digits", (12, 12, 1))  # the digits' own size, framed as the loader frames them
     keep = np.isin(data.test.y, [3, 7])

@@ -18,6 +18,7 @@ import time
 from keras_cnns import files
 from keras_cnns.data import load_data, make_dataset, parse_augment
 from keras_cnns.errors import CnnkitError, UnknownOptionError
+from keras_cnns.mixing import Mix
 from keras_cnns.training import batchnorm, class_weights, precision, runs
 from keras_cnns.training.callbacks import (
     EpochLogs,
@@ -73,6 +74,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     #: auto | balanced | none | a JSON file {class: weight} (class_weights.py; auto: balanced when imbalanced)
     class_weight: str = "auto"
+    #: mixup / CutMix Beta alphas (0: off) and, with both on, the chance a batch uses CutMix (keras_cnns.mixing)
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_switch_prob: float = 0.5
     augment: tuple = ()
     snapshots: int = 0
     early_stopping: int = None
@@ -119,6 +124,11 @@ class TrainConfig:
         if self.snapshots and self.snapshots > self.epochs:
             raise CnnkitError(f"{self.snapshots} snapshots need at least as many epochs, got {self.epochs}")
         self.class_weight = class_weights.check(self.class_weight)
+        for name in ("mixup", "cutmix"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise CnnkitError(f"--{name} is a Beta distribution's alpha, >= 0 (0: off), got {getattr(self, name)}")
+        if not 0 <= self.mix_switch_prob <= 1:
+            raise CnnkitError(f"--mix-switch-prob is a probability, got {self.mix_switch_prob}")
         self.augment = parse_augment(",".join(self.augment) if isinstance(self.augment, (list, tuple))
                                      else self.augment)
         if self.lr is None:
@@ -386,7 +396,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train_ds = make_dataset(data, "train", config.batch_size, pre, training=True, augment=config.augment,
                                 seed=config.seed, target_fn=target_fn, options=options,
-                                class_weights=class_weights.as_array(weight_plan, data.class_names))
+                                class_weights=class_weights.as_array(weight_plan, data.class_names),
+                                mix=Mix(config.mixup, config.cutmix, config.mix_switch_prob))
         val_ds = make_dataset(data, "val", config.batch_size, pre, target_fn=target_fn, options=options)
 
         nan_guard, recorder = TerminateOnNaN(), RunRecorder(run_dir, inference)
