@@ -39,6 +39,7 @@ def cli():
       cnnkit profile mobilenet_v2        params, MACs and activation memory per layer
     Train and compare:
       cnnkit train lenet5                LeNet-5 on the bundled digits -> runs/latest
+      cnnkit lr-find resnet20_cifar --data ./photos --input-size 32   the learning-rate range test
       cnnkit evaluate runs/latest        test metrics and a confusion matrix
       cnnkit finetune runs/latest --data ./photos --strategy auto
       cnnkit finetune mobilenet_v2 --data ./photos   from its ImageNet weights

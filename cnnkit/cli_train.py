@@ -13,6 +13,21 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adam
 SCHEDULES = ("constant", "step", "exponential", "inverse-time", "cosine", "sgdr", "plateau")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 
+
+class _LearningRate(click.ParamType):
+    name = "LR|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, float):
+            return value
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = 0.0
+        if not 0 < rate < float("inf"):
+            self.fail(f"{value!r} is neither a learning rate > 0 nor auto", param, ctx)
+        return rate
+
 # options train and finetune share; each is named like its TrainConfig field
 _fit_options = [
     click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train (train: 30, finetune: 10)."),
@@ -20,8 +35,10 @@ _fit_options = [
                  help="Global batch size (split across replicas)."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
                  help="momentum/nesterov use rho 0.9; adam/adamw beta1 0.9, beta2 0.999."),
-    click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-                 help="Initial learning rate (default: 0.01 for sgd/momentum/nesterov/adagrad, 0.003 for adam/adamw, 0.001 for rmsprop)."),
+    click.option("--lr", type=_LearningRate(),
+                 help="Initial learning rate (default: 0.01 for sgd/momentum/nesterov/adagrad, 0.003 for adam/adamw, "
+                      "0.001 for rmsprop). auto: a tenth of where the loss bottoms out in the learning-rate range "
+                      "test (cnnkit lr-find), run first; config.json records it."),
     click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True,
                  help="rho of momentum / nesterov."),
     click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
@@ -270,4 +287,48 @@ def ensemble(run_dirs, output, as_json):
     click.echo(f"run directory: {out}")
 
 
-COMMANDS = (train, evaluate, finetune, ensemble)
+@click.command(name="lr-find")
+@click.argument("model", metavar="MODEL")
+@click.option("--data", default="digits", show_default=True, metavar="SPEC", help="As for train.")
+@click.option("--input-size", type=click.IntRange(min=1), help="Square input side (default: the model's own).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Model family option (repeatable).")
+@click.option("--steps", type=click.IntRange(min=10), default=200, show_default=True,
+              help="Training steps of the test (the data repeats as needed).")
+@click.option("--start-lr", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True)
+@click.option("--end-lr", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default="lr_find.png", show_default=True,
+              help="Where to draw the loss against the learning rate.")
+@fit_options
+def lr_find(model, data, input_size, options, steps, start_lr, end_lr, plot, as_json, **kwargs):
+    """The learning-rate range test (Smith 2017): train MODEL from its initial weights for --steps steps while the
+    learning rate grows exponentially from --start-lr to --end-lr, plot the loss and suggest a rate (a tenth of
+    where the smoothed loss bottoms out). `cnnkit train --lr auto` runs it and trains with the suggestion.
+
+    
+    Example:
+      cnnkit lr-find resnet20_cifar --data ./photos --input-size 32 --optimizer momentum
+    """
+    if start_lr >= end_lr:
+        raise CnnkitError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}")
+    import_tensorflow()
+    from keras_cnns.plots import plot_lr_find
+    from keras_cnns.training import TrainConfig
+    from keras_cnns.training.trainer import find_learning_rate
+
+    kwargs.pop("lr", None)
+    config = TrainConfig(model=model, data=data, input_size=input_size, model_options=parse_options(options),
+                         **_config_kwargs(kwargs))
+    found = find_learning_rate(config, steps=steps, min_lr=start_lr, max_lr=end_lr)
+    found["plot"] = plot_lr_find(found, plot)
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    if found["suggested"] is None:
+        click.echo(f"the loss never fell ({found['stopped']}): try a larger --end-lr or more --steps")
+    else:
+        click.echo(f"suggested learning rate: {found['suggested']:.2g} (a tenth of {found['min_loss_lr']:.3g}, where "
+                   f"the smoothed loss bottoms out; steepest fall at {found['steepest_lr']:.3g})")
+    click.echo(f"{found['stopped']}; plot: {found['plot']}")
+
+
+COMMANDS = (train, evaluate, finetune, ensemble, lr_find)

@@ -115,3 +115,28 @@ def plot_reliability(found, path, title="reliability"):
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_lr_find(found, path):
+    """The learning-rate range test (training.lr_find): each step's loss and the smoothed one against the
+    learning rate, log scale, with the suggestion marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    ax.plot(found["lr"], found["loss"], color="tab:blue", alpha=0.3, linewidth=1, label="loss per step")
+    ax.plot(found["lr"], found["smoothed"], color="tab:blue", label="smoothed")
+    if found.get("suggested"):
+        ax.axvline(found["suggested"], color="tab:orange", linestyle="--",
+                   label=f"suggested {found['suggested']:.2g}")
+    ax.set_xscale("log")
+    smoothed = found["smoothed"]
+    if smoothed:  # up to the fall's bottom and a little above: the blow-up at the end would squash the curve
+        lowest = smoothed.index(min(smoothed))
+        top = max(smoothed[: lowest + 1])
+        span = max(top - smoothed[lowest], 1e-9)
+        ax.set_ylim(smoothed[lowest] - 0.1 * span, top + 0.5 * span)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"learning-rate range test: {found.get('model', '')}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

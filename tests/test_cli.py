@@ -7,7 +7,7 @@ import pytest
 
 from keras_cnns import get_model_info, list_models
 
-SUBCOMMANDS = ["models", "summary", "profile", "train", "evaluate", "finetune", "ensemble", "export", "validate",
+SUBCOMMANDS = ["models", "summary", "profile", "train", "lr-find", "evaluate", "finetune", "ensemble", "export", "validate",
                "quickstart", "serve", "predict", "bench serve", "bench train",
                "bench infer", "bench data"]
 

@@ -129,6 +129,26 @@ def test_mixup_cutmix_label_smoothing_and_class_weights_train_together_and_are_r
         TrainConfig(mixup=-1).validate()
 
 
+def test_lr_auto_trains_with_the_range_tests_suggestion_and_lr_find_plots_it(tmp_path, caplog):
+    from conftest import cnnkit_here
+
+    with caplog.at_level("INFO", logger="keras_cnns"):
+        run = train(TrainConfig(epochs=1, lr="auto", output=str(tmp_path / "auto")))
+    saved = read_config(run.run_dir)
+    found = saved["lr_find"]
+    assert found["suggested"] == pytest.approx(found["min_loss_lr"] / 10) and found["steps"] == 200
+    assert saved["train"]["lr"] == float(f"{found['suggested']:.2g}") and 1e-4 < saved["train"]["lr"] < 0.1
+    assert f"--lr auto: {saved['train']['lr']}" in caplog.text
+    out = cnnkit_here("lr-find", "lenet5", "--steps", "60", "--plot", tmp_path / "lr.png", "--json")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert len(shown["lr"]) == len(shown["loss"]) <= 60 and shown["suggested"] > 0
+    with open(tmp_path / "lr.png", "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+    with pytest.raises(CnnkitError, match="a number > 0 or auto"):
+        TrainConfig(lr="fast").validate()
+
+
 def test_evaluate_on_another_data_set_matches_classes_by_name(lenet_run, tmp_path):
     data = load_data("digits", (12, 12, 1))  # the digits' own size, framed as the loader frames them
     keep = np.isin(data.test.y, [3, 7])

@@ -133,6 +133,9 @@ class TrainConfig:
                                      else self.augment)
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.optimizer, 0.01)
+        elif self.lr != "auto" and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not 0 < self.lr < float("inf")):
+            raise CnnkitError(f"the learning rate is a number > 0 or auto (the range test), got {self.lr!r}")
         return self
 
 
@@ -255,14 +258,15 @@ def _batch_norm_plan(model, config, steps_per_epoch):
             "recalibrate": recalibrate, "why": why}
 
 
-def _compile(model, config, steps_per_epoch):
+def _compile(model, config, steps_per_epoch, constant_lr=None):
+    """``constant_lr``: a plain rate (a variable the LR range test sets each step) instead of the schedule."""
     import tf_keras as keras
 
     name = "sgdr" if config.snapshots else config.schedule  # snapshot ensembles need the cyclic rate
-    schedule = build_schedule(name, config.lr, steps_per_epoch, config.epochs,
-                              warmup_epochs=config.warmup_epochs, step_epochs=config.step_epochs, gamma=config.gamma,
-                              decay=config.decay, restart_epochs=_restart_epochs(config), t_mul=_t_mul(config),
-                              min_lr=config.min_lr)
+    schedule = constant_lr if constant_lr is not None else build_schedule(
+        name, config.lr, steps_per_epoch, config.epochs, warmup_epochs=config.warmup_epochs,
+        step_epochs=config.step_epochs, gamma=config.gamma, decay=config.decay,
+        restart_epochs=_restart_epochs(config), t_mul=_t_mul(config), min_lr=config.min_lr)
     decoupled = config.optimizer == "adamw"
     optimizer = make_optimizer(config.optimizer, schedule, momentum=config.momentum,
                                weight_decay=config.weight_decay if decoupled else 0.0)
@@ -307,7 +311,8 @@ def _t_mul(config):
     return 1.0 if config.snapshots else config.t_mul
 
 
-def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_plan, precision_plan, weight_plan):
+def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_plan, precision_plan, weight_plan,
+                     lr_plan):
     from keras_cnns.analysis import count_trainable
 
     path = os.path.join(run_dir, "config.json")
@@ -330,6 +335,7 @@ def _write_run_files(run_dir, config, data, model, preprocessing, resumed, bn_pl
         "batch_norm": bn_plan,
         "precision": precision_plan,
         "class_weight": weight_plan,
+        "lr_find": lr_plan,
         "versions": _versions(),
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -357,6 +363,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
     if data is None or tuple(data.input_shape) != tuple(input_shape):
         data = load_data(config.data, input_shape, val_split=config.val_split, test_split=config.test_split,
                          strict=config.strict)
+    lr_plan = _resolve_lr(config, data) if config.lr == "auto" else None
     run_dir = _run_dir(config, resume_dir, chief)
     weight_plan = class_weights.resolve(config.class_weight, data.train.y, data.class_names)
     if weight_plan["weights"]:
@@ -387,7 +394,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
         if chief:
             _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir), bn_plan=bn_plan,
                              precision_plan={"requested": config.precision, "policy": policy, "why": why},
-                             weight_plan=weight_plan)
+                             weight_plan=weight_plan, lr_plan=lr_plan)
         main = model.output_names[0] if len(model.outputs) > 1 else None
         target_fn = (lambda t: {name: t for name in model.output_names}) if main else None
         options = None
@@ -435,6 +442,52 @@ def train(config, resume_dir=None, verbose=0, data=None):
     files.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     runs.update_latest(run_dir)
     return TrainResult(run_dir, metrics, inference)
+
+
+def find_learning_rate(config, data=None, steps=200, min_lr=1e-7, max_lr=10.0):
+    """The learning-rate range test (lr_find.py) of ``config``'s model, from its initial weights, on its
+    training split with its batch size, optimizer, penalties, augmentation, class weights and mixing (in
+    float32, one device). -> lr_find.range_test's record plus what it ran on."""
+    import tf_keras as keras
+
+    from keras_cnns.training import lr_find
+
+    config.validate()
+    keras.utils.set_random_seed(config.seed)
+    if data is None or tuple(data.input_shape) != tuple(_input_shape(config)):
+        data = load_data(config.data, _input_shape(config), val_split=config.val_split,
+                         test_split=config.test_split, strict=config.strict)
+    model, _ = _build(config, data)
+    _compile(model, config, math.ceil(len(data.train) / config.batch_size), constant_lr=min_lr)
+    plan = class_weights.resolve(config.class_weight, data.train.y, data.class_names)
+    target_fn = (lambda t: {name: t for name in model.output_names}) if len(model.outputs) > 1 else None
+    dataset = make_dataset(data, "train", config.batch_size, _weights_preprocessing(config, data)
+                           if not config.finetune else config.finetune.preprocessing, training=True,
+                           augment=config.augment, seed=config.seed, target_fn=target_fn,
+                           class_weights=class_weights.as_array(plan, data.class_names),
+                           mix=Mix(config.mixup, config.cutmix, config.mix_switch_prob))
+    found = lr_find.range_test(model, dataset, min_lr=min_lr, max_lr=max_lr, steps=steps)
+    keras.backend.clear_session()
+    return {**found, "model": config.model, "data": data.spec, "optimizer": config.optimizer,
+            "batch_size": config.batch_size, "steps": steps, "min_lr": min_lr, "max_lr": max_lr}
+
+
+def _resolve_lr(config, data):
+    """--lr auto: the range test's suggestion, or a clear refusal."""
+    from tf_keras.utils import set_random_seed as keras_seed
+
+    found = find_learning_rate(dataclasses.replace(config), data=data)
+    if found["suggested"] is None:
+        raise CnnkitError(f"--lr auto: the loss never fell during the learning-rate range test ({found['stopped']}); "
+                          "give --lr yourself (cnnkit lr-find shows the curve)")
+    keras_seed(config.seed)  # the run's own model starts from the same weights as with a given --lr
+    config.lr = float(f"{found['suggested']:.2g}")
+    if config.finetune:
+        config.finetune.lr = config.lr
+    log.info("--lr auto: %s (the range test's minimum %.3g, a tenth of it; %s)", config.lr, found["min_loss_lr"],
+             found["stopped"])
+    return {key: found[key] for key in ("suggested", "min_loss_lr", "steepest_lr", "stopped", "steps", "min_lr",
+                                        "max_lr")}
 
 
 def _run_dir(config, resume_dir, chief):
