@@ -215,7 +215,10 @@ def _input_shape(config):
     return (size, size, c)
 
 
-def _weights_preprocessing(config, data):
+def _preprocessing(config, data):
+    """A fine-tuned model keeps the normalisation its features were learnt with, pretrained weights theirs."""
+    if config.finetune:
+        return config.finetune.preprocessing
     if not config.weights:
         return data.preprocessing
     from keras_cnns import pretrained
@@ -389,8 +392,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
                 log.info("precision auto: %s (%s)", policy, why)
             bn_plan = _batch_norm_plan(model, config, steps_per_epoch)
             _compile(model, config, steps_per_epoch)
-        # a fine-tuned model keeps the normalisation its features were learnt with, pretrained weights theirs
-        pre = config.finetune.preprocessing if config.finetune else _weights_preprocessing(config, data)
+        pre = _preprocessing(config, data)
         if chief:
             _write_run_files(run_dir, config, data, model, pre, resumed=bool(resume_dir), bn_plan=bn_plan,
                              precision_plan={"requested": config.precision, "policy": policy, "why": why},
@@ -461,8 +463,7 @@ def find_learning_rate(config, data=None, steps=200, min_lr=1e-7, max_lr=10.0):
     _compile(model, config, math.ceil(len(data.train) / config.batch_size), constant_lr=min_lr)
     plan = class_weights.resolve(config.class_weight, data.train.y, data.class_names)
     target_fn = (lambda t: {name: t for name in model.output_names}) if len(model.outputs) > 1 else None
-    dataset = make_dataset(data, "train", config.batch_size, _weights_preprocessing(config, data)
-                           if not config.finetune else config.finetune.preprocessing, training=True,
+    dataset = make_dataset(data, "train", config.batch_size, _preprocessing(config, data), training=True,
                            augment=config.augment, seed=config.seed, target_fn=target_fn,
                            class_weights=class_weights.as_array(plan, data.class_names),
                            mix=Mix(config.mixup, config.cutmix, config.mix_switch_prob))
