@@ -403,10 +403,7 @@ def train(config, resume_dir=None, verbose=0, data=None):
         if config.strategy == "multiworker":
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        train_ds = make_dataset(data, "train", config.batch_size, pre, training=True, augment=config.augment,
-                                seed=config.seed, target_fn=target_fn, options=options,
-                                class_weights=class_weights.as_array(weight_plan, data.class_names),
-                                mix=Mix(config.mixup, config.cutmix, config.mix_switch_prob))
+        train_ds = _train_dataset(config, data, model, weight_plan, options)
         val_ds = make_dataset(data, "val", config.batch_size, pre, target_fn=target_fn, options=options)
 
         nan_guard, recorder = TerminateOnNaN(), RunRecorder(run_dir, inference)
@@ -446,6 +443,15 @@ def train(config, resume_dir=None, verbose=0, data=None):
     return TrainResult(run_dir, metrics, inference)
 
 
+def _train_dataset(config, data, model, weight_plan, options=None):
+    """The training batches: shuffled, augmented, weighted by class, mixed; a target for each output."""
+    target_fn = (lambda t: {name: t for name in model.output_names}) if len(model.outputs) > 1 else None
+    return make_dataset(data, "train", config.batch_size, _preprocessing(config, data), training=True,
+                        augment=config.augment, seed=config.seed, target_fn=target_fn, options=options,
+                        class_weights=class_weights.as_array(weight_plan, data.class_names),
+                        mix=Mix(config.mixup, config.cutmix, config.mix_switch_prob))
+
+
 def find_learning_rate(config, data=None, steps=200, min_lr=1e-7, max_lr=10.0):
     """The learning-rate range test (lr_find.py) of ``config``'s model, from its initial weights, on its
     training split with its batch size, optimizer, penalties, augmentation, class weights and mixing (in
@@ -461,12 +467,8 @@ def find_learning_rate(config, data=None, steps=200, min_lr=1e-7, max_lr=10.0):
                          test_split=config.test_split, strict=config.strict)
     model, _ = _build(config, data)
     _compile(model, config, math.ceil(len(data.train) / config.batch_size), constant_lr=min_lr)
-    plan = class_weights.resolve(config.class_weight, data.train.y, data.class_names)
-    target_fn = (lambda t: {name: t for name in model.output_names}) if len(model.outputs) > 1 else None
-    dataset = make_dataset(data, "train", config.batch_size, _preprocessing(config, data), training=True,
-                           augment=config.augment, seed=config.seed, target_fn=target_fn,
-                           class_weights=class_weights.as_array(plan, data.class_names),
-                           mix=Mix(config.mixup, config.cutmix, config.mix_switch_prob))
+    dataset = _train_dataset(config, data, model,
+                             class_weights.resolve(config.class_weight, data.train.y, data.class_names))
     found = lr_find.range_test(model, dataset, min_lr=min_lr, max_lr=max_lr, steps=steps)
     keras.backend.clear_session()
     return {**found, "model": config.model, "data": data.spec, "optimizer": config.optimizer,
