@@ -78,11 +78,13 @@ def shared(tmp_path_factory, worker_id, name, make):
 
 
 def _shared_run(tmp_path_factory, worker_id, name, **config):
+    """A run trained once per session, alone in its folder (its parent's ``latest`` link points at it)."""
     import json
 
     from keras_cnns.training import TrainConfig, TrainResult, train
 
-    run_dir = shared(tmp_path_factory, worker_id, name, lambda folder: train(TrainConfig(output=str(folder), **config)))
+    run_dir = shared(tmp_path_factory, worker_id, name,
+                     lambda folder: train(TrainConfig(output=str(folder / "run"), **config))) / "run"
     with open(run_dir / "metrics.json") as f:
         return TrainResult(str(run_dir), json.load(f))
 
