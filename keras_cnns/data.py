@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from keras_cnns.errors import CnnkitError
+from keras_cnns.mixing import mix_batch
 
 log = logging.getLogger(__name__)
 
@@ -512,8 +513,6 @@ def make_dataset(data, split_name, batch_size, preprocessing, training=False, au
         x, target = normalise(x, preprocessing), tf.one_hot(y, num_classes)
         weights = None if class_weights is None else tf.gather(tf.constant(class_weights, tf.float32), y)
         if mix:
-            from keras_cnns.mixing import mix_batch
-
             x, target, weights = mix_batch(x, target, mix_seed, mix, weights)
         out = x, (target_fn(target) if target_fn else target)
         return out if weights is None else (*out, weights)

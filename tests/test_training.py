@@ -158,6 +158,8 @@ def test_evaluate_on_another_data_set_matches_classes_by_name(lenet_run, tmp_pat
     metrics = evaluate_run(lenet_run.run_dir, data_spec=str(tmp_path / "two.npz"))
     assert metrics["split"] == "all" and metrics["samples"] == keep.sum()
     assert metrics["accuracy"] > 0.9
+    # all of it is evaluated, its validation split too: no temperature is fitted on evaluated images
+    assert metrics["calibration"]["temperature"] is None and "include them" in metrics["calibration"]["temperature_note"]
     assert os.path.exists(metrics["confusion_png"])
     np.savez(tmp_path / "other.npz", x=data.test.x[:9, ..., 0], y=np.arange(9) % 3, class_names=["a", "b", "c"])
     with pytest.raises(CnnkitError, match="classes the model does not know: a, b, c"):

@@ -96,7 +96,9 @@ def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_pn
     suffix = "" if own and split == "test" else "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec}-{metrics['split']}")
     title = f"{config['model']} on {spec} ({metrics['split']})"
     if calibrate and len(labels):
-        metrics["calibration"] = _calibration(model, data, preprocessing, batch_size, probabilities, labels)
+        held_out = own and split != "val"  # the validation split is then none of the evaluated images
+        metrics["calibration"] = _calibration(model, data if held_out else None, preprocessing, batch_size,
+                                              probabilities, labels)
     if confusion_png:
         from keras_cnns.plots import plot_confusion_matrix, plot_reliability
 
@@ -112,12 +114,14 @@ def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_pn
 
 def _calibration(model, data, preprocessing, batch_size, probabilities, labels):
     """The evaluated images' calibration error and reliability bins, before and after a temperature fitted on
-    the run's validation split (never on the evaluated images themselves)."""
+    the run's validation split. ``data``: the run's own data, or None where the evaluated images include that
+    split (all of another data set, or the validation split itself): a temperature is never fitted on them."""
     found = calibration.reliability(probabilities, labels)
     out = {"ece": found["ece"], "bins": found["bins"], "bin_count": calibration.BINS, "temperature": None}
-    val_labels = data.split("val").y
+    val_labels = data.split("val").y if data is not None else []
     if not len(val_labels):
-        out["temperature_note"] = "no validation split to fit a temperature on"
+        out["temperature_note"] = ("no validation split to fit a temperature on" if data is not None else
+                                   "no held-out images to fit a temperature on: the evaluated ones include them")
         return out
     val = predict(model, make_dataset(data, "val", batch_size, preprocessing))
     temperature = calibration.fit_temperature(val, val_labels)
