@@ -9,7 +9,7 @@ from cnnkit._common import parse_options, table
 from cnnkit._quiet import import_tensorflow
 from keras_cnns.errors import CnnkitError
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "lbfgs")
 SCHEDULES = ("constant", "step", "exponential", "inverse-time", "cosine", "sgdr", "plateau")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 
@@ -34,7 +34,9 @@ _fit_options = [
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
                  help="Global batch size (split across replicas)."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
-                 help="momentum/nesterov use rho 0.9; adam/adamw beta1 0.9, beta2 0.999."),
+                 help="momentum/nesterov use rho 0.9; adam/adamw beta1 0.9, beta2 0.999. lbfgs: full-batch L-BFGS "
+                      "(SciPy), one iteration an epoch, its line search in place of a learning rate; for a training "
+                      "split that fits in memory, on a model without batch norm, without augmentation or mixing."),
     click.option("--lr", type=_LearningRate(),
                  help="Initial learning rate (default: 0.01 for sgd/momentum/nesterov/adagrad, 0.003 for adam/adamw, "
                       "0.001 for rmsprop). auto: a tenth of where the loss bottoms out in the learning-rate range "
@@ -75,7 +77,9 @@ _fit_options = [
                  help="Weigh each image's loss by its class: balanced = inverse frequency (every class weighs the "
                       "same); auto = balanced when the largest class has more than 3x the training images of the "
                       "smallest (said in the log), else none; FILE = a JSON object {class name: weight}."),
-    click.option("--augment", default="", metavar="LIST", help="Comma list of flip, crop, noise, color."),
+    click.option("--augment", default="", metavar="LIST",
+                 help="Comma list of flip, crop, noise, color, randaugment[:N:M] (RandAugment: N of 14 operations "
+                      "per image at magnitude M of 10; 2 and 9 by default)."),
     click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="ALPHA",
                  help="mixup: each training batch blends image pairs and their labels by lam ~ Beta(ALPHA, ALPHA) "
                       "(0.2-0.4 usual; 0: off)."),
@@ -83,6 +87,11 @@ _fit_options = [
                  help="CutMix: a box of one image pasted into another, labels mixed by area (1.0 usual; 0: off)."),
     click.option("--mix-switch-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
                  help="With --mixup and --cutmix: the chance that a batch uses CutMix rather than mixup."),
+    click.option("--ema", type=click.FloatRange(0, 1, min_open=True, max_open=True), metavar="DECAY",
+                 help="Keep an exponential moving average of the weights (average = DECAY * average + (1 - DECAY) * "
+                      "weights, every step): validation, the checkpoints and so the export use the average, with "
+                      "batch-norm statistics re-estimated for it. Its span, 1 / (1 - DECAY) steps, should be well "
+                      "under the run's length (0.99 for a few hundred steps; 0.9999 for ImageNet)."),
     click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
                  help="Stop after this many epochs without a better validation accuracy."),
     click.option("--mode", type=click.Choice(("graph", "eager", "xla")), default="graph", show_default=True,

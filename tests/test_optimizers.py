@@ -63,8 +63,8 @@ def test_adamw_decays_weights_even_without_gradient_but_not_biases():
 def test_every_listed_optimizer_builds_and_unknown_is_an_error():
     for name in OPTIMIZERS:
         assert make_optimizer(name, 0.01) is not None
-    with pytest.raises(CnnkitError, match="unknown optimizer 'lbfgs'"):
-        make_optimizer("lbfgs", 0.01)
+    with pytest.raises(CnnkitError, match="unknown optimizer 'lbgfs'"):
+        make_optimizer("lbgfs", 0.01)
 
 
 def _tiny_model():

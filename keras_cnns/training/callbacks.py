@@ -89,6 +89,50 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         self.recalibrator(self.dataset)
 
 
+class AveragedWeights(keras.callbacks.Callback):
+    """--ema: the optimizer averages the trainable weights in every step (optimizers.make_optimizer); training
+    steps on the raw weights, and what is validated, checkpointed (last/best.keras, snapshots) and so exported is
+    the average. Placed before RecalibrateBatchNorm, this swaps the average in when validation begins (the
+    batch-norm statistics are then re-estimated for it); ``restorer()``, placed after the checkpointing callbacks
+    and before BackupAndRestore, puts the raw weights and their statistics back once the epoch is saved - except
+    after the last epoch: the run ends on the average. The average is optimizer state, which BackupAndRestore
+    keeps with the raw weights: a resumed run goes on averaging where it stopped."""
+
+    def __init__(self):
+        super().__init__()
+        self._raw = None  # the raw weights and batch-norm statistics while the average is in
+
+    def _variables(self):
+        from keras_cnns.training.batchnorm import batch_norm_layers
+
+        statistics = [v for layer in batch_norm_layers(self.model, trainable_only=False)
+                      for v in (layer.moving_mean, layer.moving_variance)]
+        return self.model.trainable_variables, statistics
+
+    def on_test_begin(self, logs=None):
+        from keras_cnns.training.optimizers import averaged_weights
+
+        if self._raw is not None:
+            return
+        weights, statistics = self._variables()
+        self._raw = keras.backend.batch_get_value(weights + statistics)
+        keras.backend.batch_set_value(list(zip(weights, keras.backend.batch_get_value(
+            averaged_weights(self.model.optimizer, weights)))))
+
+    def restorer(self):
+        outer = self
+
+        class Restore(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                last = epoch + 1 >= self.params.get("epochs", 0) or self.model.stop_training
+                if outer._raw is not None and not last:
+                    weights, statistics = outer._variables()
+                    keras.backend.batch_set_value(list(zip(weights + statistics, outer._raw)))
+                    outer._raw = None
+
+        return Restore()
+
+
 class RunRecorder(keras.callbacks.Callback):
     """Owns ``history.csv`` and the ``last.keras`` / ``best.keras`` checkpoints of a run directory.
 

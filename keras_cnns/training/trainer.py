@@ -19,8 +19,9 @@ from keras_cnns import files
 from keras_cnns.data import load_data, make_dataset, parse_augment
 from keras_cnns.errors import CnnkitError, UnknownOptionError
 from keras_cnns.mixing import Mix
-from keras_cnns.training import batchnorm, class_weights, precision, runs
+from keras_cnns.training import batchnorm, class_weights, lbfgs, precision, runs
 from keras_cnns.training.callbacks import (
+    AveragedWeights,
     EpochLogs,
     RecalibrateBatchNorm,
     RunRecorder,
@@ -78,6 +79,8 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_switch_prob: float = 0.5
+    #: exponential moving average of the weights (this decay; None: off): what is validated, saved and exported
+    ema: float = None
     augment: tuple = ()
     snapshots: int = 0
     early_stopping: int = None
@@ -127,10 +130,20 @@ class TrainConfig:
         for name in ("mixup", "cutmix"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise CnnkitError(f"--{name} is a Beta distribution's alpha, >= 0 (0: off), got {getattr(self, name)}")
+        if self.ema is not None and (isinstance(self.ema, bool) or not 0 < self.ema < 1):
+            raise CnnkitError(f"--ema is the moving average's decay, between 0 and 1 (0.99-0.9999 usual), got "
+                              f"{self.ema!r}")
         if not 0 <= self.mix_switch_prob <= 1:
             raise CnnkitError(f"--mix-switch-prob is a probability, got {self.mix_switch_prob}")
         self.augment = parse_augment(",".join(self.augment) if isinstance(self.augment, (list, tuple))
                                      else self.augment)
+        if self.optimizer == "lbfgs":
+            given = [flag for flag, on in (("--lr auto", self.lr == "auto"), ("--ema", self.ema),
+                                           ("--snapshots", self.snapshots), ("--mode eager/xla", self.mode != "graph"))
+                     if on]
+            if given:
+                raise CnnkitError(f"--optimizer lbfgs takes its steps by line search over the whole training split: "
+                                  f"{', '.join(given)} do not apply to it")
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.optimizer, 0.01)
         elif self.lr != "auto" and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
@@ -254,6 +267,8 @@ def _batch_norm_plan(model, config, steps_per_epoch):
     momentum = config.bn_momentum or batchnorm.default_momentum(steps_per_epoch)
     batchnorm.set_momentum(model, momentum)
     recalibrate, why = batchnorm.needs_recalibration(steps_per_epoch, momentum)
+    if config.ema:
+        recalibrate, why = True, "--ema: the averaged weights are validated and saved with statistics of their own"
     if config.bn_recalibrate != "auto":
         recalibrate, why = config.bn_recalibrate == "always", f"--bn-recalibrate {config.bn_recalibrate}"
     return {"layers": len(layers), "momentum": momentum,
@@ -272,7 +287,8 @@ def _compile(model, config, steps_per_epoch, constant_lr=None):
         restart_epochs=_restart_epochs(config), t_mul=_t_mul(config), min_lr=config.min_lr)
     decoupled = config.optimizer == "adamw"
     optimizer = make_optimizer(config.optimizer, schedule, momentum=config.momentum,
-                               weight_decay=config.weight_decay if decoupled else 0.0)
+                               weight_decay=config.weight_decay if decoupled else 0.0,
+                               ema=config.ema if constant_lr is None else None)
     # --weight-decay lambda is the gradient lambda * w: an L2 penalty of lambda / 2 * sum(w^2)
     l2 = config.l2 + (0.0 if decoupled else config.weight_decay / 2.0)
     add_weight_penalty(model, l1=config.l1, l2=l2)
@@ -373,9 +389,16 @@ def train(config, resume_dir=None, verbose=0, data=None):
         log.info("class weights %s", weight_plan["why"])
     replicas = strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    if config.ema and 1 / (1 - config.ema) > steps_per_epoch * config.epochs / 4:
+        log.warning("--ema %s averages over about %d steps, more than a quarter of this run's %d: the average "
+                    "still holds much of the initial weights at the end; --ema %.3g fits this run", config.ema,
+                    round(1 / (1 - config.ema)), steps_per_epoch * config.epochs,
+                    1 - 10 / (steps_per_epoch * config.epochs))
 
     gpus = tf.config.list_physical_devices("GPU")
     policy, why = precision.resolve(config.precision, gpus)
+    if config.optimizer == "lbfgs" and config.precision == "auto":
+        policy, why = "float32", "L-BFGS's line search compares losses that bfloat16 would blur"
     keras.mixed_precision.set_global_policy(policy)
     if policy == "mixed_float16" and not gpus:
         log.warning("--precision mixed_float16 on a CPU: float16 is meant for GPUs and may fall back to slower "
@@ -383,6 +406,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
     try:
         with strategy.scope():
             model, inference = _build(config, data)
+            if config.optimizer == "lbfgs":
+                lbfgs.refuse_if_needed(config, model, data)
             chosen = precision.for_model(config.precision, policy, why, model)
             if chosen[0] != policy:  # auto, on a second look at the model: built again in that precision
                 keras.mixed_precision.set_global_policy(chosen[0])
@@ -408,9 +433,14 @@ def train(config, resume_dir=None, verbose=0, data=None):
 
         nan_guard, recorder = TerminateOnNaN(), RunRecorder(run_dir, inference)
         callbacks = _callbacks(config, data, run_dir, inference, pre, main, bn_plan, nan_guard, recorder)
-        started = time.time()
+        started, lbfgs_record = time.time(), None
         try:
-            model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+            if config.optimizer == "lbfgs":
+                lbfgs_record = _fit_lbfgs(model, inference, config, data, pre, weight_plan, val_ds, callbacks,
+                                          resume_dir, run_dir, verbose)
+            else:
+                model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                          verbose=verbose)
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise
@@ -438,6 +468,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
 
     metrics = _final_metrics(config, data, run_dir, inference, pre, bn_plan, recorder, seconds, traces, replicas,
                              policy)
+    if lbfgs_record:
+        metrics["lbfgs"] = lbfgs_record
     files.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     runs.update_latest(run_dir)
     return TrainResult(run_dir, metrics, inference)
@@ -450,6 +482,21 @@ def _train_dataset(config, data, model, weight_plan, options=None):
                         augment=config.augment, seed=config.seed, target_fn=target_fn, options=options,
                         class_weights=class_weights.as_array(weight_plan, data.class_names),
                         mix=Mix(config.mixup, config.cutmix, config.mix_switch_prob))
+
+
+def _fit_lbfgs(model, inference, config, data, pre, weight_plan, val_ds, callbacks, resume_dir, run_dir, verbose):
+    """--optimizer lbfgs (lbfgs.py): the run's callbacks without BackupAndRestore (a resumed run restarts L-BFGS
+    from its last epoch's weights, with a fresh curvature memory). -> what it did, for metrics.json"""
+    import tf_keras as keras
+
+    done = len(read_history(os.path.join(run_dir, "history.csv"))) if resume_dir else 0
+    if done:
+        inference.set_weights(runs.load_run_model(run_dir, "last").get_weights())
+    weights = class_weights.as_array(weight_plan, data.class_names)
+    objective = make_dataset(data, "train", 256, pre, class_weights=weights)
+    train_eval = make_dataset(data, "train", 256, pre)
+    kept = [c for c in callbacks if not isinstance(c, keras.callbacks.BackupAndRestore)]
+    return lbfgs.fit(model, objective, train_eval, val_ds, kept, config, initial_epoch=done, verbose=verbose)
 
 
 def find_learning_rate(config, data=None, steps=200, min_lr=1e-7, max_lr=10.0):
@@ -506,11 +553,15 @@ def _run_dir(config, resume_dir, chief):
 
 
 def _callbacks(config, data, run_dir, inference, pre, main, bn_plan, nan_guard, recorder):
-    """The Keras callbacks of a run, in order: logs, the NaN guard, batch-norm recalibration, the schedule's
-    and early stopping's, TensorBoard, the run recorder (checkpoints), snapshots, then BackupAndRestore."""
+    """The Keras callbacks of a run, in order: logs, the NaN guard, the weight average (--ema) in, batch-norm
+    recalibration, the schedule's and early stopping's, TensorBoard, the run recorder (checkpoints), snapshots,
+    the raw weights back (--ema), then BackupAndRestore."""
     import tf_keras as keras
 
     callbacks = [EpochLogs(main), nan_guard]
+    averaged = AveragedWeights() if config.ema else None
+    if averaged:  # before the recalibration: the statistics are re-estimated for the averaged weights
+        callbacks.append(averaged)
     if bn_plan["recalibrate"]:  # each worker pools the whole training split: the same statistics on all
         callbacks.append(RecalibrateBatchNorm(make_dataset(data, "train", config.batch_size, pre, training=True,
                                                            seed=config.seed + 1)))
@@ -523,6 +574,8 @@ def _callbacks(config, data, run_dir, inference, pre, main, bn_plan, nan_guard, 
     if config.snapshots:
         ends = cycle_end_epochs(config.epochs, _restart_epochs(config), 1.0, config.warmup_epochs)
         callbacks.append(SnapshotSaver(run_dir, inference, ends[-config.snapshots:]))
+    if averaged:  # the checkpoints hold the average, the backup the raw weights (and the average, as optimizer state)
+        callbacks.append(averaged.restorer())
     callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")))
     return callbacks
 
