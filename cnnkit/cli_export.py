@@ -96,6 +96,11 @@ def _print_report(report):
 @click.option("--preprocessing", metavar="torch|tf|caffe|unit|raw|JSON",
               help="Normalisation for a .keras/.h5 SOURCE that does not carry it: a name, or "
                    "'{\"scale\": S, \"mean\": [...], \"std\": [...]}' applied to pixels 0..255.")
+@click.option("--temperature", metavar="fitted|T",
+              help="Export calibrated probabilities, softmax(logits / T), T folded into the last layer's weights: "
+                   "fitted = the temperature the run fitted on its validation split (cnnkit evaluate shows what it "
+                   "does to the calibration error), or a number. The parity report compares with the calibrated "
+                   "model; export.json records T.")
 @click.option("--opset", type=click.IntRange(min=9), default=17, show_default=True, help="ONNX opset.")
 @click.option("--author", default="", help="Author field of the TFLite metadata.")
 @click.option("--license", "license_", default="", help="License field of the TFLite metadata.")
@@ -108,8 +113,8 @@ def _print_report(report):
 @json_option
 def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_out, everything, extra, quantize,
                    prune, cluster, finetune_epochs, int8_io, calibration_data, calibration_images, max_accuracy_drop,
-                   name, version, weights, input_size, labels_file, preprocessing, opset, author, license_,
-                   max_megapixels, allow_failed_variants, as_json):
+                   name, version, weights, input_size, labels_file, preprocessing, temperature, opset, author,
+                   license_, max_megapixels, allow_failed_variants, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 
     \b
@@ -123,6 +128,7 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
       cnnkit export model.keras --labels labels.txt --preprocessing torch   a Keras file from elsewhere
       cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat
       cnnkit export runs/latest --tflite --quantize int8 --max-accuracy-drop 1   int8, float where it costs accuracy
+      cnnkit export runs/latest --tflite --temperature fitted   calibrated probabilities
     """
     import_tensorflow(export=True)
     from export import ExportOptions, export, plan_formats
@@ -137,7 +143,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
                 max_accuracy_drop=max_accuracy_drop, name=name, version=version, weights=weights, input_size=input_size,
                 opset=opset, prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
                 author=author, license=license_, max_megapixels=max_megapixels,
-                allow_failed_variants=allow_failed_variants, labels=labels_file, preprocessing=preprocessing))
+                allow_failed_variants=allow_failed_variants, labels=labels_file, preprocessing=preprocessing,
+                temperature=temperature))
     except ExportFailed as err:  # every row, then the reason; exit 1 as validate does
         click.echo(json.dumps(err.report)) if as_json else _print_report(err.report)
         click.echo(f"cnnkit: error: {err} (--allow-failed-variants publishes the rest)", err=True)

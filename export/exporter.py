@@ -73,6 +73,9 @@ class ExportOptions:
     #: for a .keras/.h5 source that does not carry them: a class-names file and the normalisation
     labels: str = None
     preprocessing: object = None
+    #: a temperature to fold into the model (calibrated probabilities): "fitted" (the run's, fitted on its
+    #: validation split at the end of training) or a number > 0; None: the model's own probabilities
+    temperature: object = None
 
 
 def next_version(base):
@@ -194,6 +197,8 @@ def export(source, output="exports", formats=("saved_model",), options=None, **f
     formats = plan_formats(extra=formats)  # names checked, the SavedModel first
     src = load_source(source, weights=options.weights, input_size=options.input_size, labels=options.labels,
                       preprocessing=options.preprocessing)
+    if options.temperature is not None:
+        _fold_temperature(src, options.temperature)
     name = options.name or src.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise CnnkitError(f"--name {name!r}: letters, digits, '_', '.' and '-' only, not starting with '.' (it "
@@ -402,7 +407,42 @@ def _manifest(src, name, version, artifacts, options):
     return {"name": name, "version": version, "source": src.origin, "input_shape": list(src.input_shape),
             "labels": src.labels, "preprocessing": src.preprocessing, "data": src.data_spec,
             "val_split": src.val_split, "test_split": src.test_split, "artifacts": artifacts,
-            "onnx_opset": options.opset, "max_megapixels": float(options.max_megapixels), "weights": src.weights}
+            "onnx_opset": options.opset, "max_megapixels": float(options.max_megapixels), "weights": src.weights,
+            "temperature": src.temperature}
+
+
+def _fold_temperature(src, temperature):
+    """--temperature: the model's probabilities softened (T > 1) or sharpened (T < 1) by a temperature folded into
+    its last weights (keras_cnns.training.calibration.apply_temperature); every artifact is made from, and compared
+    with, the calibrated model."""
+    from keras_cnns.training.calibration import apply_temperature
+
+    if src.temperature:
+        raise CnnkitError(f"{src.origin} already has the temperature {src.temperature['value']:.4g} folded in; "
+                          "export the run it came from to choose another")
+    record = {"from": "--temperature"}
+    if temperature == "fitted":
+        path = os.path.join(src.origin, "metrics.json")
+        if not os.path.isfile(path):
+            raise CnnkitError("--temperature fitted takes the temperature a training run fitted on its validation "
+                              f"split: export the run directory (or give a number); {src.origin} has no metrics.json")
+        found = read_json(path).get("calibration") or {}
+        if not found.get("temperature"):
+            why = found.get("temperature_note", "the run predates calibration")
+            raise CnnkitError(f"{src.origin} has no fitted temperature ({why}): give --temperature a number")
+        temperature = found["temperature"]
+        record = {"from": "fitted on the run's validation split", "images": found.get("temperature_images"),
+                  "test_ece_before": found.get("ece"), "test_ece_after": found.get("ece_after_temperature")}
+    try:
+        temperature = float(temperature)
+    except (TypeError, ValueError):
+        temperature = float("nan")
+    if not 0 < temperature < float("inf"):
+        raise CnnkitError(f"--temperature is fitted or a number > 0, got {temperature}")
+    layer = apply_temperature(src.model, temperature)
+    src.temperature = {"value": temperature, "layer": layer, **record}
+    log.info("temperature %.4g folded into %s (the exported probabilities are softmax(logits / T))", temperature,
+             layer)
 
 
 def _publish_what_passed(version_dir, report):

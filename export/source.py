@@ -31,6 +31,8 @@ class ExportSource:
     weights: dict = None
     #: the input shape of a model released after its graphs were written (``release_model``)
     released_shape: tuple = None
+    #: the temperature folded into the model's last weights (export.json "temperature"), or None
+    temperature: dict = None
 
     @property
     def input_shape(self):
@@ -204,4 +206,5 @@ def _from_export(path):
     return ExportSource(model=load_model_file(os.path.join(path, "keras", "model.keras")), name=meta["name"],
                         labels=meta["labels"], preprocessing=meta["preprocessing"], origin=os.path.abspath(path),
                         data_spec=meta["data"], val_split=meta["val_split"], test_split=meta["test_split"],
-                        earlier_artifacts=tuple(a["artifact"] for a in meta["artifacts"]), weights=meta.get("weights"))
+                        earlier_artifacts=tuple(a["artifact"] for a in meta["artifacts"]), weights=meta.get("weights"),
+                        temperature=meta.get("temperature"))

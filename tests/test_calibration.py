@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from keras_cnns.errors import CnnkitError
 from keras_cnns.training import calibration
 from keras_cnns.training.evaluation import classification_metrics
 
@@ -65,3 +66,46 @@ def test_temperature_one_is_the_identity_and_rows_stay_probabilities():
     softer = calibration.temperature_scaled(p, 2.0)
     np.testing.assert_allclose(softer.sum(1), 1.0)
     assert (softer.max(1) < p.max(1)).all()
+
+
+def _toy(head):
+    """A small convolutional model with one of the heads the zoo uses."""
+    import tf_keras as keras
+
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, activation="relu")(inputs)
+    if head == "dense":  # LeNet, VGG, ResNet: a Dense layer with the softmax
+        outputs = layers.Dense(5, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+    elif head == "conv":  # SqueezeNet, NiN: convolution, ReLU, average pooling, then the softmax
+        x = layers.ReLU()(layers.Conv2D(5, 1)(x))
+        outputs = layers.Softmax()(layers.Dropout(0.5)(layers.GlobalAveragePooling2D()(x)))
+    elif head == "batch-norm":  # a batch norm between the logits and the softmax: its shift does not scale
+        x = layers.BatchNormalization(beta_initializer="ones")(layers.Conv2D(5, 1)(x))
+        outputs = layers.Activation("softmax")(layers.GlobalAveragePooling2D()(x))
+    else:
+        outputs = layers.Dense(5, activation="sigmoid")(layers.Flatten()(x))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("head", ["dense", "conv"])
+def test_a_temperature_folds_into_the_last_weights_exactly(head):
+    model = _toy(head)
+    x = np.random.RandomState(0).uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32)
+    before = model(x).numpy()
+    calibration.apply_temperature(model, 2.5)
+    after = model(x).numpy()
+    np.testing.assert_allclose(after, calibration.temperature_scaled(before, 2.5), rtol=1e-4, atol=1e-6)
+    assert after.max() < before.max()  # softer, and the same answers
+    np.testing.assert_array_equal(after.argmax(1), before.argmax(1))
+
+
+@pytest.mark.parametrize("head, message", [("batch-norm", "batch_normalization is in between"),
+                                           ("sigmoid", "does not end in a softmax")])
+def test_a_head_a_temperature_cannot_fold_into_is_refused(head, message):
+    model = _toy(head)
+    weights = [w.copy() for w in model.get_weights()]
+    with pytest.raises(CnnkitError, match=message):
+        calibration.apply_temperature(model, 2.0)
+    for kept, w in zip(weights, model.get_weights()):  # nothing changed
+        np.testing.assert_array_equal(kept, w)

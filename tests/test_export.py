@@ -283,6 +283,34 @@ def test_tflite_files_carry_labels_use_builtin_ops_and_run_in_litert(trained):
     assert tflite.Runner(os.path.join(trained["path"], "tflite", "model_int8.tflite")).input["dtype"] == np.uint8
 
 
+def test_a_fitted_temperature_travels_into_the_export_and_its_probabilities_are_calibrated(trained, tmp_path):
+    from keras_cnns.training import calibration
+
+    fitted = trained["metrics"]["calibration"]
+    path, report = run_export(trained["run"], output=str(tmp_path), formats=plan_formats(tflite_out=True),
+                              temperature="fitted")
+    assert report["ok"]  # every artifact against the calibrated Keras model
+    record = json.load(open(os.path.join(path, "export.json")))["temperature"]
+    assert record["value"] == fitted["temperature"] and record["layer"] == "output"
+    data = load_data("digits", (32, 32, 1))
+    x = data.test.x.astype(np.float32)
+    raw = tflite.Runner(os.path.join(trained["path"], "tflite", "model_float32.tflite"))(x)
+    calibrated = tflite.Runner(os.path.join(path, "tflite", "model_float32.tflite"))(x)
+    np.testing.assert_allclose(calibrated, calibration.temperature_scaled(raw, fitted["temperature"]), atol=1e-4)
+    np.testing.assert_array_equal(calibrated.argmax(1), raw.argmax(1))
+    # the phone's probabilities have the calibration error evaluation reported after the temperature
+    assert calibration.reliability(calibrated, data.test.y)["ece"] == pytest.approx(fitted["ece_after_temperature"],
+                                                                                    abs=1e-3)
+    with pytest.raises(CnnkitError, match="already has the temperature .* folded in"):
+        run_export(path, output=str(tmp_path), temperature=2.0)
+    for bad, message in (("warm", "is fitted or a number > 0"), (0, "is fitted or a number > 0")):
+        with pytest.raises(CnnkitError, match=message):
+            run_export(trained["run"], output=str(tmp_path / "bad"), temperature=bad)
+    with pytest.raises(CnnkitError, match="--temperature fitted takes the temperature a training run fitted"):
+        run_export("lenet5", output=str(tmp_path / "bad"), temperature="fitted")
+    assert not os.path.exists(tmp_path / "bad")
+
+
 def test_a_new_export_is_the_next_version_and_leaves_the_old_one_alone(trained):
     before = _digest(trained["path"])
     path, _ = run_export(trained["run"], output=os.path.dirname(trained["base"]))

@@ -11,6 +11,8 @@ probabilities up to a constant per image, which the softmax cancels: softmax(log
 """
 import numpy as np
 
+from keras_cnns.errors import CnnkitError
+
 BINS = 15  # the paper's
 
 
@@ -57,3 +59,45 @@ def fit_temperature(probabilities, labels):
                                                                    labels),
                              bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(result.x))
+
+
+
+def apply_temperature(model, temperature):
+    """Make ``model`` (which ends in a softmax) answer softmax(z / T) for its logits z, in place, by dividing the
+    weights that make the logits by T: the last Dense or convolution's kernel and bias, with only layers that
+    commute with a positive factor (pooling, flatten, ReLU, dropout) between it and the softmax. No new op, so
+    every export format and quantization takes it as it takes the model. -> the name of the layer scaled."""
+    import tf_keras as keras
+
+    layers = keras.layers
+    commuting = (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D, layers.AveragePooling2D,
+                 layers.MaxPooling2D, layers.Flatten, layers.Reshape, layers.Dropout)
+
+    def activation(layer):
+        if isinstance(layer, layers.ReLU):  # f(x / T) = f(x) / T for T > 0 only without a ceiling
+            return "relu" if layer.max_value is None and not float(layer.threshold) else "relu-capped"
+        return getattr(getattr(layer, "activation", None), "__name__", None)
+
+    def previous(layer):
+        inbound = layer.inbound_nodes[0].inbound_layers
+        return inbound[0] if isinstance(inbound, list) and len(inbound) == 1 else \
+            (None if isinstance(inbound, list) else inbound)
+
+    layer = model.get_layer(model.output_names[0])
+    if not hasattr(layer, "kernel"):
+        if activation(layer) != "softmax" and not isinstance(layer, layers.Softmax):
+            raise CnnkitError(f"{model.name} does not end in a softmax: a temperature has nothing to soften")
+        layer = previous(layer)
+        while layer is not None and not hasattr(layer, "kernel") and \
+                (isinstance(layer, commuting) or activation(layer) in ("relu", "linear")):
+            layer = previous(layer)
+        if layer is None or not hasattr(layer, "kernel") or activation(layer) not in ("relu", "linear"):
+            raise CnnkitError(f"{model.name}: the logits are not made by a Dense or convolution right before the "
+                              f"softmax ({getattr(layer, 'name', 'a merge')} is in between), so a temperature cannot "
+                              "be folded into its weights")
+    elif activation(layer) != "softmax":
+        raise CnnkitError(f"{model.name} does not end in a softmax: a temperature has nothing to soften")
+    layer.kernel.assign(layer.kernel / temperature)
+    if getattr(layer, "bias", None) is not None:
+        layer.bias.assign(layer.bias / temperature)
+    return layer.name
