@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 KERAS_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist")
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
-AUGMENTATIONS = ("flip", "crop", "noise", "color")
+#: randaugment[:N[:M]] besides (keras_cnns/randaugment.py)
+AUGMENTATIONS = ("flip", "crop", "noise", "color", "randaugment")
 SPEC_HELP = ("digits, shapes[:N], a folder of class sub-folders, a .npz file with x/y arrays, "
              "keras:cifar10|cifar100|mnist|fashion_mnist or tfds:NAME")
 
@@ -436,8 +437,12 @@ def normalise(images, preprocessing):
 
 
 def parse_augment(text):
+    """``--augment``: a comma list of AUGMENTATIONS; ``randaugment[:N[:M]]`` is kept as randaugment:N:M."""
+    from keras_cnns import randaugment
+
     names = [a.strip().lower() for a in (text or "").split(",") if a.strip() and a.strip().lower() != "none"]
-    unknown = [a for a in names if a not in AUGMENTATIONS]
+    names = ["randaugment:%d:%g" % randaugment.parse(a) if a.split(":")[0] == "randaugment" else a for a in names]
+    unknown = [a for a in names if a not in AUGMENTATIONS and not a.startswith("randaugment:")]
     if unknown:
         raise CnnkitError(f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
     return tuple(dict.fromkeys(names))
@@ -447,6 +452,8 @@ def augment_image(image, seed, augment):
     """Random training-time changes of one float32 image in [0, 255], from a stateless ``seed``
     (so a run is reproducible however many threads map in parallel)."""
     import tensorflow as tf
+
+    from keras_cnns import randaugment
 
     seeds = tf.random.experimental.stateless_split(seed, num=6)
     size, channels = image.shape[0], image.shape[-1]
@@ -463,6 +470,15 @@ def augment_image(image, seed, augment):
             image = tf.image.stateless_random_saturation(image, 0.7, 1.3, seeds[4])
     if "noise" in augment:
         image = image + tf.random.stateless_normal(tf.shape(image), seeds[5], stddev=0.04 * 255.0)
+    for name in augment:
+        if name.startswith("randaugment:"):  # after flip and crop, as timm; a seed of its own
+            n, m = randaugment.parse(name)
+            if channels == 1:  # the operations are written for RGB: a grey image goes through as RGB and back
+                image = randaugment.randaugment(tf.image.grayscale_to_rgb(tf.clip_by_value(image, 0.0, 255.0)),
+                                                tf.random.experimental.stateless_fold_in(seed, 7), n, m)[..., :1]
+            else:
+                image = randaugment.randaugment(tf.clip_by_value(image, 0.0, 255.0),
+                                                tf.random.experimental.stateless_fold_in(seed, 7), n, m)
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
