@@ -114,24 +114,18 @@ def minimize(objective, iterations, on_iteration=None, max_evaluations=None):
     best point found. -> SciPy's OptimizeResult."""
     from scipy.optimize import minimize as scipy_minimize
 
-    last = {"loss": None}
+    done = []
 
-    def fun(flat):
-        loss, grad = objective(flat)
-        last["loss"] = loss
-        return loss, grad
-
-    state = {"i": 0}
-
-    def callback(intermediate_result):
+    def callback(intermediate_result):  # SciPy's name for it: the iteration's point and loss
         objective.set(intermediate_result.x)
-        stop = on_iteration(state["i"], float(intermediate_result.fun)) if on_iteration else False
-        state["i"] += 1
+        stop = on_iteration(len(done), float(intermediate_result.fun)) if on_iteration else False
+        done.append(True)
         if stop:
             raise StopIteration
 
     options = {"maxiter": iterations, "maxcor": MEMORY, "maxfun": max_evaluations or iterations * 20}
-    result = scipy_minimize(fun, objective.get(), jac=True, method="L-BFGS-B", callback=callback, options=options)
+    result = scipy_minimize(objective, objective.get(), jac=True, method="L-BFGS-B", callback=callback,
+                            options=options)
     objective.set(result.x)
     return result
 
