@@ -1,7 +1,9 @@
 """RandAugment (Cubuk et al. 2019, "RandAugment: Practical automated data augmentation with a reduced search
 space"): each training image gets N operations drawn uniformly, with replacement, from the paper's 14, all at
 one magnitude M on a 0-10 scale (timm's scale; `--augment randaugment:N:M`, default N=2, M=9 as timm's
-rand-m9-n2). Geometric operations and the enhancements take a random sign, as in timm.
+rand-m9-n2). Geometric operations and the enhancements take a random sign, as in timm. Solarize and posterize
+take their increasing forms (timm's "inc" variants: the threshold falls and bits go as M rises), so that every
+operation grows stronger with M; in the original AutoAugment code those two grew weaker.
 
 Written on tf.image and TensorFlow's projective transform (no maintained RandAugment works with tf_keras: Keras'
 own is Keras 3, KerasCV's too), on float32 images in [0, 255] inside tf.data, from stateless seeds. Each operation
