@@ -472,13 +472,11 @@ def augment_image(image, seed, augment):
         image = image + tf.random.stateless_normal(tf.shape(image), seeds[5], stddev=0.04 * 255.0)
     for name in augment:
         if name.startswith("randaugment:"):  # after flip and crop, as timm; a seed of its own
-            n, m = randaugment.parse(name)
+            rgb = tf.clip_by_value(image, 0.0, 255.0)
             if channels == 1:  # the operations are written for RGB: a grey image goes through as RGB and back
-                image = randaugment.randaugment(tf.image.grayscale_to_rgb(tf.clip_by_value(image, 0.0, 255.0)),
-                                                tf.random.experimental.stateless_fold_in(seed, 7), n, m)[..., :1]
-            else:
-                image = randaugment.randaugment(tf.clip_by_value(image, 0.0, 255.0),
-                                                tf.random.experimental.stateless_fold_in(seed, 7), n, m)
+                rgb = tf.image.grayscale_to_rgb(rgb)
+            image = randaugment.randaugment(rgb, tf.random.experimental.stateless_fold_in(seed, 7),
+                                            *randaugment.parse(name))[..., :channels]
     return tf.clip_by_value(image, 0.0, 255.0)
 
 

@@ -20,13 +20,12 @@ MEMORY = 10
 
 def refuse_if_needed(config, model, data):
     """A one-line error when ``config`` cannot train ``model`` on ``data`` with full-batch L-BFGS."""
-    why = refusal(config, model, data)
+    why = _refusal(config, model, data)
     if why:
         raise CnnkitError(f"--optimizer lbfgs: {why}")
 
 
-def refusal(config, model, data):
-    """Why ``config`` cannot train ``model`` on ``data`` with full-batch L-BFGS, or None."""
+def _refusal(config, model, data):
     from keras_cnns.training.batchnorm import batch_norm_layers
 
     size = len(data.train) * int(np.prod(data.input_shape)) * 4
