@@ -9,7 +9,7 @@ validation split (what `cnnkit export --temperature fitted` ships). First, full-
 LeNet-5 on the digits, test accuracy per gradient evaluation.
 
     python benchmarks/training_recipe.py [--epochs 30] [--seeds 0,1] [--models resnet20_cifar,mobilenet_v2]
-        [--only baseline,--ema\ 0.95] [--record]
+        [--only "baseline;--ema 0.95"] [--record]
 """
 import argparse
 import json
@@ -130,7 +130,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--models", default="resnet20_cifar,mobilenet_v2")
-    parser.add_argument("--only", help="comma list of configuration names (default: all)")
+    parser.add_argument("--only", help="configuration names separated by ';' (names hold commas; default: all)")
     parser.add_argument("--from-log", metavar="FILE",
                         help="no training: the tables from the rows an earlier run printed (one JSON object a line), "
                              "for a run stopped before its end")
@@ -146,7 +146,7 @@ def main():
         replace_section("training_recipe", body, record=args.record)
         print(body)
         return
-    configs = {k: v for k, v in CONFIGS.items() if not args.only or k in args.only.split(",")}
+    configs = {k: v for k, v in CONFIGS.items() if not args.only or k in args.only.split(";")}
     work = tempfile.mkdtemp(prefix="recipe-")
     names = write_folder(os.path.join(work, "train"), COUNTS, seed=1)
     assert names[-1] == "cross"
