@@ -9,6 +9,7 @@ from cnnkit._common import log_to_stderr, table
 from cnnkit._quiet import import_tensorflow
 from cnnkit._quiet import stderr_silenced as native_logs_silenced
 from export.local import runtimes as local_runtimes
+from serving.runtime import choices as serve_runtimes
 
 
 @click.command()
@@ -46,6 +47,10 @@ from export.local import runtimes as local_runtimes
 @click.option("--queue-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
               help="A REST request that waited this long for a worker is answered 503 then (its client has most "
                    "likely given up).")
+@click.option("--runtime", "serve_runtime", type=click.Choice(serve_runtimes()), default="auto", show_default=True,
+              help="What runs each model: auto is the fastest exact artifact of its export (the lowest batch-1 "
+                   "latency in its parity report: LiteRT, ONNX Runtime, OpenVINO or the SavedModel); a name forces "
+                   "that runtime. Decoding, the API and the answers stay the SavedModel's.")
 @click.option("--emit-config", is_flag=True,
               help="Do not serve: write TF Serving deployment files (Dockerfile, models.config, batching and "
                    "monitoring configs, docker-compose.yml with nginx serving the model page on :8080, nginx.conf, "
@@ -56,7 +61,7 @@ from export.local import runtimes as local_runtimes
               help="Print one JSON object on stdout: the files written, or the ports and models once serving.")
 def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size, batch_timeout_ms, batch_threads,
           keep_versions, poll_seconds, max_body_mb, workers, queue, read_timeout, idle_timeout, queue_timeout,
-          emit_config, output, as_json):
+          serve_runtime, emit_config, output, as_json):
     """Serve every model under EXPORT_BASE (or one model's folder) with TF Serving's REST and gRPC APIs.
 
     \b
@@ -96,11 +101,12 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
     server = ModelServer(export_base, host=host, rest_port=port, grpc_port=None if no_grpc else grpc_port,
                          batching=options if batching else None, keep_versions=keep_versions,
                          poll_seconds=poll_seconds, max_body_bytes=max_body_mb << 20, workers=workers, queue=queue,
-                         read_timeout=read_timeout, idle_timeout=idle_timeout, queue_timeout=queue_timeout)
+                         read_timeout=read_timeout, idle_timeout=idle_timeout, queue_timeout=queue_timeout,
+                         runtime=serve_runtime)
     server.start()
     if as_json:
         click.echo(json.dumps({"host": host, "rest_port": server.rest_port, "grpc_port": server.grpc_port,
-                               "models": server.repository.names()}))
+                               "models": server.repository.names(), "runtimes": server.repository.runtimes()}))
     server.serve_forever()
 
 

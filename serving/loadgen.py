@@ -142,5 +142,5 @@ def spawn_server(base, *options, timeout=120, env=None, preexec_fn=None):
     if not line:
         proc.kill()
         raise RuntimeError("cnnkit serve did not start:\n" + open(log.name).read())
-    ready = json.loads(line)
+    proc.ready = ready = json.loads(line)  # what it serves: {"models", "runtimes", ...}
     return proc, ready["rest_port"], ready["grpc_port"], log.name

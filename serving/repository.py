@@ -70,13 +70,18 @@ def _coerce(name, value, spec):
 class Servable:
     """One loaded version of one model: its signatures, callable from many threads."""
 
-    def __init__(self, name, version, path, batching=None, on_batch=None):
+    def __init__(self, name, version, path, batching=None, on_batch=None, runtime="auto"):
         import tensorflow as tf
+
+        from serving.runtime import open_fastest
 
         self.name, self.version, self.path = name, version, path
         self.signature_defs = read_signature_defs(path)
         self.loaded = tf.saved_model.load(path)
         self.functions = dict(self.loaded.signatures)
+        #: the model run on the export's fastest exact artifact (serving/runtime.py), or None: the SavedModel
+        self.artifact = open_fastest(path, runtime, self.loaded, self.signature_defs)
+        self.runtime = self.artifact.kind if self.artifact else "savedmodel"
         self.batching = batching
         self._on_batch = on_batch
         self._batchers = {}
@@ -108,6 +113,8 @@ class Servable:
         if len(sizes) != 1 or 0 in sizes:
             raise invalid("every input needs the same, non-zero number of instances")
         fn = self.function(signature)
+        if self.artifact and signature in self.artifact.signatures:
+            fn = self.artifact.signatures[signature]
 
         def run(batch):
             try:
@@ -119,7 +126,7 @@ class Servable:
                               + ("not a serialized tf.train.Example (send images to serving_bytes, or an Example "
                                  f"with the image in {IMAGE_FEATURE!r})" if signature == "classify" else
                                  "malformed binary data")) from None
-            return {k: v.numpy() for k, v in out.items()}
+            return {k: v.numpy() if hasattr(v, "numpy") else v for k, v in out.items()}
 
         batcher = self._batcher(signature, run)
         outputs = batcher(arrays, sizes.pop()) if batcher else run(arrays)
@@ -171,7 +178,7 @@ def _fingerprint(path):
 
 
 class ModelRepository:
-    def __init__(self, base, keep_versions=2, batching=None, on_batch=None):
+    def __init__(self, base, keep_versions=2, batching=None, on_batch=None, runtime="auto"):
         if not os.path.isdir(base):
             from keras_cnns.errors import CnnkitError
 
@@ -181,6 +188,8 @@ class ModelRepository:
         self.keep_versions = keep_versions
         self.batching = batching
         self.on_batch = on_batch
+        #: what runs each version's model: auto (its fastest exact artifact), or one runtime (serving/runtime.py)
+        self.runtime = runtime
         self._servables = {}  # name -> {version: Servable}
         self._status = {}  # name -> {version: (state, error code, message)}
         self._failed = {}  # (name, version) -> fingerprint of the directory that failed to load
@@ -235,7 +244,7 @@ class ModelRepository:
         name, version = key
         self._set_status(name, version, "LOADING")
         try:
-            servable = Servable(name, version, path, self.batching, self.on_batch)
+            servable = Servable(name, version, path, self.batching, self.on_batch, self.runtime)
         except Exception as err:  # a broken version is reported, and retried when its files change
             self._failed[key] = _fingerprint(path)
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -246,7 +255,7 @@ class ModelRepository:
         with self._lock:
             self._servables.setdefault(name, {})[version] = servable
         self._set_status(name, version, "AVAILABLE")
-        log.info("serving %s version %d from %s", name, version, path)
+        log.info("serving %s version %d from %s on %s", name, version, path, servable.runtime)
         return True
 
     def _retire(self, name, version):
@@ -292,6 +301,11 @@ class ModelRepository:
         create new metric series without bound."""
         with self._lock:
             return name if name in self._servables else ""
+
+    def runtimes(self):
+        """{name: {version: what runs its model}} ("savedmodel", "tflite-float32", ...)."""
+        with self._lock:
+            return {name: {v: s.runtime for v, s in vs.items()} for name, vs in self._servables.items()}
 
     def names(self):
         with self._lock:

@@ -342,6 +342,78 @@ def test_every_model_under_the_base_is_served(exported, tmp_path):
             assert [p.label for p in rest.classify(name, exported["images"][:3])] == exported["reference"][:3]
 
 
+def _answers(url, exported):
+    """What a server at ``url`` answers for the test images: serving_bytes rows, classify results, and the
+    serving_default / serving_uint8 outputs for their pixels."""
+    def call(verb, body):
+        response = requests.post(f"{url}/v1/models/{MODEL}:{verb}", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    pixels = exported["pixels"][:6].astype(float).tolist()
+    return {"bytes": call("predict", {"signature_name": "serving_bytes",
+                                      "instances": [b64(i) for i in exported["images"]]})["predictions"],
+            "classify": call("classify", {"signature_name": "classify",
+                                          "examples": [{"image/encoded": b64(i)} for i in exported["images"][:6]]}),
+            "float": call("predict", {"inputs": pixels})["outputs"],
+            "uint8": call("predict", {"signature_name": "serving_uint8", "inputs": pixels})["outputs"]}
+
+
+def test_the_server_answers_the_same_on_every_runtime(exported, server):
+    from export.local import pick_artifact
+    from export.parity import FLOAT_TOLERANCE
+    from serving.runtime import choices
+
+    # auto runs the fastest exact artifact of the parity report, not the SavedModel
+    fastest = pick_artifact(exported["path"], "auto")[0]
+    assert server.repository.runtimes() == {MODEL: {1: fastest}} and fastest != "savedmodel"
+    found = {}
+    for runtime in choices()[1:]:
+        with ModelServer(exported["base"], rest_port=0, grpc_port=None, runtime=runtime) as s:
+            assert s.repository.runtimes() == {MODEL: {1: exact_kinds()[runtime]}}
+            found[runtime] = _answers(f"http://127.0.0.1:{s.rest_port}", exported)
+    assert sorted(found) == ["onnx", "openvino", "savedmodel", "tflite"]
+    reference = found.pop("savedmodel")
+    assert [r["labels"] for r in reference["bytes"]] == exported["reference"]
+    for runtime, answers in found.items():
+        for key in ("labels", "top_labels", "classes", "top_classes"):
+            assert [r[key] for r in answers["bytes"]] == [r[key] for r in reference["bytes"]], (runtime, key)
+        for key in ("probabilities", "scores"):
+            np.testing.assert_allclose([r[key] for r in answers["bytes"]], [r[key] for r in reference["bytes"]],
+                                       atol=FLOAT_TOLERANCE, err_msg=f"{runtime} {key}")
+        assert [[c[0] for c in r] for r in answers["classify"]["results"]] == \
+            [[c[0] for c in r] for r in reference["classify"]["results"]], runtime
+        for signature in ("float", "uint8"):
+            assert answers[signature]["top_labels"] == reference[signature]["top_labels"], runtime
+            np.testing.assert_allclose(answers[signature]["probabilities"], reference[signature]["probabilities"],
+                                       atol=FLOAT_TOLERANCE, err_msg=f"{runtime} {signature}")
+
+
+def test_a_runtime_the_export_lacks_fails_that_version_and_auto_falls_back_to_the_saved_model(exported, tmp_path):
+    from export.local import pick_artifact
+
+    base = tmp_path / MODEL
+    _publish(str(base), exported["path"], 1)
+    meta_path = base / "1" / "export.json"
+    meta = json.loads(meta_path.read_text())
+    meta["artifacts"] = [a for a in meta["artifacts"] if a["kind"] != "onnx"]
+    meta_path.write_text(json.dumps(meta))
+    _publish(str(base), exported["path"], 2)
+    os.remove(base / "2" / "report.json")  # no parity report: nothing says another artifact is exact
+    with ModelServer(str(base), rest_port=0, grpc_port=None, runtime="onnx") as s:
+        states = {v: (state, message) for v, state, _, message in s.repository.status(MODEL)}
+        assert states[1][0] == "END" and "has no onnx artifact; export one with `cnnkit export RUN --onnx`" in \
+            states[1][1]
+        assert states[2][0] == "AVAILABLE" and s.repository.runtimes() == {MODEL: {2: "onnx"}}
+    with ModelServer(str(base), rest_port=0, grpc_port=None) as s:
+        fastest = pick_artifact(str(base / "1"), "auto")[0]
+        assert fastest != "savedmodel" and s.repository.runtimes() == {MODEL: {1: fastest, 2: "savedmodel"}}
+        rest = client.RestClient(f"http://127.0.0.1:{s.rest_port}")
+        for version in (1, 2):
+            assert [p.label for p in rest.classify(MODEL, exported["images"][:4], version=version)] == \
+                exported["reference"][:4]
+
+
 def test_32_concurrent_clients_and_a_hot_swap_lose_no_request(exported, tmp_path):
     """32 clients over REST and gRPC with batching on; while they run, version 2 is published and
     version 1 deleted. Each client makes at least 12 requests and goes on until the swap is done:
@@ -581,8 +653,9 @@ def _listening_addresses(port):
 
 
 def test_serve_cli_binds_loopback_limits_bodies_and_bench_serve_measures_it(exported):
-    proc, port, grpc_port, _ = spawn_server(exported["base"], "--max-body-mb", "1")
+    proc, port, grpc_port, _ = spawn_server(exported["base"], "--max-body-mb", "1", "--runtime", "onnx")
     try:
+        assert proc.ready["runtimes"] == {MODEL: {"1": "onnx"}}
         assert _listening_addresses(port) == ["127.0.0.1"]  # not reachable from other machines by default
         assert _listening_addresses(grpc_port) == ["127.0.0.1"]
         url = f"http://127.0.0.1:{port}"
