@@ -140,8 +140,9 @@ def main():
     if args.from_log:
         printed = [json.loads(line) for line in open(args.from_log) if line.startswith("{")]
         rows, digits = [r for r in printed if "model" in r], [r for r in printed if "model" not in r]
-        json.dump({"machine": machine(), "rows": rows, "digits": digits, "epochs": args.epochs, "seeds": seeds,
-                   "from_log": True}, open(os.path.join(HERE, "results", "training_recipe.json"), "w"), indent=1)
+        if args.record:  # like RESULTS.md: a trial run leaves the recorded rows as they are
+            json.dump({"machine": machine(), "rows": rows, "digits": digits, "epochs": args.epochs, "seeds": seeds,
+                       "from_log": True}, open(os.path.join(HERE, "results", "training_recipe.json"), "w"), indent=1)
         body = section(rows, digits, args.epochs, args.seeds)
         replace_section("training_recipe", body, record=args.record)
         print(body)
@@ -169,8 +170,9 @@ def main():
                                                                           "ece", "ece_after_temperature")}}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
-    json.dump({"machine": machine(), "rows": rows, "digits": digits, "epochs": args.epochs, "seeds": seeds},
-              open(os.path.join(HERE, "results", "training_recipe.json"), "w"), indent=1)
+    if args.record:
+        json.dump({"machine": machine(), "rows": rows, "digits": digits, "epochs": args.epochs, "seeds": seeds},
+                  open(os.path.join(HERE, "results", "training_recipe.json"), "w"), indent=1)
     body = section(rows, digits, args.epochs, args.seeds)
     replace_section("training_recipe", body, record=args.record)
     print(body)
