@@ -6,13 +6,17 @@ policy, as `cnnkit train --precision bfloat16` trains; PyTorch's bfloat16 autoca
     pip install -e ".[bench]"      # PyTorch (CPU)
     python benchmarks/static_vs_dynamic.py [--models resnet18,mobilenet_v2] [--batch-size 64] [--input-size 32]
                                            [--precision float32,bf16]
+    python benchmarks/static_vs_dynamic.py --separate "tf graph,torch eager" [--rounds 3] ...
 
 With --record, rewrites the static-vs-dynamic section of benchmarks/RESULTS.md and writes
-benchmarks/results/static_vs_dynamic.json.
+benchmarks/results/static_vs_dynamic.json. ``--separate`` measures each named variant in a process of its own
+instead, the processes alternated (A B A B ...), one framework per interpreter: in one process, one framework's
+steps can run slower right after the other's (issue 24). Its rows go to the static_vs_dynamic_separate section.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -95,6 +99,64 @@ def compare(name, batch_size, input_size, steps, repeats, compiled_too=True, pre
             "results": bench.summarize(rates, first_step, macs, bench.matmul_peak_gflops())}
 
 
+def measure_one(name, variant, batch_size, input_size, steps, repeats):
+    """images/s of one variant ("tf graph", "torch eager", "torch.compile bf16", ...) alone in this process:
+    [rate per repeat]."""
+    from keras_cnns.training import bench
+
+    framework, _, rest = variant.partition(" ")
+    mode, _, precision = rest.partition(" ")
+    precision = precision or "float32"
+    if framework == "tf":
+        import tf_keras as keras
+
+        keras.mixed_precision.set_global_policy(PRECISIONS[precision])
+        step = bench.keras_steppers(name, [mode], batch_size, input_size)[2][mode]
+    else:  # no TensorFlow model in this process
+        import keras_cnns
+
+        h, w, c = keras_cnns.get_model_info(name).input_shape
+        x, y = bench.batch_of(batch_size, (input_size or h, input_size or w, c), 10)
+        torch_steps, _, _ = torch_steppers(name, x, y, compiled_too=variant.startswith("torch.compile"),
+                                           bf16=precision == "bf16")
+        step = torch_steps[variant]
+    return bench.interleave({variant: step}, batch_size, steps, repeats)[variant]
+
+
+def separate(args):
+    """Each variant in a child process of its own, alternated for ``--rounds`` rounds: {model: {variant: [rates]}}."""
+    import subprocess
+
+    found = {}
+    variants = [v.strip() for v in args.separate.split(",")]
+    for name in args.models.split(","):
+        found[name] = {v: [] for v in variants}
+        for _ in range(args.rounds):
+            for variant in variants:
+                out = subprocess.run([sys.executable, __file__, "--child", variant, "--models", name,
+                                      "--batch-size", str(args.batch_size), "--input-size", str(args.input_size),
+                                      "--steps", str(args.steps), "--repeats", str(args.repeats)],
+                                     capture_output=True, text=True, check=True)
+                rates = json.loads(out.stdout.strip().splitlines()[-1])
+                found[name][variant].append(statistics.median(rates))
+                print(name, variant, round(found[name][variant][-1], 1), flush=True)
+    return found
+
+
+def separate_table(found):
+    """Markdown rows of ``separate``'s rates, each torch variant set against TensorFlow's graph at its precision."""
+    lines = ["| model | variant | images/s per process | median | TF graph / this |", "|---|---|---|---|---|"]
+    for name, rates in found.items():
+        medians = {v: statistics.median(r) for v, r in rates.items()}
+        for variant, values in rates.items():
+            bf16 = variant.endswith(" bf16")
+            graph = medians.get("tf graph bf16" if bf16 else "tf graph")
+            ratio = f"{graph / medians[variant]:.2f}x" if graph and not variant.startswith("tf graph") else ""
+            lines.append(f"| {name} | {variant} | {', '.join(f'{x:.1f}' for x in values)} | {medians[variant]:.1f} "
+                         f"| {ratio} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet18,mobilenet_v2")
@@ -104,8 +166,33 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--precision", default="float32", help="comma list of float32, bf16")
+    parser.add_argument("--separate", metavar="VARIANTS",
+                        help='comma list of variants, each measured in processes of its own, alternated: "tf graph", '
+                             '"tf eager", "tf xla", "torch eager", "torch.compile", each optionally followed by " bf16"')
+    parser.add_argument("--rounds", type=int, default=3, help="with --separate: processes per variant")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     add_record_option(parser)
     args = parser.parse_args()
+    if args.child:
+        if args.child.startswith("tf "):
+            from cnnkit._quiet import import_tensorflow
+
+            import_tensorflow()
+        print(json.dumps(measure_one(args.models, args.child, args.batch_size, args.input_size, args.steps,
+                                     args.repeats)))
+        return
+    if args.separate:
+        found = separate(args)
+        command = ("python benchmarks/static_vs_dynamic.py " + " ".join(sys.argv[1:])).strip()
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        with open(os.path.join(HERE, "results", "static_vs_dynamic_separate.json"), "w") as f:
+            json.dump({"machine": machine(), "command": command, "rates": found}, f, indent=1)
+        body = separate_table(found)
+        replace_section("static_vs_dynamic_separate", record=args.record,
+                        body=f"`{command}` on {machine()}; batch {args.batch_size} at {args.input_size}x"
+                             f"{args.input_size}, images/s of each process (the median of its repeats)\n\n{body}")
+        print(body)
+        return
     precisions = args.precision.split(",")
     if set(precisions) - set(PRECISIONS):
         parser.error(f"--precision: choose from {', '.join(PRECISIONS)}")
