@@ -95,9 +95,10 @@ class ArtifactModel:
 def open_fastest(path, runtime, loaded, signature_defs):
     """The ArtifactModel that ``runtime`` chooses for the version at ``path`` (see ``export.local.pick_artifact``:
     ``auto`` is the lowest batch-1 latency among the exact artifacts of its parity report), or None where that is
-    the SavedModel itself. A runtime named by the user that the version lacks is an error; ``auto`` falls back."""
+    the SavedModel itself. A runtime named by the user that the version lacks is an error; ``auto`` falls back to the
+    SavedModel where the version has no parity report or its chosen file is damaged."""
     from export.local import pick_artifact
-    from keras_cnns.errors import CnnkitError
+    from keras_cnns.errors import ArtifactError, CnnkitError
     from keras_cnns.files import read_json
 
     if runtime == "savedmodel":
@@ -112,4 +113,10 @@ def open_fastest(path, runtime, loaded, signature_defs):
             raise CnnkitError(f"--runtime {runtime}: {why}")
         log.warning("%s: serving its SavedModel", why)
         return None
-    return ArtifactModel(kind, artifact, loaded, signature_defs, read_json(meta)["labels"])
+    try:
+        return ArtifactModel(kind, artifact, loaded, signature_defs, read_json(meta)["labels"])
+    except ArtifactError as err:  # a damaged file: the version's SavedModel still answers, unless one was forced
+        if runtime != "auto":
+            raise
+        log.warning("%s; serving the SavedModel", err)
+        return None

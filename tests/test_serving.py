@@ -400,16 +400,22 @@ def test_a_runtime_the_export_lacks_fails_that_version_and_auto_falls_back_to_th
     meta_path.write_text(json.dumps(meta))
     _publish(str(base), exported["path"], 2)
     os.remove(base / "2" / "report.json")  # no parity report: nothing says another artifact is exact
-    with ModelServer(str(base), rest_port=0, grpc_port=None, runtime="onnx") as s:
+    _publish(str(base), exported["path"], 3)  # every file but the SavedModel damaged
+    for artifact in json.loads((base / "3" / "export.json").read_text())["artifacts"]:
+        if artifact["kind"] != "savedmodel":
+            open(base / "3" / artifact["path"], "r+b").truncate(100)
+    with ModelServer(str(base), rest_port=0, grpc_port=None, runtime="onnx", keep_versions=3) as s:
         states = {v: (state, message) for v, state, _, message in s.repository.status(MODEL)}
         assert states[1][0] == "END" and "has no onnx artifact; export one with `cnnkit export RUN --onnx`" in \
             states[1][1]
-        assert states[2][0] == "AVAILABLE" and s.repository.runtimes() == {MODEL: {2: "onnx"}}
-    with ModelServer(str(base), rest_port=0, grpc_port=None) as s:
+        assert states[2][0] == "AVAILABLE" and states[3][0] == "END" and "cannot load" in states[3][1]
+        assert s.repository.runtimes() == {MODEL: {2: "onnx"}}
+    with ModelServer(str(base), rest_port=0, grpc_port=None, keep_versions=3) as s:
         fastest = pick_artifact(str(base / "1"), "auto")[0]
-        assert fastest != "savedmodel" and s.repository.runtimes() == {MODEL: {1: fastest, 2: "savedmodel"}}
+        assert fastest != "savedmodel"
+        assert s.repository.runtimes() == {MODEL: {1: fastest, 2: "savedmodel", 3: "savedmodel"}}
         rest = client.RestClient(f"http://127.0.0.1:{s.rest_port}")
-        for version in (1, 2):
+        for version in (1, 2, 3):
             assert [p.label for p in rest.classify(MODEL, exported["images"][:4], version=version)] == \
                 exported["reference"][:4]
 
