@@ -215,6 +215,12 @@ def export(source, output="exports", formats=("saved_model",), options=None, **f
     if src.untrained:
         _estimate_batch_norm(src, images)
     names, carried, left = _carry_over(src, formats, can_calibrate=bool(calibration) or data is not None)
+    gated = [n for n in names if FORMATS[n].precision == "bfloat16"]  # held to top-1 agreement too (openvino_format)
+    if src.untrained and gated and not options.allow_failed_variants:
+        names = [n for n in names if n not in gated]
+        log.warning("%s is untrained (--weights none): bfloat16 flips the top-1 of its near-uniform answers, so %s "
+                    "would fail its top-1 agreement gate and stop the export; left out (--allow-failed-variants "
+                    "tries it)", src.name, ", ".join(gated))
     plan = [FORMATS[f] for f in names]
     budget = int8.parse_budget(options.max_accuracy_drop)
     if budget and not any(f.calibrated for f in plan):

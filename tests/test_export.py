@@ -961,6 +961,20 @@ def test_untrained_with_quantized_variants_is_refused_before_converting(tmp_path
     assert "out of tolerance" not in out.stderr and not os.listdir(tmp_path)
 
 
+def test_an_untrained_model_leaves_out_the_bfloat16_ir_and_says_why(tmp_path, monkeypatch, capfd):
+    import dataclasses
+
+    from export import formats
+
+    bf16 = formats.FORMATS["openvino-bf16"]  # as on a CPU with bfloat16, which this one may not be
+    monkeypatch.setitem(formats.FORMATS, "openvino-bf16", dataclasses.replace(bf16, available=lambda: None))
+    out = cnnkit_here("export", "lenet5", "--weights", "none", "--openvino", "--json", "--output", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [r["artifact"] for r in json.loads(out.stdout)["artifacts"]] == ["keras", "saved_model", "openvino"]
+    said = out.stderr + capfd.readouterr().err  # the log goes to the process's stderr
+    assert "untrained" in said and "openvino-bf16 would fail its top-1 agreement gate" in said
+
+
 def test_benchmarks_rewrite_results_only_with_record(tmp_path, monkeypatch):
     from benchmarks import _record
 
