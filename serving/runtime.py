@@ -30,10 +30,10 @@ OUTPUTS = {"probabilities", "classes", "scores", "top_classes", "top_labels", "l
 
 
 def choices():
-    """--runtime choices of ``cnnkit serve``: auto and each runtime with an exact artifact."""
-    from export.formats import exact_kinds
+    """--runtime choices of ``cnnkit serve``: those of ``cnnkit predict`` but MediaPipe (it decodes by itself)."""
+    from export.local import runtimes
 
-    return ("auto",) + tuple(exact_kinds())
+    return tuple(r for r in runtimes() if r != "mediapipe")
 
 
 def cpu_threads():
@@ -66,14 +66,14 @@ class ArtifactModel:
         def pixels(**inputs):
             (value,) = inputs.values()
             if name == "serving_bytes":
-                return self._decode(value)
+                return self._decode(value).numpy()
             if name == "classify":
                 parsed = tf.io.parse_example(value, {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
-                return self._decode(parsed[IMAGE_FEATURE])
-            return tf.cast(value, tf.float32)
+                return self._decode(parsed[IMAGE_FEATURE]).numpy()
+            return np.asarray(value, np.float32)  # images already: no TensorFlow op
 
         def run(**inputs):
-            found = self._outputs(self.probabilities(pixels(**inputs).numpy()))
+            found = self._outputs(self.probabilities(pixels(**inputs)))
             if name == "classify":
                 return {"classes": found["top_labels"], "scores": found["scores"]}
             return {k: found[k] for k in outputs}
