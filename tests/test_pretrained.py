@@ -176,12 +176,13 @@ def import_torchvision():
 
 def _torch_reference(name, tmp_path, side=64, dtype=np.float64):
     """torchvision's model with random scales and shifts and batch-norm statistics measured on random images
-    (see _randomise_keras), saved as torchvision saves its checkpoints: the state dict."""
+    (see _randomise_keras), saved as torchvision saves its checkpoints: the float32 state dict. The reference
+    returned computes in ``dtype`` with exactly those float32 values."""
     import torch
 
     torch.manual_seed(0)
-    reference = getattr(import_torchvision().models, name)(weights=None).to(torch.float64 if dtype == np.float64 else torch.float32)
-    calibration = _normalised(_images(10, side, 6), pretrained.TORCH).transpose(0, 3, 1, 2).astype(dtype)
+    reference = getattr(import_torchvision().models, name)(weights=None)
+    calibration = _normalised(_images(10, side, 6), pretrained.TORCH).transpose(0, 3, 1, 2).astype(np.float32)
     with torch.no_grad():
         for module in reference.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -195,7 +196,7 @@ def _torch_reference(name, tmp_path, side=64, dtype=np.float64):
     reference.eval()
     path = str(tmp_path / pretrained.find_checkpoint(name).filename)
     torch.save(reference.state_dict(), path)
-    return reference, path
+    return reference.to(torch.float64 if dtype == np.float64 else torch.float32), path
 
 
 @pytest.mark.parametrize("name", TORCHVISION_MODELS)
