@@ -117,6 +117,7 @@ def test_stalled_clients_hold_no_worker_and_are_dropped_at_their_deadlines(base)
         url = f"http://127.0.0.1:{s.rest_port}/v1/models/{MODEL}:predict"
         stalled = []
         for _ in range(8):  # half a request's headers, or whole headers and half the body: twice workers + queue
+            last_opened = time.monotonic()  # the server's deadlines count from its accept, which comes after this
             sock = socket.create_connection(("127.0.0.1", s.rest_port))
             sock.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nContent-Le".encode() if len(stalled) % 2 else
                          f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{{".encode())
@@ -133,7 +134,7 @@ def test_stalled_clients_hold_no_worker_and_are_dropped_at_their_deadlines(base)
             except ConnectionResetError:
                 pass
             sock.close()
-        assert 0.8 < time.monotonic() - started < 3
+        assert 1.0 <= time.monotonic() - last_opened < 3  # the last one was not dropped before its 1 s deadline
 
 
 def test_real_work_beyond_workers_and_queue_gets_503_at_once(base, gate):
@@ -156,13 +157,13 @@ def test_real_work_beyond_workers_and_queue_gets_503_at_once(base, gate):
 def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(base):
     with ModelServer(base, rest_port=0, grpc_port=None, poll_seconds=5, idle_timeout=0.5) as s:
         sock = socket.create_connection(("127.0.0.1", s.rest_port))
+        started = time.monotonic()  # the idle clock starts once the server has answered, which comes after this
         sock.sendall(f"GET /v1/models/{MODEL} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         sock.settimeout(10)
         head, body = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and json.loads(body)  # answered, and kept alive (no one waited)
-        started = time.monotonic()
         assert sock.recv(1024) == b""  # then closed by the server once idle
-        assert 0.3 < time.monotonic() - started < 3
+        assert 0.5 <= time.monotonic() - started < 3
         sock.close()
 
 
