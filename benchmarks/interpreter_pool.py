@@ -29,14 +29,11 @@ def images_per_second(path, side, setting, seconds):
     from export.formats import runner_for
 
     count, threads, callers = SETTINGS[setting]
+    x = np.random.default_rng(0).uniform(0, 255, (1, side, side, 3)).astype(np.float32)
     pool = queue.Queue()
     for _ in range(count):
         runner = runner_for("tflite-float32", path, threads=threads)
-        pool.put(runner)
-    x = np.random.default_rng(0).uniform(0, 255, (1, side, side, 3)).astype(np.float32)
-    for _ in range(count):  # warm each interpreter
-        runner = pool.get()
-        runner(x)
+        runner(x)  # warm
         pool.put(runner)
     done = []
     stop = time.perf_counter() + seconds
