@@ -42,12 +42,15 @@ setup(
         # VGG-BN, SqueezeNet...), and runs the static-vs-dynamic benchmark (benchmarks/static_vs_dynamic.py)
         "torch": ["torch==2.13.0"],
         "bench": ["torch==2.13.0"],
-        # OpenVINO: a runtime for the export's IR (cnnkit export --openvino, predict --runtime openvino)
-        "openvino": ["openvino==2026.4.*"],
+        # OpenVINO: a runtime for the export's IR (cnnkit export --openvino, predict --runtime openvino), and NNCF,
+        # its post-training int8 quantizer (the openvino-int8 format)
+        "openvino": ["openvino==2026.4.*", "nncf==3.4.*"],
         # the tests check the PyTorch twins of the Keras models, and every checkpoint mapping against
         # torchvision's own models
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "torch==2.13.0", "torchvision==0.28.0",
-                "openvino==2026.4.*",
+                "openvino==2026.4.*", "nncf==3.4.*",
+                # mutation testing of the logic modules (tools/mutation.py)
+                "mutmut==3.8.*",
                 # drives Debian's chromium (apt-get install chromium) in the model page's tests; no browser download
                 "playwright>=1.50"],
     },

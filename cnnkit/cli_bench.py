@@ -127,8 +127,10 @@ def bench_infer(export_dir, batch_sizes, threads, repeats, chart, as_json):
     if as_json:
         click.echo(json.dumps(result))
         return
+    before, after = result["peak_gflops_before_after"]
     click.echo(f"{export_dir}: {result['macs_per_image']:,} MACs per image; matmul peak {result['peak_gflops']} "
-               f"GFLOP/s; TensorFlow's oneDNN kernels {'on' if result['tf_onednn'] else 'off'}")
+               f"GFLOP/s (before the runs {before}, after {after}); TensorFlow's oneDNN kernels "
+               f"{'on' if result['tf_onednn'] else 'off'}; runtimes timed alternately")
     click.echo(table(("runtime", "threads", "batch", "ms (median)", "p10-p90 ms", "images/s"),
                      [(r["runtime"], r["threads"], r["batch"], r["latency_ms"],
                        f"{r['p10_ms']}-{r['p90_ms']}" if r["p10_ms"] is not None else "", r["images_per_s"])

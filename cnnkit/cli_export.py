@@ -57,10 +57,12 @@ def _print_report(report):
 @click.option("--tflite", "tflite_out", is_flag=True, help="TFLite float32 (+ the --quantize variant).")
 @click.option("--onnx", "onnx_out", is_flag=True, help="ONNX (tf2onnx), run with ONNX Runtime.")
 @click.option("--openvino", "openvino_out", is_flag=True,
-              help="OpenVINO IR (from the float32 ONNX file): float32, and bfloat16 where the CPU has it.")
+              help="OpenVINO IR (from the float32 ONNX file): float32, int8 quantized by NNCF on the calibration "
+                   "images, and bfloat16 where the CPU has it.")
 @click.option("--all", "everything", is_flag=True,
               help="SavedModel, every TFLite variant, ONNX (float32, float16, int8) and, when OpenVINO is "
-                   "installed, its IR (float32, bfloat16 where the CPU has it).")
+                   "installed, its IR (float32, int8 by NNCF, bfloat16 where the CPU has it). A low-precision file "
+                   "out of tolerance is reported and left out; the exact ones still ship (and must pass).")
 @click.option("--format", "extra", multiple=True, metavar="NAME",
               help="One more format by its name in export/formats.py (repeatable), e.g. --format onnx-float16.")
 @click.option("--quantize", default="none", show_default=True, metavar="MODE|tflite=MODE,onnx=MODE",
@@ -80,10 +82,11 @@ def _print_report(report):
 @click.option("--calibration-data", metavar="SPEC", help="Images for int8 calibration (default: the run's data).")
 @click.option("--calibration-images", type=click.IntRange(min=1), default=200, show_default=True,
               help="How many training images int8 calibrates on (fewer than 50, or one class: a warning).")
-@click.option("--max-accuracy-drop", metavar="PTS|tflite=PTS,onnx=PTS",
+@click.option("--max-accuracy-drop", metavar="PTS|tflite=PTS,onnx=PTS,openvino=PTS",
               help="Keep int8 within PTS accuracy points of the Keras model: the layers the per-layer report ranks "
                    "worst stay float, the fewest that meet it on the validation images (report.md lists them and "
-                   "the size and latency they cost); the parity gate then holds the file to PTS.")
+                   "the size and latency they cost; OpenVINO: NNCF's accuracy control does the same); the parity "
+                   "gate then holds the file to PTS.")
 @click.option("--name", help="Model name in the export base (default: the model's).")
 @click.option("--version", type=click.IntRange(min=1), help="Version number (default: the next free one).")
 @click.option("--weights", metavar="imagenet|none|FILE",
@@ -123,7 +126,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
       cnnkit export --tflite mobilenet                  MobileNet with its ImageNet weights, float32 TFLite
       cnnkit export --tflite resnet50 --weights none    the untrained graph
       cnnkit export runs/latest --all --name digits
-      cnnkit export runs/latest --onnx --openvino        ONNX, and OpenVINO IR in float32 (+ bfloat16)
+      cnnkit export runs/latest --onnx --openvino        ONNX, and OpenVINO IR: float32, int8 (NNCF), bfloat16
+                                                         where the CPU has it
       cnnkit export runs/latest/best.keras --tflite      a model file carries its run's labels and preprocessing
       cnnkit export model.keras --labels labels.txt --preprocessing torch   a Keras file from elsewhere
       cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat
@@ -143,8 +147,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
                 max_accuracy_drop=max_accuracy_drop, name=name, version=version, weights=weights, input_size=input_size,
                 opset=opset, prune=prune, cluster=cluster, finetune_epochs=finetune_epochs, int8_io=int8_io,
                 author=author, license=license_, max_megapixels=max_megapixels,
-                allow_failed_variants=allow_failed_variants, labels=labels_file, preprocessing=preprocessing,
-                temperature=temperature))
+                allow_failed_variants=allow_failed_variants, low_precision_optional=everything, labels=labels_file,
+                preprocessing=preprocessing, temperature=temperature))
     except ExportFailed as err:  # every row, then the reason; exit 1 as validate does
         click.echo(json.dumps(err.report)) if as_json else _print_report(err.report)
         click.echo(f"cnnkit: error: {err} (--allow-failed-variants publishes the rest)", err=True)
@@ -153,7 +157,15 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
         click.echo(json.dumps(report))
         return
     _print_report(report)
+    _print_choice(path)
     click.echo(f"exported to {path} (report.md beside the artifacts)")
+
+
+def _print_choice(version_dir):
+    """What ``cnnkit serve`` and ``cnnkit predict`` run of this version by default, and why."""
+    from export.local import choose
+
+    click.echo(f"served by default (--runtime auto): {choose(version_dir).reason}")
 
 
 @click.command()
@@ -171,6 +183,8 @@ def validate(export_dir, data, as_json):
         click.echo(json.dumps(report))
     else:
         _print_report(report)
+        if report["ok"]:
+            _print_choice(export_dir)
     if not report["ok"]:
         raise click.exceptions.Exit(1)
 
@@ -195,7 +209,8 @@ def quickstart(epochs, output, samples, as_json):
 
     result = train(TrainConfig(model="lenet5", data="digits", epochs=epochs), verbose=0 if as_json else 2)
     with native_logs_silenced():
-        path, report = export(result.run_dir, output=output, formats=plan_formats(everything=True))
+        path, report = export(result.run_dir, output=output, formats=plan_formats(everything=True),
+                              low_precision_optional=True)
     data = read_config(result.run_dir)["data"]
     images = write_samples(load_data(data["spec"], (32, 32, 1), data["val_split"], data["test_split"]), samples)
     with ModelServer(output, rest_port=0, grpc_port=0) as server:

@@ -11,6 +11,28 @@ from cnnkit._quiet import stderr_silenced as native_logs_silenced
 from export.local import runtimes as local_runtimes
 from serving.runtime import choices as serve_runtimes
 
+budget_options = (
+    click.option("--exact", is_flag=True,
+                 help="auto runs exact artifacts only (float32: the Keras model's answers within 1e-4), never a "
+                      "float16, bfloat16 or int8 one however fast."),
+    click.option("--max-accuracy-drop", type=click.FloatRange(0, 100), metavar="PTS",
+                 help="auto may run a low-precision artifact that loses up to PTS accuracy points (and agrees on "
+                      "PTS points fewer images) on the export's held-out images. Default budget: top-1 agreement "
+                      ">= 99.5% and at most one held-out image of accuracy lost."),
+)
+
+
+def with_budget(command):
+    for option in reversed(budget_options):
+        command = option(command)
+    return command
+
+
+def _budget(exact, max_accuracy_drop):
+    from export.choice import Budget
+
+    return Budget(exact=exact, max_accuracy_drop=max_accuracy_drop)
+
 
 @click.command()
 @click.argument("export_base", metavar="EXPORT_BASE", type=click.Path(exists=True, file_okay=False))
@@ -48,9 +70,12 @@ from serving.runtime import choices as serve_runtimes
               help="A REST request that waited this long for a worker is answered 503 then (its client has most "
                    "likely given up).")
 @click.option("--runtime", "serve_runtime", type=click.Choice(serve_runtimes()), default="auto", show_default=True,
-              help="What runs each model: auto is the fastest exact artifact of its export (the lowest batch-1 "
-                   "latency in its parity report: LiteRT, ONNX Runtime, OpenVINO or the SavedModel); a name forces "
-                   "that runtime. Decoding, the API and the answers stay the SavedModel's.")
+              help="What runs each model: auto is the fastest artifact of its export within the accuracy budget "
+                   "(the lowest batch-1 latency in its parity report: LiteRT, ONNX Runtime, OpenVINO or the "
+                   "SavedModel, in float32 or, where its answers stay within the budget, int8, float16 or "
+                   "bfloat16); a name forces that runtime's exact artifact. Decoding and the API stay the "
+                   "SavedModel's; GET /v1/models/NAME/metadata says what answers and why.")
+@with_budget
 @click.option("--emit-config", is_flag=True,
               help="Do not serve: write TF Serving deployment files (Dockerfile, models.config, batching and "
                    "monitoring configs, docker-compose.yml with nginx serving the model page on :8080, nginx.conf, "
@@ -61,7 +86,7 @@ from serving.runtime import choices as serve_runtimes
               help="Print one JSON object on stdout: the files written, or the ports and models once serving.")
 def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size, batch_timeout_ms, batch_threads,
           keep_versions, poll_seconds, max_body_mb, workers, queue, read_timeout, idle_timeout, queue_timeout,
-          serve_runtime, emit_config, output, as_json):
+          serve_runtime, exact, max_accuracy_drop, emit_config, output, as_json):
     """Serve every model under EXPORT_BASE (or one model's folder) with TF Serving's REST and gRPC APIs.
 
     \b
@@ -102,11 +127,12 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
                          batching=options if batching else None, keep_versions=keep_versions,
                          poll_seconds=poll_seconds, max_body_bytes=max_body_mb << 20, workers=workers, queue=queue,
                          read_timeout=read_timeout, idle_timeout=idle_timeout, queue_timeout=queue_timeout,
-                         runtime=serve_runtime)
+                         runtime=serve_runtime, budget=_budget(exact, max_accuracy_drop))
     server.start()
     if as_json:
         click.echo(json.dumps({"host": host, "rest_port": server.rest_port, "grpc_port": server.grpc_port,
-                               "models": server.repository.names(), "runtimes": server.repository.runtimes()}))
+                               "models": server.repository.names(),
+                               "runtimes": server.repository.runtimes(reasons=True)}))
     server.serve_forever()
 
 
@@ -139,13 +165,16 @@ def _raise_descriptor_limit():
 @click.option("--version", "model_version", type=click.IntRange(min=1), help="Ask the server for this version.")
 @click.option("--runtime", type=click.Choice(local_runtimes()), default="auto",
               show_default=True,
-              help="Locally, which artifact of an export runs: auto = the fastest that gives the Keras model's "
-                   "answers, by the batch-1 latency in the export's parity report; mediapipe = the float32 TFLite "
-                   "file (or the .tflite given) in MediaPipe Tasks' ImageClassifier from its metadata alone, the "
-                   "whole image resized by MediaPipe: what a phone app sees.")
+              help="Locally, which artifact of an export runs: auto = the fastest within the accuracy budget, by "
+                   "the batch-1 latency in the export's parity report (printed with the reason); a runtime's name = "
+                   "its exact artifact; mediapipe = the float32 TFLite file (or the .tflite given) in MediaPipe "
+                   "Tasks' ImageClassifier from its metadata alone, the whole image resized by MediaPipe: what a "
+                   "phone app sees.")
+@with_budget
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 5))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def predict(images, model, weights, server, use_grpc, model_version, runtime, top_k, as_json):
+def predict(images, model, weights, server, use_grpc, model_version, runtime, exact, max_accuracy_drop, top_k,
+            as_json):
     """Classify IMAGES (JPEG, PNG, GIF, BMP) on a model server, with a local artifact, or with a zoo model's
     ImageNet weights; print top-k labels.
 
@@ -166,15 +195,22 @@ def predict(images, model, weights, server, use_grpc, model_version, runtime, to
         raise CnnkitError("--weights builds a zoo model locally; a server runs its own")
     if runtime != "auto" and server:
         raise CnnkitError("--runtime picks a local artifact; a server runs its SavedModel")
+    if (exact or max_accuracy_drop is not None) and (server or runtime != "auto"):
+        raise CnnkitError("--exact and --max-accuracy-drop are the budget of --runtime auto on a local export; a "
+                          "server has its own (cnnkit serve --exact / --max-accuracy-drop)")
+    budget = _budget(exact, max_accuracy_drop)
     import_tensorflow(serving=True)
+    chosen = []
     with native_logs_silenced():
         results = predict_files(images, model, server=server, grpc=use_grpc, version=model_version, top_k=top_k,
-                                runtime=runtime, weights=weights)
+                                runtime=runtime, weights=weights, budget=budget, on_choice=chosen.append)
+    if chosen and not as_json:
+        click.echo(f"runs on {chosen[0].reason}", err=True)
     good = [(path, p) for path, p in results if not isinstance(p, Exception)]
     failed = [str(p) for _, p in results if isinstance(p, Exception)]
     if as_json:
         click.echo(json.dumps({"predictions": [{"image": path, **p.as_dict()} for path, p in good],
-                               "errors": failed}))
+                               "errors": failed, **({"runtime": chosen[0].as_dict()} if chosen else {})}))
     elif good:
         rows = [(path, p.label, f"{p.score:.3f}", ", ".join(f"{label} {score:.3f}" for label, score in p.top[1:]))
                 for path, p in good]

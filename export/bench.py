@@ -6,6 +6,10 @@ graph), the Keras model under XLA (``jit_compile``), each TFLite file in the Lit
 each thread count. TensorFlow's own thread pools and its oneDNN setting are fixed when it starts, so
 its rows say "tf" and the result says whether oneDNN was on (TF_ENABLE_ONEDNN_OPTS).
 Next to them: the arithmetic lower bound, MACs x 2 / the measured matmul peak.
+
+The runtimes are timed alternately, round after round (export.parity.alternated_samples_ms), and the matmul peak
+is measured before and after them (the higher taken), so that the machine's load, which can move from one minute
+to the next on a shared machine, moves every row and the bound alike.
 """
 import os
 
@@ -13,7 +17,7 @@ import numpy as np
 
 from export.exporter import keras_reference
 from export.formats import runner_for
-from export.parity import latency_samples_ms
+from export.parity import alternated_samples_ms
 from export.savedmodel import load_probabilities
 from keras_cnns.utils import onednn_enabled
 
@@ -58,24 +62,28 @@ def bench_infer(export_dir, batch_sizes=(1, 32), threads=(1, 2), repeats=30, see
     meta = read_json(meta_path)
     shape = tuple(meta["input_shape"])
     images = np.random.RandomState(seed).uniform(0, 255, (max(batch_sizes),) + shape).astype(np.float32)
+    runtimes = _runtimes(export_dir, meta, threads)
+    peaks = [matmul_peak_gflops()]
     rows = []
-    for name, thread_label, run in _runtimes(export_dir, meta, threads):
-        for batch in batch_sizes:
-            times = latency_samples_ms(run, images[:batch], repeats)
+    for batch in batch_sizes:
+        timed = alternated_samples_ms({i: run for i, (_, _, run) in enumerate(runtimes)}, images[:batch], repeats)
+        for i, (name, thread_label, _) in enumerate(runtimes):
+            times = timed[i]
             latency = float(np.median(times))
             rows.append({"runtime": name, "threads": thread_label, "batch": batch, "latency_ms": _sig(latency),
                          "p10_ms": _sig(float(np.percentile(times, 10))),
                          "p90_ms": _sig(float(np.percentile(times, 90))),
                          "images_per_s": _sig(batch / latency * 1000)})
     macs = profile_model(load_model_file(os.path.join(export_dir, "keras", "model.keras"))).macs
-    peak = matmul_peak_gflops()
+    peaks.append(matmul_peak_gflops())
+    peak = max(peaks)
     for batch in batch_sizes:
         bound = macs * 2 * batch / (peak * 1e9) * 1000
         rows.append({"runtime": "lower bound (MACs / peak)", "threads": "-", "batch": batch,
                      "latency_ms": _sig(bound), "p10_ms": None, "p90_ms": None,
                      "images_per_s": _sig(batch / bound * 1000)})
     return {"export": export_dir, "macs_per_image": macs, "peak_gflops": round(peak, 1),
-            "tf_onednn": onednn_enabled(), "rows": rows}
+            "peak_gflops_before_after": [round(p, 1) for p in peaks], "tf_onednn": onednn_enabled(), "rows": rows}
 
 
 def plot(result, path):

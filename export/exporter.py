@@ -26,6 +26,7 @@ import tempfile
 import numpy as np
 
 from export import child, compress, int8, mediapipe_check, onnx_format, parity, savedmodel
+from export.choice import cpu_description
 from export.formats import FORMATS, QUANTIZE, RUNTIMES, BuildJob, by_kind, quantize_modes, runner_for
 from export.source import load_source
 from keras_cnns.errors import CnnkitError
@@ -70,6 +71,9 @@ class ExportOptions:
     max_megapixels: float = savedmodel.MAX_MEGAPIXELS
     #: publish without the artifacts out of tolerance (never without the SavedModel)
     allow_failed_variants: bool = False
+    #: publish without the low-precision artifacts (float16, bfloat16, int8) out of tolerance, reported and left out,
+    #: while every exact one must pass (``cnnkit export --all``: what this machine makes well, not all or nothing)
+    low_precision_optional: bool = False
     #: for a .keras/.h5 source that does not carry them: a class-names file and the normalisation
     labels: str = None
     preprocessing: object = None
@@ -245,8 +249,8 @@ def export(source, output="exports", formats=("saved_model",), options=None, **f
                            calibration=calibration_info, budget=budget, **checks)
             artifacts = _build(job, plan)
         write_json(os.path.join(tmp, "export.json"), _manifest(src, name, version, artifacts, options))
-        report = validate(tmp, images=images, labels=labels, raise_on_failure=not options.allow_failed_variants)
-        _publish_what_passed(tmp, report)
+        report = validate(tmp, images=images, labels=labels, raise_on_failure=False)
+        _publish_what_passed(tmp, report, options)
         os.rename(tmp, final)
     except OSError as err:
         if err.errno == errno.ENOSPC:
@@ -451,14 +455,20 @@ def _fold_temperature(src, temperature):
              layer)
 
 
-def _publish_what_passed(version_dir, report):
-    """With --allow-failed-variants, the artifacts out of tolerance are removed from the version (never the
-    SavedModel: then nothing is published); the report keeps their rows, marked ``published: false``."""
+def _publish_what_passed(version_dir, report, options=None):
+    """The artifacts out of tolerance are removed from the version where ``options`` allow it (--allow-failed-variants:
+    any but the SavedModel; ``low_precision_optional``: the low-precision ones), else nothing is published
+    (ExportFailed); the report keeps their rows, marked ``published: false``."""
+    options = options or ExportOptions(allow_failed_variants=True)
     failed = [r for r in report["artifacts"] if not r["ok"]]
     if not failed:
         return
-    if any(r["kind"] == "savedmodel" for r in failed):
+    exact = [r for r in failed if by_kind(r["kind"]).exact]
+    if any(r["kind"] == "savedmodel" for r in failed) or not options.allow_failed_variants and (
+            exact or not options.low_precision_optional):
         raise ExportFailed(f"out of tolerance, nothing exported: {failure_details(report)}", report)
+    if not options.allow_failed_variants:
+        log.warning("left out (out of tolerance; the exact artifacts ship): %s", failure_details(report))
     gone = {r["artifact"] for r in failed}
     meta = read_json(os.path.join(version_dir, "export.json"))
     for a in meta["artifacts"]:
@@ -474,8 +484,9 @@ def _publish_what_passed(version_dir, report):
     report["not_published"] = sorted(gone)
     report["ok"] = True
     write_json(os.path.join(version_dir, "report.json"), report)
+    why = "--allow-failed-variants" if options.allow_failed_variants else "low precision, left out by --all"
     with open(os.path.join(version_dir, "report.md"), "a", encoding="utf-8") as f:
-        f.write(f"\n**Not published** (out of tolerance, --allow-failed-variants): {', '.join(sorted(gone))}.\n")
+        f.write(f"\n**Not published** (out of tolerance, {why}): {', '.join(sorted(gone))}.\n")
 
 
 def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_failure=False):
@@ -512,11 +523,11 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     for a in meta["artifacts"]:
         path = os.path.join(export_dir, a["path"])
         artifacts.append((a["artifact"], a["kind"], path, functools.partial(runner_for, a["kind"], path),
-                          by_kind(a["kind"]).tolerance, a.get("mixed", {}).get("max_accuracy_drop")))
+                          by_kind(a["kind"]).tolerance, _budget_of(a)))
     rows = parity.compare(keras_reference(model, meta["preprocessing"]), artifacts, images, labels, batch_size=batch,
                           repeats=repeats, check=check)
     report = {"name": meta["name"], "version": meta["version"], "images": int(len(images)),
-              "latency_repeats": repeats, "labelled": labels is not None, "artifacts": rows,
+              "latency_repeats": repeats, "cpu": cpu_description(), "labelled": labels is not None, "artifacts": rows,
               "ok": all(r["ok"] for r in rows)}
     warning = parity.constant_output_warning(rows[0]["output_spread"], len(images))
     if warning:
@@ -535,6 +546,12 @@ def validate(export_dir, data_spec=None, images=None, labels=None, raise_on_fail
     if raise_on_failure and not report["ok"]:
         raise ExportFailed(f"out of tolerance, nothing exported: {failure_details(report)}", report)
     return report
+
+
+def _budget_of(artifact):
+    """The --max-accuracy-drop an int8 artifact was made within (its parity row holds it to that), else None."""
+    made = artifact.get("mixed") or artifact.get("accuracy_control") or {}
+    return made.get("max_accuracy_drop")
 
 
 class ExportFailed(CnnkitError):

@@ -123,6 +123,8 @@ FORMATS = {f.name: f for f in (
            available=openvino_format.missing),
     Format("openvino-bf16", "openvino_bf16", "openvino/model_bf16.xml", "openvino", openvino_format.build, BF16,
            in_all=True, available=openvino_format.bf16_unavailable),
+    Format("openvino-int8", "openvino_int8", "openvino/model_int8.xml", "openvino", openvino_format.build_int8,
+           in_all=True, calibrated=True, available=openvino_format.nncf_missing),
     # compressed with tensorflow-model-optimization (fine-tuned on the run's training data first)
     Format("tflite-qat", "tflite_qat", "tflite/model_qat.tflite", "tflite", compress.build_tflite, compressed=True),
     Format("tflite-pruned", "tflite_pruned", "tflite/model_pruned.tflite", "tflite", compress.build_tflite,
@@ -204,7 +206,7 @@ class BuildJob:
     #: the full-integer formats' per-layer report images, and the automatic mode's images (int8.Decision)
     debug_images: object = None
     decision: object = None
-    #: {"tflite" | "onnx": accuracy points a full-integer artifact may lose} (--max-accuracy-drop)
+    #: {"tflite" | "onnx" | "openvino": accuracy points a full-integer artifact may lose} (--max-accuracy-drop)
     budget: dict = dataclasses.field(default_factory=dict)
 
     def int8_checks(self, runtime, rgb=False):

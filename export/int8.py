@@ -44,6 +44,10 @@ INTEGER_ONLY_NOTE = ("its float layers run on the CPU: integer-only accelerators
                      "and MediaPipe Tasks run it")
 
 
+#: the runtimes whose int8 files --max-accuracy-drop keeps within a budget
+BUDGETED = ("tflite", "onnx", "openvino")
+
+
 @dataclasses.dataclass
 class Decision:
     """The images the automatic mode decides on: float32 pixels, their labels (or None), the float model's top-1."""
@@ -68,14 +72,15 @@ class Decision:
 
 
 def parse_budget(text):
-    """``--max-accuracy-drop``: points for every int8 format, or per format (``tflite=1,onnx=2``) -> {runtime: pts}."""
+    """``--max-accuracy-drop``: points for every int8 format, or per format (``tflite=1,onnx=2,openvino=0.5``) ->
+    {runtime: pts}."""
     from keras_cnns.errors import CnnkitError
 
     if text is None:
         return {}
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if len(parts) == 1 and "=" not in parts[0]:
-        parts = [f"tflite={parts[0]}", f"onnx={parts[0]}"]
+        parts = [f"{runtime}={parts[0]}" for runtime in BUDGETED]
     budget = {}
     for part in parts:
         fmt, _, value = (x.strip() for x in part.partition("="))
@@ -83,9 +88,9 @@ def parse_budget(text):
             points = float(value)
         except ValueError:
             points = -1
-        if fmt not in ("tflite", "onnx") or not 0 <= points <= 100:
+        if fmt not in BUDGETED or not 0 <= points <= 100:
             raise CnnkitError(f"--max-accuracy-drop {part!r}: accuracy points (0-100) lost at most, for every int8 "
-                              "format or per format as tflite=PTS,onnx=PTS")
+                              "format or per format as tflite=PTS,onnx=PTS,openvino=PTS")
         budget[fmt] = points
     return budget
 

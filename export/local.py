@@ -2,9 +2,9 @@
 export/formats.py) and classifies encoded images as the server does (the image contract, keras_cnns.imaging).
 
 Given an export version, it runs the artifact that the parity report measured fastest at batch 1 among those
-that give the Keras model's answers (the SavedModel, float32 TFLite, float32 ONNX; all within 1e-4) -
-quantized ones only when their file is named. ``cnnkit predict MODEL`` and ``serving.client.predict_files``
-use it.
+within the accuracy budget (export/choice.py: the exact ones, and low-precision ones whose answers stay within
+it); ``--runtime NAME`` runs a runtime's exact artifact. ``cnnkit predict MODEL`` and
+``serving.client.predict_files`` use it.
 """
 import dataclasses
 import io
@@ -73,25 +73,33 @@ def _versions_newest_first(path):
     return [os.path.join(path, str(v)) for v in sorted(versions(path), reverse=True)]
 
 
-def pick_artifact(version_dir, runtime="auto"):
+def pick_artifact(version_dir, runtime="auto", budget=None):
     """(kind, path) of the artifact of an export version that ``runtime`` (one of RUNTIMES) runs.
 
-    ``auto``: the lowest batch-1 latency in the version's parity report among the exact artifacts that
-    passed it; the SavedModel when there is no report (a SavedModel not written by cnnkit).
+    ``auto``: the lowest batch-1 latency in the version's parity report among the artifacts that passed it and are
+    within ``budget`` (export.choice: exact ones, and low-precision ones whose answers stay within the accuracy
+    budget); the SavedModel when there is no report (a SavedModel not written by cnnkit). See ``choose``.
     """
+    if runtime == "auto":
+        choice = choose(version_dir, budget)
+        return choice.kind, choice.path
+    return _artifact_of_runtime(version_dir, runtime)
+
+
+def choose(version_dir, budget=None):
+    """The export.choice.Choice of ``auto`` for a version folder (the SavedModel without a parity report)."""
+    from export.choice import Choice, choose
+
+    if not os.path.exists(os.path.join(version_dir, "report.json")):
+        return Choice("savedmodel", version_dir, "saved_model", "no parity report (not a cnnkit export): the "
+                      "SavedModel")
+    return choose(version_dir, budget)
+
+
+def _artifact_of_runtime(version_dir, runtime):
     from keras_cnns.files import read_json
 
     exact = exact_kinds()
-    report_path = os.path.join(version_dir, "report.json")
-    if runtime == "auto":
-        if not os.path.exists(report_path):
-            return "savedmodel", version_dir
-        meta = read_json(os.path.join(version_dir, "export.json"))
-        paths = {a["artifact"]: os.path.join(version_dir, a["path"]) for a in meta["artifacts"]}
-        rows = [r for r in read_json(report_path)["artifacts"]
-                if r["ok"] and r["kind"] in exact.values() and r["artifact"] in paths]
-        best = min(rows, key=lambda r: r["latency_ms"], default=None)
-        return (best["kind"], paths[best["artifact"]]) if best else ("savedmodel", version_dir)
     if runtime not in runtimes():
         raise CnnkitError(f"unknown runtime {runtime!r}; choose from {', '.join(runtimes())}")
     kind = exact.get(runtime, exact["tflite"])
@@ -112,7 +120,9 @@ class LocalModel:
     an ``.onnx`` file (ONNX Runtime); or a zoo model name, run in Keras with ``weights`` (see
     ``export.source.zoo_source``: its ImageNet weights by default)."""
 
-    def __init__(self, path, runtime="auto", weights=None):
+    def __init__(self, path, runtime="auto", weights=None, budget=None):
+        #: the export.choice.Choice that picked the artifact (``auto`` on an export version), else None
+        self.choice, self._budget = None, budget
         if not os.path.exists(path) and is_model_name(path):
             self._open_zoo(path, runtime, weights)
             return
@@ -159,7 +169,10 @@ class LocalModel:
         self._run = keras_reference(src.model, src.preprocessing)
 
     def _open(self, path, runtime):
-        if os.path.isdir(path):
+        if os.path.isdir(path) and runtime == "auto":
+            self.choice = choose(path, self._budget)
+            self.kind, path = self.choice.kind, self.choice.path
+        elif os.path.isdir(path):
             self.kind, path = pick_artifact(path, runtime)
         elif runtime == "mediapipe" and path.endswith(".tflite"):
             self.kind = "mediapipe"

@@ -5,17 +5,25 @@ elsewhere. So each IR records the precision it is meant to run at, and the runne
 
 - ``openvino``: float32 weights, run with the ``f32`` precision hint: the Keras model's answers (exact);
 - ``openvino-bf16``: float16-compressed weights (half the file), run in bfloat16: held to a tolerance and top-1
-  agreement (``judge``), offered only where OpenVINO reports BF16 among the CPU's capabilities.
+  agreement (``judge``), offered only where OpenVINO reports BF16 among the CPU's capabilities;
+- ``openvino-int8``: quantized by NNCF (OpenVINO's post-training quantizer: symmetric int8 weights per channel and
+  activations per tensor, fast bias correction) on the export's calibration images; with ``--max-accuracy-drop``,
+  ``nncf.quantize_with_accuracy_control`` on the validation split puts back in float the layers that cost the most
+  until the file is within the budget. Its float parts run in float32 (the ``f32`` hint), so it is held to top-1
+  agreement and accuracy like the other int8 files (export/parity.py).
 
 An optional extra (``pip install -e ".[openvino]"``); OpenVINO Model Server serves the same IR.
 """
 import functools
+import logging
 import os
 
 import numpy as np
 
 from keras_cnns.errors import CnnkitError
 from keras_cnns.files import replaced_atomically
+
+log = logging.getLogger("export")
 
 #: where the IR records the precision it runs at (read back by Runner)
 PRECISION_KEY = "cnnkit_inference_precision"
@@ -29,6 +37,18 @@ def missing():
         import openvino  # noqa: F401
     except ImportError:
         return 'OpenVINO is not installed: pip install -e ".[openvino]"'
+    return None
+
+
+def nncf_missing():
+    """None when OpenVINO and NNCF can be imported, else why not (one line)."""
+    reason = missing()
+    if reason:
+        return reason
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return 'NNCF (OpenVINO\'s int8 quantizer) is not installed: pip install -e ".[openvino]"'
     return None
 
 
@@ -63,7 +83,93 @@ def convert(onnx_path, path, precision="f32"):
     """Write ``path`` (.xml, with its .bin beside it) from an ONNX file; ``precision``: f32 or bf16."""
     import openvino as ov
 
-    model = ov.convert_model(onnx_path)
+    _save(ov.convert_model(onnx_path), path, precision)
+    return path
+
+
+def build_int8(job, fmt, path):
+    """The NNCF-quantized IR of the export's float32 ONNX file, within ``--max-accuracy-drop`` where one is given."""
+    from export import child
+    from export.onnx_format import float_file
+
+    reason = fmt.available()
+    if reason:
+        raise CnnkitError(f"{fmt.name}: {reason}")
+    checks = job.int8_checks("openvino")
+    details = child.run(f"the OpenVINO int8 quantization (NNCF) of {job.src.name}", quantize_int8, float_file(job),
+                        path, job.representative, checks["decision"], checks["budget"])
+    return {**details, "inference_precision": "f32", "calibration": job.calibration}
+
+
+def quantize_int8(onnx_path, path, representative, decision=None, budget=None):
+    """Write the int8 IR at ``path``: ``nncf.quantize`` on ``representative`` (float32 pixels), or, with a
+    ``budget`` (accuracy points) and labelled ``decision`` images (int8.Decision), ``quantize_with_accuracy_control``
+    on those. Returns what export.json says of it."""
+    import contextlib
+    import io
+
+    import nncf
+    import openvino as ov
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its notes: the export's log says enough
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress bars (rich writes to sys.stdout)
+        quantized, details = _nncf_quantize(nncf, ov.convert_model(onnx_path), representative, decision, budget)
+    _save(quantized, path, "f32")
+    details["float_layers"] = _float_layers(quantized)
+    return details
+
+
+def _nncf_quantize(nncf, model, representative, decision, budget):
+    images = np.asarray(representative, np.float32)
+    calibration = nncf.Dataset([image[None] for image in images])
+    details = {"quantizer": f"NNCF {nncf.__version__}, post-training, {len(images)} calibration images"}
+    if budget is not None and decision is not None and decision.labels is not None:
+        validation = nncf.Dataset(list(zip(np.asarray(decision.images, np.float32)[:, None], decision.labels)))
+
+        def accuracy(compiled, items):
+            items = list(items)
+            right = [int(np.argmax(compiled(image)[0]) == label) for image, label in items]
+            return float(np.mean(right)) if right else 0.0, right
+
+        quantized = nncf.quantize_with_accuracy_control(
+            model, calibration, validation, accuracy, max_drop=budget / 100, drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(images))
+        details["accuracy_control"] = {"max_accuracy_drop": budget, "decided_on": decision.source,
+                                       "decision_images": int(len(decision.images))}
+    else:
+        if budget is not None:
+            log.warning("--max-accuracy-drop: %s has no labels, so NNCF quantizes without accuracy control",
+                        decision.source if decision is not None else "the export")
+        quantized = nncf.quantize(model, calibration, subset_size=len(images))
+    return quantized, details
+
+
+#: ops that move or pick values without computing new ones: a FakeQuantize before them still quantizes the reader
+_LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Convert", "Concat", "StridedSlice"}
+
+
+def _float_layers(model):
+    """The Keras layers (int8.layer_name) whose convolution or matrix product NNCF left in float: no FakeQuantize
+    rounds its input, directly or through ops that only move values."""
+    from export.int8 import layer_name
+
+    def quantized(node, seen):
+        if node.get_type_name() == "FakeQuantize":
+            return True
+        if node.get_type_name() not in _LAYOUT_OPS or node.get_friendly_name() in seen:
+            return False
+        seen.add(node.get_friendly_name())
+        return any(quantized(node.input_value(i).get_node(), seen) for i in range(node.get_input_size()))
+
+    return [layer_name(op.get_friendly_name()) for op in model.get_ordered_ops()
+            if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+            and not quantized(op.input_value(0).get_node(), set())]
+
+
+def _save(model, path, precision):
+    """``model`` at ``path`` (.xml, its .bin beside it), atomically, recording the precision it runs at."""
+    import openvino as ov
+
     model.set_rt_info(precision, PRECISION_KEY)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
@@ -75,7 +181,6 @@ def convert(onnx_path, path, precision="f32"):
         finally:
             if os.path.exists(weights):
                 os.remove(weights)
-    return path
 
 
 def judge(row, fmt, path, outputs, context):

@@ -1,7 +1,8 @@
 """The parity report: every artifact against the Keras model on the same images.
 
 Per artifact: file size, max |difference| of the probabilities, top-1 agreement, accuracy on held-out
-data (when there are labels) and the median latency of one batch-1 call. Tolerances: float artifacts
+data (when there are labels) and the median latency of one batch-1 call (the artifacts timed alternately, round
+after round, where they fit in memory together: the choice of ``--runtime auto`` rests on these, export/choice.py). Tolerances: float artifacts
 max |diff| <= 1e-4; float16 <= 1e-2; bfloat16 <= 5e-2 and top-1 agreement >= 98%; quantized ones top-1
 agreement >= 98% and accuracy no more than 1 point below the Keras model's.
 """
@@ -59,6 +60,35 @@ def latency_ms(run, image, repeats=20):
     return float(np.median(latency_samples_ms(run, image, repeats)))
 
 
+#: the report keeps every runner open (to time them alternately) while the artifacts' files add up to less than this
+ALTERNATE_BELOW_BYTES = 400 << 20
+#: rounds of alternation: each runner gets repeats / ROUNDS calls a round
+ROUNDS = 4
+
+
+def alternated_latency_ms(runs, image, repeats=20, rounds=ROUNDS):
+    """{key: median wall time of one call} of ``runs`` ({key: callable}), see ``alternated_samples_ms``."""
+    return {key: float(np.median(times)) for key, times in alternated_samples_ms(runs, image, repeats, rounds).items()}
+
+
+def alternated_samples_ms(runs, image, repeats=20, rounds=ROUNDS):
+    """{key: wall times (ms) of ``repeats`` calls} of ``runs`` ({key: callable}) timed in turn, round after round,
+    so that a change of the machine's load or clock during the measurement moves them all alike (timed one after
+    another, the first and the last can see different machines)."""
+    for run in runs.values():
+        for _ in range(3):
+            run(image)
+    samples = {key: [] for key in runs}
+    per_round = max(1, -(-repeats // rounds))
+    for _ in range(rounds):
+        for key, run in runs.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run(image)
+                samples[key].append((time.perf_counter() - start) * 1000)
+    return {key: np.asarray(times) for key, times in samples.items()}
+
+
 #: multiply-accumulates one artifact may spend on the report's images, and on its batch-1 latency repeats:
 #: LeNet-5 compares 2000 images, ResNet-50 about 480, VGG-16 about 130 (minutes, not half an hour, on 2 cores)
 EVALUATION_MACS = 2e12
@@ -85,8 +115,10 @@ def predict_batches(run, images, batch_size=64):
 def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20, check=None):
     """Rows of the report. ``reference``/runners: float32 pixels (N, H, W, C) -> probabilities.
 
-    ``artifacts``: [(name, kind, path, open_runner, tolerance, budget)]; each runner is opened, measured and released
-    in turn, so one artifact's runtime is in memory at a time. ``tolerance``: the largest |difference| allowed, or
+    ``artifacts``: [(name, kind, path, open_runner, tolerance, budget)]; each runner is opened and compared in turn;
+    while their files add up to less than ALTERNATE_BELOW_BYTES all stay open and their batch-1 latencies are timed
+    alternately at the end (``alternated_latency_ms``), else each is timed and released in turn, so that one
+    artifact's runtime is in memory at a time. ``tolerance``: the largest |difference| allowed, or
     None for a quantized artifact (held to top-1 agreement and accuracy); ``budget``: the accuracy points a
     quantized artifact may lose when the user set one (--max-accuracy-drop: then with labels it is held to that
     alone), else None. ``repeats``: batch-1 latency calls per row.
@@ -99,9 +131,12 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
     ref_top1 = expected.argmax(axis=1)
     ref_accuracy = float((ref_top1 == labels).mean()) if labels is not None else None
     rows = [{"artifact": "keras", "kind": "keras", "file": None, "bytes": None, "max_abs_diff": 0.0,
-             "top1_agreement": 1.0, "accuracy": ref_accuracy, "latency_ms": latency_ms(reference, images[:1], repeats),
+             "top1_agreement": 1.0, "accuracy": ref_accuracy, "latency_ms": None,
              "tolerance": None, "ok": True, "output_spread": float(np.ptp(expected, axis=0).max()),
              "images": int(len(images))}]
+    # small enough to hold every runner at once: their latencies are timed alternately at the end
+    alternate = sum(_size(a[2]) for a in artifacts) < ALTERNATE_BELOW_BYTES
+    kept = {0: reference}
     for name, kind, path, open_runner, limit, budget in artifacts:
         run = open_runner()
         got = predict(run)
@@ -111,7 +146,9 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
                "max_abs_diff": float(np.abs(got - expected).max()),
                "top1_agreement": float((top1 == ref_top1).mean()),
                "accuracy": float((top1 == labels).mean()) if labels is not None else None,
-               "latency_ms": latency_ms(run, images[:1], repeats), "images": int(len(images))}
+               "latency_ms": None if alternate else latency_ms(run, images[:1], repeats), "images": int(len(images))}
+        if alternate:
+            kept[len(rows)] = run
         del run
         if limit is not None:
             row["tolerance"] = f"max |diff| <= {limit:g}"
@@ -126,6 +163,12 @@ def compare(reference, artifacts, images, labels=None, batch_size=64, repeats=20
         if check:
             check(row, path, got)
         rows.append(row)
+    if not alternate:
+        rows[0]["latency_ms"] = latency_ms(reference, images[:1], repeats)
+        kept = {}
+    for index, ms in alternated_latency_ms(kept, images[:1], repeats).items():
+        rows[index]["latency_ms"] = ms
+    rows[0]["latency_timing"] = "alternated" if alternate else "one after another"
     return rows
 
 

@@ -153,14 +153,18 @@ def connect(url, grpc=False, timeout=60):
     return GrpcClient(url, timeout) if grpc else RestClient(url, timeout)
 
 
-def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5, runtime="auto", weights=None):
+def predict_files(paths, model, server=None, grpc=False, version=None, top_k=5, runtime="auto", weights=None,
+                  budget=None, on_choice=None):
     """Classify image files: on a server (``model`` is its name) or locally (``model`` is a path, run by
-    ``runtime``, see ``pick_artifact``).
+    ``runtime``, see ``pick_artifact``; ``auto`` chooses within ``budget``, an export.choice.Budget, and calls
+    ``on_choice(choice)`` with the export.choice.Choice it made).
 
     Returns [(path, Prediction or InvalidInput)]: an unreadable or corrupt file is reported in its row
     and the others are still classified; an unreachable server or unknown model raises.
     """
-    runner = connect(server, grpc) if server else LocalModel(model, runtime, weights)
+    runner = connect(server, grpc) if server else LocalModel(model, runtime, weights, budget)
+    if not server and runner.choice is not None and on_choice:
+        on_choice(runner.choice)
     results = []
     for path in paths:
         try:

@@ -29,10 +29,20 @@ class Metrics:
         self.rest_refused = Counter("cnnkit_rest_connections_refused", "REST connections refused at accept: "
                                     "max_connections (what the descriptor limit leaves room for) or fd_limit "
                                     "(the limit itself was hit).", ["reason"], registry=self.registry)
+        self.runtime = Gauge("cnnkit_model_runtime", "The artifact each served version answers on (1), chosen "
+                             "within the accuracy budget (GET .../metadata says why).",
+                             ["model_name", "version", "runtime"], registry=self.registry)
 
     def observe(self, model, api, entrypoint, status, seconds):
         self.requests.labels(model, entrypoint, status).inc()
         self.latency.labels(model, api, entrypoint).observe(seconds * 1e6)
 
-    def exposition(self):
+    def exposition(self, runtimes=None):
+        """The metrics in Prometheus' text format; ``runtimes`` ({model: {version: runtime}}) as
+        ``cnnkit_model_runtime``, one series per served version (1: the runtime it answers on)."""
+        if runtimes is not None:
+            self.runtime.clear()
+            for model, versions in runtimes.items():
+                for version, runtime in versions.items():
+                    self.runtime.labels(model, str(version), runtime).set(1)
         return generate_latest(self.registry)

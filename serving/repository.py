@@ -70,7 +70,7 @@ def _coerce(name, value, spec):
 class Servable:
     """One loaded version of one model: its signatures, callable from many threads."""
 
-    def __init__(self, name, version, path, batching=None, on_batch=None, runtime="auto"):
+    def __init__(self, name, version, path, batching=None, on_batch=None, runtime="auto", budget=None):
         import tensorflow as tf
 
         from serving.runtime import open_fastest
@@ -79,8 +79,9 @@ class Servable:
         self.signature_defs = read_signature_defs(path)
         self.loaded = tf.saved_model.load(path)
         self.functions = dict(self.loaded.signatures)
-        #: the model run on the export's fastest exact artifact (serving/runtime.py), or None: the SavedModel
-        self.artifact = open_fastest(path, runtime, self.loaded, self.signature_defs)
+        #: the model run on the export's fastest artifact within the budget (serving/runtime.py), or None: the
+        #: SavedModel; and why that one
+        self.artifact, self.runtime_reason = open_fastest(path, runtime, self.loaded, self.signature_defs, budget)
         self.runtime = self.artifact.kind if self.artifact else "savedmodel"
         self.batching = batching
         self._on_batch = on_batch
@@ -178,7 +179,7 @@ def _fingerprint(path):
 
 
 class ModelRepository:
-    def __init__(self, base, keep_versions=2, batching=None, on_batch=None, runtime="auto"):
+    def __init__(self, base, keep_versions=2, batching=None, on_batch=None, runtime="auto", budget=None):
         if not os.path.isdir(base):
             from keras_cnns.errors import CnnkitError
 
@@ -188,8 +189,9 @@ class ModelRepository:
         self.keep_versions = keep_versions
         self.batching = batching
         self.on_batch = on_batch
-        #: what runs each version's model: auto (its fastest exact artifact), or one runtime (serving/runtime.py)
-        self.runtime = runtime
+        #: what runs each version's model: auto (its fastest artifact within ``budget``, an export.choice.Budget),
+        #: or one runtime (serving/runtime.py)
+        self.runtime, self.budget = runtime, budget
         self._servables = {}  # name -> {version: Servable}
         self._status = {}  # name -> {version: (state, error code, message)}
         self._failed = {}  # (name, version) -> fingerprint of the directory that failed to load
@@ -244,7 +246,7 @@ class ModelRepository:
         name, version = key
         self._set_status(name, version, "LOADING")
         try:
-            servable = Servable(name, version, path, self.batching, self.on_batch, self.runtime)
+            servable = Servable(name, version, path, self.batching, self.on_batch, self.runtime, self.budget)
         except Exception as err:  # a broken version is reported, and retried when its files change
             self._failed[key] = _fingerprint(path)
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -255,7 +257,8 @@ class ModelRepository:
         with self._lock:
             self._servables.setdefault(name, {})[version] = servable
         self._set_status(name, version, "AVAILABLE")
-        log.info("serving %s version %d from %s on %s", name, version, path, servable.runtime)
+        log.info("serving %s version %d from %s on %s (%s)", name, version, path, servable.runtime,
+                 servable.runtime_reason)
         return True
 
     def _retire(self, name, version):
@@ -302,10 +305,12 @@ class ModelRepository:
         with self._lock:
             return name if name in self._servables else ""
 
-    def runtimes(self):
-        """{name: {version: what runs its model}} ("savedmodel", "tflite-float32", ...)."""
+    def runtimes(self, reasons=False):
+        """{name: {version: what runs its model}} ("savedmodel", "tflite-float32", ...); with ``reasons``,
+        {name: {version: {"runtime", "reason"}}}."""
         with self._lock:
-            return {name: {v: s.runtime for v, s in vs.items()} for name, vs in self._servables.items()}
+            return {name: {v: {"runtime": s.runtime, "reason": s.runtime_reason} if reasons else s.runtime
+                           for v, s in vs.items()} for name, vs in self._servables.items()}
 
     def names(self):
         with self._lock:

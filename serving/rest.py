@@ -202,7 +202,7 @@ def page(repository, target):
 def answer(repository, metrics, call, body):
     """The reply to ``call`` with ``body`` (the raw request body of a POST); never raises."""
     if call.api == "metrics" and call.ok:
-        return Reply(200, metrics.exposition(), content_type=metrics_module.CONTENT_TYPE)
+        return Reply(200, metrics.exposition(repository.runtimes()), content_type=metrics_module.CONTENT_TYPE)
     if call.api == "page" and call.ok:
         return page(repository, call.target)
     try:
@@ -238,9 +238,11 @@ def _api(repository, call, body):
                                          always_print_fields_with_no_presence=True)
     servable = repository.get(name, version)
     if call.api == "metadata":
+        # "runtime" is cnnkit's own (TF Serving's answer has signature_def alone): what answers, and why
         return {"model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
                 "metadata": {"signature_def": json_format.MessageToDict(
-                    signature_map(servable), preserving_proto_field_name=True)}}
+                    signature_map(servable), preserving_proto_field_name=True),
+                    "runtime": {"artifact": servable.runtime, "reason": servable.runtime_reason}}}
     if call.api == "regress":
         raise invalid(f"{name} has no regression signature; use :predict")
     if call.api == "classify":

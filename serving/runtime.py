@@ -1,4 +1,5 @@
-"""A served version's model run on the fastest exact artifact of its export, not only its SavedModel (issue 24).
+"""A served version's model run on the fastest artifact of its export within the accuracy budget, not only its
+SavedModel (issues 24 and 43).
 
 TF Serving runs the SavedModel; on a CPU, LiteRT, ONNX Runtime or OpenVINO reading the export's own float32
 file is often several times faster at batch 1. ``cnnkit serve --runtime auto`` (the default) therefore splits
@@ -7,8 +8,9 @@ each of the export's signatures in three:
 1. the SavedModel's own input half, in TensorFlow: images cast to float32 pixels, or encoded images decoded and
    resized by the export's ``_decode`` function (the image contract and the pixel budget, exactly as TF Serving
    runs them), Examples parsed first for ``classify``;
-2. the model, in the artifact's runtime (export/formats.py): float32 pixels -> probabilities, held by the export's
-   parity report to the Keras model's answers within 1e-4;
+2. the model, in the artifact's runtime (export/formats.py): float32 pixels -> probabilities, an exact artifact
+   (the Keras model's answers within 1e-4) or a low-precision one whose answers the parity report found within
+   the budget (export/choice.py);
 3. the SavedModel's outputs computed from those probabilities: classes, scores, top classes and labels (ties
    ranked as ``tf.math.top_k`` ranks them: the lower class first).
 
@@ -92,31 +94,35 @@ class ArtifactModel:
                 "top_labels": self._labels[top], "labels": self._labels[classes]}
 
 
-def open_fastest(path, runtime, loaded, signature_defs):
-    """The ArtifactModel that ``runtime`` chooses for the version at ``path`` (see ``export.local.pick_artifact``:
-    ``auto`` is the lowest batch-1 latency among the exact artifacts of its parity report), or None where that is
-    the SavedModel itself. A runtime named by the user that the version lacks is an error; ``auto`` falls back to the
-    SavedModel where the version has no parity report or its chosen file is damaged."""
-    from export.local import pick_artifact
+def open_fastest(path, runtime, loaded, signature_defs, budget=None):
+    """(ArtifactModel or None, why) for the version at ``path``: the artifact ``runtime`` chooses (``auto``: the
+    lowest batch-1 latency among the artifacts of its parity report within ``budget``, see export/choice.py), or
+    None where that is the SavedModel itself. A runtime named by the user that the version lacks is an error;
+    ``auto`` falls back to the SavedModel where the version has no parity report or its chosen file is damaged."""
+    from export.local import choose, pick_artifact
     from keras_cnns.errors import ArtifactError, CnnkitError
     from keras_cnns.files import read_json
 
     if runtime == "savedmodel":
-        return None
-    kind, artifact = pick_artifact(path, runtime)
+        return None, "--runtime savedmodel"
+    if runtime == "auto":
+        choice = choose(path, budget)
+        kind, artifact, why = choice.kind, choice.path, choice.reason
+    else:
+        (kind, artifact), why = pick_artifact(path, runtime), f"--runtime {runtime}"
     if kind == "savedmodel":
-        return None
+        return None, why
     meta = os.path.join(path, "export.json")
     if not hasattr(loaded, "_decode") or not os.path.exists(meta):
         why = f"{path} was not exported by this cnnkit (no _decode function or export.json)"
         if runtime != "auto":
             raise CnnkitError(f"--runtime {runtime}: {why}")
         log.warning("%s: serving its SavedModel", why)
-        return None
+        return None, why
     try:
-        return ArtifactModel(kind, artifact, loaded, signature_defs, read_json(meta)["labels"])
+        return ArtifactModel(kind, artifact, loaded, signature_defs, read_json(meta)["labels"]), why
     except ArtifactError as err:  # a damaged file: the version's SavedModel still answers, unless one was forced
         if runtime != "auto":
             raise
         log.warning("%s; serving the SavedModel", err)
-        return None
+        return None, f"{err}; the SavedModel answers instead"

@@ -27,7 +27,8 @@ class ModelServer:
 
     Port 0 picks a free port (read ``rest_port`` / ``grpc_port`` after ``start``); ``grpc_port=None``
     turns gRPC off. ``batching``: None, or {"max_batch_size", "timeout_s", "threads"}. ``runtime``: what runs
-    each version's model (serving/runtime.py): ``auto``, the fastest exact artifact of its export, or one runtime.
+    each version's model (serving/runtime.py): ``auto``, the fastest artifact of its export within ``budget`` (an
+    export.choice.Budget; default: Budget()), or one runtime.
 
     Bounded work: each API has ``workers`` threads and lets ``queue`` more requests (REST) or calls (gRPC)
     wait; beyond that REST answers 503 and gRPC RESOURCE_EXHAUSTED at once. REST connections are read by an
@@ -40,10 +41,10 @@ class ModelServer:
     def __init__(self, base, host="127.0.0.1", rest_port=8501, grpc_port=8500, batching=None, keep_versions=2,
                  poll_seconds=1.0, max_body_bytes=DEFAULT_MAX_BODY_MB << 20, grace_seconds=30,
                  workers=DEFAULT_WORKERS, queue=DEFAULT_QUEUE, read_timeout=10.0, idle_timeout=10.0,
-                 queue_timeout=10.0, runtime="auto"):
+                 queue_timeout=10.0, runtime="auto", budget=None):
         self.metrics = Metrics()
         self.repository = ModelRepository(base, keep_versions=keep_versions, batching=batching,
-                                          on_batch=self._record_batch, runtime=runtime)
+                                          on_batch=self._record_batch, runtime=runtime, budget=budget)
         self.host = host
         self.rest_port = rest_port
         self.grpc_port = grpc_port

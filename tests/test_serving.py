@@ -28,12 +28,14 @@ from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, 
 
 from export import export as run_export
 from export import plan_formats
+from export.choice import Budget
 from export.formats import exact_kinds
 from keras_cnns.data import load_data
 from serving import client, config, tfserving_protos
 from serving.loadgen import spawn_server
 from serving.server import ModelServer
 
+EXACT = Budget(exact=True)
 MODEL = "lenet5"
 
 
@@ -68,7 +70,10 @@ def exported(tmp_path_factory, default_lenet_run):
 
 @pytest.fixture(scope="module")
 def server(exported):
-    with ModelServer(exported["base"], rest_port=0, grpc_port=0, poll_seconds=0.2, max_body_bytes=1 << 20) as s:
+    # exact artifacts only: the tests compare its answers with the SavedModel's label for label (the budget's own
+    # choice is tested in test_auto_serves_a_low_precision_artifact_only_within_the_budget_...)
+    with ModelServer(exported["base"], rest_port=0, grpc_port=0, poll_seconds=0.2, max_body_bytes=1 << 20,
+                     budget=EXACT) as s:
         s.url = f"http://127.0.0.1:{s.rest_port}"
         s.target = f"127.0.0.1:{s.grpc_port}"
         yield s
@@ -364,8 +369,8 @@ def test_the_server_answers_the_same_on_every_runtime(exported, server):
     from export.parity import FLOAT_TOLERANCE
     from serving.runtime import choices
 
-    # auto runs the fastest exact artifact of the parity report, not the SavedModel
-    fastest = pick_artifact(exported["path"], "auto")[0]
+    # auto (--exact) runs the fastest exact artifact of the parity report, not the SavedModel
+    fastest = pick_artifact(exported["path"], "auto", EXACT)[0]
     assert server.repository.runtimes() == {MODEL: {1: fastest}} and fastest != "savedmodel"
     found = {}
     for runtime in choices()[1:]:
@@ -410,14 +415,54 @@ def test_a_runtime_the_export_lacks_fails_that_version_and_auto_falls_back_to_th
             states[1][1]
         assert states[2][0] == "AVAILABLE" and states[3][0] == "END" and "cannot load" in states[3][1]
         assert s.repository.runtimes() == {MODEL: {2: "onnx"}}
-    with ModelServer(str(base), rest_port=0, grpc_port=None, keep_versions=3) as s:
-        fastest = pick_artifact(str(base / "1"), "auto")[0]
+    with ModelServer(str(base), rest_port=0, grpc_port=None, keep_versions=3, budget=EXACT) as s:
+        fastest = pick_artifact(str(base / "1"), "auto", EXACT)[0]
         assert fastest != "savedmodel"
         assert s.repository.runtimes() == {MODEL: {1: fastest, 2: "savedmodel", 3: "savedmodel"}}
         rest = client.RestClient(f"http://127.0.0.1:{s.rest_port}")
         for version in (1, 2, 3):
             assert [p.label for p in rest.classify(MODEL, exported["images"][:4], version=version)] == \
                 exported["reference"][:4]
+
+
+def test_auto_serves_a_low_precision_artifact_only_within_the_budget_and_says_which_and_why(exported, tmp_path):
+    from export.choice import Budget
+
+    base = tmp_path / MODEL
+    _publish(str(base), exported["path"], 1)
+    report_path = base / "1" / "report.json"
+    report = json.loads(report_path.read_text())
+    keras_accuracy = report["artifacts"][0]["accuracy"]
+    for row in report["artifacts"]:  # the dynamic-range file 90x faster than every exact one, and as right
+        row["latency_ms"] = {"tflite_dynamic": 0.01, "tflite_float32": 0.9}.get(row["artifact"], 1.0)
+        if row["artifact"] == "tflite_dynamic":
+            row["top1_agreement"], row["accuracy"] = 1.0, keras_accuracy
+    report_path.write_text(json.dumps(report))
+    with ModelServer(str(base), rest_port=0, grpc_port=None) as s:
+        url = f"http://127.0.0.1:{s.rest_port}"
+        assert s.repository.runtimes() == {MODEL: {1: "tflite-dynamic"}}
+        runtime = requests.get(f"{url}/v1/models/{MODEL}/versions/1/metadata", timeout=30).json()["metadata"]["runtime"]
+        assert runtime["artifact"] == "tflite-dynamic"
+        assert runtime["reason"].startswith("tflite_dynamic: the fastest within the budget (top-1 agreement >= 99.5%")
+        assert "0.01 ms at batch 1 against 0.90 ms for the fastest exact artifact (tflite_float32)" in \
+            runtime["reason"]
+        metrics = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=30).text
+        assert f'cnnkit_model_runtime{{model_name="{MODEL}",runtime="tflite-dynamic",version="1"}} 1.0' in metrics
+        labels = [p.label for p in client.RestClient(url).classify(MODEL, exported["images"])]
+        # its real answers: int8 weights, so at most one of the 24 digits may differ from the SavedModel's
+        assert sum(a != b for a, b in zip(labels, exported["reference"])) <= 1
+    with ModelServer(str(base), rest_port=0, grpc_port=None, budget=Budget(exact=True)) as s:
+        chosen = s.repository.runtimes(reasons=True)[MODEL][1]
+        assert chosen["runtime"] == "tflite-float32"
+        assert chosen["reason"].startswith("tflite_float32: the fastest exact artifact, 0.90 ms at batch 1")
+    # one flip too many in the report's 200+ held-out digits: the exact artifact answers, and the reason says why
+    dynamic = next(r for r in report["artifacts"] if r["artifact"] == "tflite_dynamic")
+    dynamic["top1_agreement"] = 0.99
+    report_path.write_text(json.dumps(report))
+    with ModelServer(str(base), rest_port=0, grpc_port=None) as s:
+        chosen = s.repository.runtimes(reasons=True)[MODEL][1]
+        assert chosen["runtime"] == "tflite-float32"
+        assert "faster but outside the budget: tflite_dynamic (top-1 agreement 99.0% < 99.5%)" in chosen["reason"]
 
 
 def test_32_concurrent_clients_and_a_hot_swap_lose_no_request(exported, tmp_path):
@@ -548,7 +593,7 @@ def cli(*args):
 def test_predict_cli_runs_every_artifact_and_the_servers(exported, server):
     files, reference = exported["files"][:4], exported["reference"][:4]
     version = exported["path"]
-    runs = [([exported["base"] + "/lenet5"], None)]
+    runs = [([exported["base"] + "/lenet5", "--exact"], None)]
     runs += [([version, "--runtime", runtime], kind) for runtime, kind in exact_kinds().items()]
     runs += [([os.path.join(version, "tflite", "model_float32.tflite")], "tflite"),
              ([os.path.join(version, "onnx", "model.onnx")], "onnx"),
@@ -573,18 +618,27 @@ def test_local_predict_runs_the_fastest_exact_artifact_of_the_parity_report(expo
     report = json.loads((version / "report.json").read_text())
     exact = [r for r in report["artifacts"] if r["kind"] in exact_kinds().values()]
     fastest = min(exact, key=lambda r: r["latency_ms"])
-    assert client.LocalModel(str(version)).kind == fastest["kind"]
-    # an artifact that failed parity is never chosen, nor a quantized one however fast
+    assert client.LocalModel(str(version), budget=EXACT).kind == fastest["kind"]
+    # an artifact that failed parity is never chosen, nor with --exact a quantized one however fast
     assert "tflite-dynamic" in {r["kind"] for r in report["artifacts"]}
     for row in report["artifacts"]:
         row["ok"] = row is not fastest
         if row["kind"] == "tflite-dynamic":
-            row["latency_ms"] = 1e-6
+            row["latency_ms"], row["top1_agreement"] = 1e-6, 1.0
+            row["accuracy"] = report["artifacts"][0]["accuracy"]
     (version / "report.json").write_text(json.dumps(report))
     second = min((r for r in exact if r is not fastest), key=lambda r: r["latency_ms"])
-    local = client.LocalModel(str(version))
+    local = client.LocalModel(str(version), budget=EXACT)
     assert local.kind == second["kind"]
     assert [p.label for p in local.classify(exported["images"][:6])] == exported["reference"][:6]
+    # within the default budget (no flip, no accuracy lost) the quantized file is taken: predict says so
+    assert client.LocalModel(str(version)).kind == "tflite-dynamic"
+    out = cnnkit_here("predict", exported["files"][0], "--model", str(version), "--json")
+    assert json.loads(out.stdout)["runtime"]["artifact"] == "tflite_dynamic"
+    out = cnnkit_here("predict", exported["files"][0], "--model", str(version))
+    assert "runs on tflite_dynamic: the fastest within the budget" in out.stderr
+    out = cnnkit_here("predict", exported["files"][0], "--model", str(version), "--exact", "--json")
+    assert json.loads(out.stdout)["runtime"]["artifact"] == second["artifact"]
     # an export without its report (or a bare SavedModel) runs the SavedModel
     (version / "report.json").unlink()
     assert client.LocalModel(str(version)).kind == "savedmodel"
@@ -634,7 +688,10 @@ def test_predict_cli_reports_bad_input_and_keeps_the_rest(exported, server, tmp_
                            "does not speak REST (HTTP/1.1): is this the gRPC port?"),
                           (["--model", "nope", "--server", server.url], "404"),
                           (["--model", MODEL, "--grpc"], "--grpc needs --server"),
-                          (["--model", MODEL, "--server", server.url, "--runtime", "onnx"], "--runtime picks a local")):
+                          (["--model", MODEL, "--server", server.url, "--runtime", "onnx"], "--runtime picks a local"),
+                          (["--model", MODEL, "--server", server.url, "--exact"], "a server has its own"),
+                          (["--model", exported["base"], "--exact", "--max-accuracy-drop", "1"],
+                           "--exact serves float32 artifacts only")):
         out = cnnkit_here("predict", exported["files"][0], *args)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
         assert "Max retries" not in out.stderr and "\\x00" not in out.stderr  # the library's words, raw bytes
