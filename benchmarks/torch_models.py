@@ -76,7 +76,47 @@ class MobileNetV2(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
+class Bottleneck(nn.Module):
+    """ResNet-50's block as cnnkit (and torchvision) build it: the stride on the 3x3 convolution."""
+
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(cin, width, 1, act=nn.ReLU), conv_bn(width, width, 3, stride, act=nn.ReLU),
+                                  conv_bn(width, width * 4, 1))
+        self.shortcut = conv_bn(cin, width * 4, 1, stride) if stride != 1 or cin != width * 4 else nn.Identity()
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet50(nn.Module):
+    """ImageNet form: 7x7 stride-2 stem and 3x3 max-pooling, then 3, 4, 6, 3 bottleneck blocks."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        blocks, cin = [conv_bn(3, 64, 7, 2, act=nn.ReLU), nn.MaxPool2d(3, 2, 1)], 64
+        for stage, repeats in enumerate((3, 4, 6, 3)):
+            width = 64 * 2 ** stage
+            for b in range(repeats):
+                blocks.append(Bottleneck(cin, width, 2 if b == 0 and stage > 0 else 1))
+                cin = width * 4
+        self.features = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
 MODELS = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2}
+
+
+def create_imagenet(name, num_classes=1000):
+    """The ImageNet form (224x224 input: strided stems) of ``mobilenet_v2`` or ``resnet50``."""
+    if name == "mobilenet_v2":
+        return MobileNetV2(num_classes=num_classes, small_input=False)
+    if name == "resnet50":
+        return ResNet50(num_classes=num_classes)
+    raise KeyError(f"no ImageNet-form PyTorch twin of {name}")
 
 
 def create(name, num_classes=10):

@@ -301,7 +301,7 @@ def _int8_checks(src, plan, data, labelled, calibrated, budget):
     """The full-integer formats' images besides calibration: the per-layer report's (``debug_images``) and, with a
     budget, the automatic mode's (``decision``: the validation split, else training images not calibrated on;
     never the test split the parity report judges on), with the Keras model's answers on them."""
-    if not any(f.layer_report for f in plan) or data is None:
+    if not any(f.layer_report or f.calibrated for f in plan) or data is None:
         return {}
     from keras_cnns.analysis import profile_model
 

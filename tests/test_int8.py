@@ -137,6 +137,26 @@ def test_automatic_mode_keeps_the_layers_to_blame_in_float_within_the_budget(out
         assert _row({"artifacts": json.load(f)["artifacts"]})["mixed"]["float_layers"] == ["conv_a", "conv_b"]
 
 
+def test_openvino_int8_by_nncf_collapses_on_the_outlier_and_its_accuracy_control_restores_it(outlier_model, tmp_path):
+    """NNCF quantizes activations per tensor too: plain, the outlier range takes the file to chance; with a budget,
+    nncf.quantize_with_accuracy_control on the validation split puts conv_b (the outlier tensor's reader) back in
+    float, and the parity gate holds the file to that budget on the test split."""
+    from export import export
+    from export.exporter import ExportFailed
+
+    formats = ["saved_model", "openvino-int8"]
+    with pytest.raises(ExportFailed, match="openvino_int8: max"):
+        export(outlier_model, str(tmp_path / "plain"), formats)
+    final, report = export(outlier_model, str(tmp_path / "budget"), formats, max_accuracy_drop="openvino=1")
+    row = _row(report, "openvino_int8")
+    assert report["ok"] and row["tolerance"] == "accuracy drop <= 1 pt (--max-accuracy-drop)"
+    assert report["artifacts"][0]["accuracy"] - row["accuracy"] <= 0.01 + 1e-9
+    assert "conv_b" in row["float_layers"] and "fc" not in row["float_layers"]
+    assert row["accuracy_control"] == {"max_accuracy_drop": 1.0, "decided_on": f"validation split of {SPEC}",
+                                       "decision_images": row["accuracy_control"]["decision_images"]}
+    assert row["accuracy_control"]["decision_images"] >= 100
+
+
 def test_a_budget_without_an_int8_format_is_a_clear_error(outlier_model, tmp_path):
     from export import export, plan_formats
 
@@ -145,7 +165,8 @@ def test_a_budget_without_an_int8_format_is_a_clear_error(outlier_model, tmp_pat
     for bad in ("-1", "lots", "coreml=1", "tflite=200"):
         with pytest.raises(CnnkitError, match="--max-accuracy-drop"):
             int8.parse_budget(bad)
-    assert int8.parse_budget("0.5") == {"tflite": 0.5, "onnx": 0.5}
+    assert int8.parse_budget("0.5") == {"tflite": 0.5, "onnx": 0.5, "openvino": 0.5}
+    assert int8.parse_budget("openvino=1.5") == {"openvino": 1.5}
     assert int8.parse_budget("tflite=2") == {"tflite": 2.0}
 
 
