@@ -145,7 +145,7 @@ def choose(version_dir, budget=None, report=None, meta=None):
                   f"ms at batch 1" + (f" against {exact['latency_ms']:.2f} ms for the fastest exact artifact "
                                       f"({exact['artifact']})" if exact else "")
                   + f"; top-1 agreement {low['top1_agreement']:.1%}")
-        if low.get("accuracy") is not None:
+        if low.get("accuracy") is not None and keras_row.get("accuracy") is not None:
             reason += f", accuracy {low['accuracy']:.2%} (Keras {keras_row['accuracy']:.2%})"
     else:
         best = exact

@@ -84,8 +84,13 @@ def test_max_accuracy_drop_widens_the_budget_and_exact_closes_it(tmp_path):
     assert choose(version, Budget(max_accuracy_drop=0.9)).artifact == "tflite_float32"
     assert choose(version, Budget(exact=True)).artifact == "tflite_float32"
     assert "not exact (--exact)" in {c["why"] for c in choose(version, Budget(exact=True)).considered}
-    with pytest.raises(CnnkitError, match="--exact"):
+    # --max-accuracy-drop 1 lowers the agreement asked by 1 point, no more: 98.0% is below 98.5%
+    rows[-1]["top1_agreement"] = 0.98
+    assert choose(_version(tmp_path, rows), Budget(max_accuracy_drop=1)).artifact == "tflite_float32"
+    with pytest.raises(CnnkitError) as both:
         Budget(exact=True, max_accuracy_drop=1)
+    assert str(both.value) == ("--exact serves float32 artifacts only; --max-accuracy-drop widens the budget of "
+                               "low-precision ones: give one of them")
     for bad in (-0.1, 100.5):
         with pytest.raises(CnnkitError, match="between 0 and 100"):
             Budget(max_accuracy_drop=bad)
@@ -103,7 +108,15 @@ def test_low_precision_must_be_clearly_faster_than_the_fastest_exact_artifact(tm
         rows = _exact_rows() + [_row("onnx_int8", "onnx-int8", latency)]
         got = choose(_version(tmp_path, rows))
         assert got.artifact == chosen, latency
-    assert "within the budget but not 1.1x faster" in got.reason
+    assert got.reason == ("tflite_float32: the fastest exact artifact, 0.80 ms at batch 1; onnx_int8 is within the "
+                          "budget but not 1.1x faster (0.79 ms)")
+    # exactly 1.1x faster (0.5 x 1.1 == 0.55 in floating point) is fast enough: the limit is inclusive
+    assert 0.5 * choice.MIN_SPEEDUP == 0.55
+    rows = [_row("saved_model", "savedmodel", 0.55), _row("onnx_int8", "onnx-int8", 0.5)]
+    assert choose(_version(tmp_path, rows)).artifact == "onnx_int8"
+    rows[-1]["top1_agreement"] = 0.9  # and named as faster though outside the budget
+    assert choose(_version(tmp_path, rows)).reason.endswith("outside the budget: onnx_int8 (top-1 agreement 90.0% < "
+                                                            "99.5%)")
 
 
 def test_failed_or_unpublished_rows_are_never_chosen(tmp_path):
@@ -140,7 +153,8 @@ def test_the_choice_says_when_the_latencies_come_from_another_cpu(tmp_path):
     assert "not this CPU" not in choose(_version(tmp_path, rows)).reason
     other = {"model": "Some Other CPU", "flags": ["avx2", "avx512f", "avx512_vnni"]}
     reason = choose(_version(tmp_path, rows, cpu=other)).reason
-    assert "measured on Some Other CPU (avx2,avx512f,avx512_vnni), not this CPU" in reason
+    assert reason == ("tflite_float32: the fastest exact artifact, 0.80 ms at batch 1; latencies measured on Some "
+                      "Other CPU (avx2,avx512f,avx512_vnni), not this CPU: `cnnkit validate` here measures them again")
 
 
 def test_a_version_without_a_report_is_served_by_its_savedmodel(tmp_path):
@@ -150,3 +164,102 @@ def test_a_version_without_a_report_is_served_by_its_savedmodel(tmp_path):
     (tmp_path / "1").mkdir()
     assert pick_artifact(str(tmp_path / "1")) == ("savedmodel", str(tmp_path / "1"))
     assert "no parity report" in choose_local(str(tmp_path / "1")).reason
+
+
+def test_every_reason_reads_in_full(tmp_path):
+    """The reasons a person reads (predict, metadata, the page), word for word, one per branch of the choice."""
+    low = _row("onnx_int8", "onnx-int8", 0.3, agreement=0.995, accuracy=0.895)
+    assert choose(_version(tmp_path, _exact_rows() + [low])).reason == (
+        "onnx_int8: the fastest within the budget (top-1 agreement >= 99.5% and at most one held-out image of accuracy "
+        "lost), 0.30 ms at batch 1 against 0.80 ms for the fastest exact artifact (tflite_float32); top-1 agreement "
+        "99.5%, accuracy 89.50% (Keras 90.00%)")
+    got = choose(_version(tmp_path, _exact_rows() + [low]), Budget(max_accuracy_drop=2.5))
+    assert got.reason.startswith("onnx_int8: the fastest within the budget (top-1 agreement >= 97.0% and at most "
+                                 "2.5 accuracy points lost (--max-accuracy-drop)), 0.30 ms")
+    # no exact artifact left (a version published with --allow-failed-variants and its exact files failed)
+    rows = [_row("saved_model", "savedmodel", 1.2, ok=False), low]
+    assert choose(_version(tmp_path, rows)).reason == (
+        "onnx_int8: the fastest within the budget (top-1 agreement >= 99.5% and at most one held-out image of accuracy "
+        "lost), 0.30 ms at batch 1; top-1 agreement 99.5%, accuracy 89.50% (Keras 90.00%)")
+    got = choose(_version(tmp_path, _exact_rows() + [_row("onnx_int8", "onnx-int8", 0.3, agreement=0.98)]))
+    assert got.reason == ("tflite_float32: the fastest exact artifact, 0.80 ms at batch 1; faster but outside the "
+                          "budget: onnx_int8 (top-1 agreement 98.0% < 99.5%)")
+    # the faster ones outside the budget are all named, in the report's order; slower ones are not
+    rows = _exact_rows() + [_row("onnx_int8", "onnx-int8", 0.3, agreement=0.98),
+                            _row("tflite_int8", "tflite-int8", 0.2, ok=False),
+                            _row("openvino_int8", "openvino-int8", 0.85, agreement=0.9)]  # not 1.1x faster
+    assert choose(_version(tmp_path, rows)).reason.endswith(
+        "faster but outside the budget: onnx_int8 (top-1 agreement 98.0% < 99.5%), tflite_int8 (failed the parity "
+        "report)")
+    # nothing passed at all: the SavedModel, as it is
+    nothing = choose(_version(tmp_path, [_row("saved_model", "savedmodel", 1.2, ok=False)]))
+    assert (nothing.kind, nothing.path, nothing.artifact) == ("savedmodel", str(tmp_path / "1"), "saved_model")
+    assert nothing.reason == "no artifact passed the parity report: the SavedModel"
+    assert nothing.considered == [{"artifact": "saved_model", "kind": "savedmodel", "latency_ms": 1.2,
+                                   "within": False, "why": "failed the parity report"}]
+    assert Budget(exact=True).describe() == "exact (--exact): float32 artifacts only"
+
+
+def test_what_is_considered_is_recorded_row_by_row(tmp_path):
+    rows = _exact_rows() + [_row("onnx_int8", "onnx-int8", 0.3)]
+    got = choose(_version(tmp_path, rows, spread=5e-4))
+    assert got.considered == [
+        {"artifact": "saved_model", "kind": "savedmodel", "latency_ms": 1.2, "within": True, "why": "within the budget"},
+        {"artifact": "tflite_float32", "kind": "tflite-float32", "latency_ms": 0.8, "within": True,
+         "why": "within the budget"},
+        {"artifact": "onnx", "kind": "onnx", "latency_ms": 0.9, "within": True, "why": "within the budget"},
+        {"artifact": "onnx_int8", "kind": "onnx-int8", "latency_ms": 0.3, "within": False,
+         "why": "the model's answers hardly depend on the input (untrained?): agreement proves nothing"}]
+    assert got.as_dict() == {"artifact": "tflite_float32", "kind": "tflite-float32", "reason": got.reason,
+                             "considered": got.considered}
+
+
+def test_the_limits_of_the_budget_and_of_the_spread_are_inclusive(tmp_path):
+    from export import parity
+
+    rows = _exact_rows() + [_row("onnx_int8", "onnx-int8", 0.3)]
+    # a spread exactly at parity.MIN_OUTPUT_SPREAD is a model that answers (constant_output_warning agrees)
+    assert parity.constant_output_warning(parity.MIN_OUTPUT_SPREAD, 10) is None
+    assert choose(_version(tmp_path, rows, spread=parity.MIN_OUTPUT_SPREAD)).artifact == "onnx_int8"
+    # a report written before output_spread was recorded: a trained model
+    version = _version(tmp_path, rows)
+    report = json.loads(open(os.path.join(version, "report.json")).read())
+    del report["artifacts"][0]["output_spread"]
+    open(os.path.join(version, "report.json"), "w").write(json.dumps(report))
+    assert choose(version).artifact == "onnx_int8"
+    # 0 and 100 points are budgets a user may give; 0 still lets through a file that loses nothing
+    assert choose(_version(tmp_path, rows), Budget(max_accuracy_drop=0)).artifact == "onnx_int8"
+    assert Budget(max_accuracy_drop=100).max_accuracy_drop == 100
+    # an accuracy missing on the Keras row alone (a report without labels for it) leaves agreement to decide
+    rows[-1]["accuracy"] = 0.5
+    version = _version(tmp_path, rows)
+    report = json.loads(open(os.path.join(version, "report.json")).read())
+    report["artifacts"][0]["accuracy"] = None
+    open(os.path.join(version, "report.json"), "w").write(json.dumps(report))
+    assert choose(version).artifact == "onnx_int8"
+
+
+def test_the_cpu_is_described_by_its_name_and_its_speed_flags(monkeypatch):
+    with open("/proc/cpuinfo") as f:
+        lines = f.read().splitlines()
+    name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
+    described = choice.cpu_description()
+    assert described == {"model": name, "flags": [f for f in choice.SPEED_FLAGS if f in flags]}
+    assert "avx2" in described["flags"] or "avx2" not in flags
+    # where /proc/cpuinfo cannot be read: the platform's word for it, else "CPU", and no flags
+    import builtins
+    import platform
+
+    real_open = builtins.open
+
+    def no_cpuinfo(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise OSError("no /proc here")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_cpuinfo)
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert choice.cpu_description() == {"model": "CPU", "flags": []}
+    monkeypatch.setattr(platform, "processor", lambda: "x86_64")
+    assert choice.cpu_description() == {"model": "x86_64", "flags": []}

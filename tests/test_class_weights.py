@@ -62,3 +62,50 @@ def test_the_training_pipeline_yields_each_images_class_weight(tmp_path):
         np.testing.assert_array_equal(weight.numpy(), weights[target.numpy().argmax(1)])
         seen += len(weight)
     assert seen == len(data.train)
+
+
+def test_a_class_with_no_training_images_keeps_its_place_and_the_imbalance_counts_it():
+    # a: 4 images, b: 2, c: none (the last class: np.bincount alone would drop it). Hand-computed: 6 images /
+    # (3 classes x max(count, 1)) = 0.5, 1.0, 2.0; the imbalance is 4 / max(0, 1) = 4.0x, beyond auto's 3x
+    labels = [0, 0, 0, 0, 1, 1]
+    np.testing.assert_allclose(class_weights.balanced(labels, 3), [0.5, 1.0, 2.0])
+    plan = class_weights.resolve("auto", labels, NAMES)
+    assert plan == {"requested": "auto", "weights": {"a": 0.5, "b": 1.0, "c": 2.0},
+                    "why": "balanced (inverse frequency): the largest class has 4.0x the training images of the "
+                           "smallest"}
+    np.testing.assert_array_equal(class_weights.as_array(plan, NAMES), np.array([0.5, 1.0, 2.0], np.float32))
+    assert class_weights.as_array(plan, NAMES).dtype == np.float32
+    assert class_weights.as_array(plan, ["c", "a", "b"]).tolist() == [2.0, 0.5, 1.0]  # in the order asked
+    # labels read as floats (an .npz of float labels) count as their classes
+    np.testing.assert_allclose(class_weights.balanced(np.array(labels, np.float32), 3), [0.5, 1.0, 2.0])
+    assert class_weights.resolve("auto", np.array(labels, np.float64), NAMES)["weights"] == plan["weights"]
+
+
+def test_weights_are_rounded_to_six_decimals_and_none_says_it_was_asked():
+    plan = class_weights.resolve("balanced", [0, 0, 0, 1], ["a", "b"])  # 4 / (2 x 3) = 0.666667, 4 / (2 x 1) = 2
+    assert plan == {"requested": "balanced", "weights": {"a": 0.666667, "b": 2.0},
+                    "why": "balanced (inverse frequency): the largest class has 3.0x the training images of the "
+                           "smallest"}
+    plan = class_weights.resolve("none", _labels(60, 10, 30), NAMES)
+    assert plan == {"requested": "none", "weights": None,
+                    "why": "the largest class has 6.0x the training images of the smallest; --class-weight none"}
+    assert class_weights.as_array(plan, NAMES) is None
+
+
+def test_check_keeps_each_choice_and_makes_a_file_path_absolute(tmp_path, monkeypatch):
+    for choice in class_weights.CHOICES:
+        assert class_weights.check(choice) == choice
+    (tmp_path / "w.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert class_weights.check("w.json") == str(tmp_path / "w.json")
+
+
+def test_a_weight_file_error_names_every_unknown_and_missing_class_and_refuses_infinity(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"a": 1, "x": 1, "y": 2}))
+    with pytest.raises(CnnkitError) as refused:
+        class_weights.resolve(str(path), _labels(5, 5, 5), NAMES)
+    assert str(refused.value) == f"{path}: no class named x, y; no weight for b, c (the classes: a, b, c)"
+    path.write_text('{"a": 1, "b": Infinity, "c": 1}')  # Python's JSON reader takes Infinity
+    with pytest.raises(CnnkitError, match="the weight of b must be a number >= 0, got inf"):
+        class_weights.resolve(str(path), _labels(5, 5, 5), NAMES)

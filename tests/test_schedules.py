@@ -89,3 +89,58 @@ def test_bad_schedule_settings_are_clear_errors(kwargs, message):
     args = {"name": "cosine", "lr": 0.1, "steps_per_epoch": SPE, "epochs": 10, **kwargs}
     with pytest.raises(CnnkitError, match=message):
         build_schedule(**args)
+
+
+def test_the_defaults_of_each_schedule_are_the_notes(tmp_path):
+    """Every value hand-computed from the formulas of the module's doc, with the defaults: gamma 0.1 every third of
+    the run after the warm-up; k = 0.1 a epoch; SGDR's first period a third of the run, then twice as long, the
+    same peak, down to min_lr."""
+    # step: 12 epochs, 3 of warm-up: 9 to decay, a step every 3 (counted after the warm-up)
+    s = build_schedule("step", 0.1, SPE, 12, warmup_epochs=3)
+    assert [round(lr_at(s, e), 6) for e in (3, 5.9, 6, 9, 11.9)] == [0.1, 0.1, 0.01, 0.001, 0.001]
+    s = build_schedule("step", 0.1, SPE, 9)  # a staircase: flat between steps
+    assert lr_at(s, 1.5) == pytest.approx(0.1) and lr_at(s, 3) == pytest.approx(0.01)
+    # exponential, k = 0.1: a0 e^-0.1 after one epoch, e^-0.5 after five
+    s = build_schedule("exponential", 0.1, SPE, 10)
+    assert lr_at(s, 1) == pytest.approx(0.1 * math.exp(-0.1)) and lr_at(s, 5) == pytest.approx(0.1 * math.exp(-0.5))
+    # SGDR over 9 epochs: cycles of 3 and 6 epochs, each from 0.1 to 0.01 (halfway: 0.01 + 0.09 / 2 = 0.055)
+    s = build_schedule("sgdr", 0.1, SPE, 9, min_lr=0.01)
+    assert [round(lr_at(s, e), 6) for e in (0, 1.5, 3, 6, 9)] == [0.1, 0.055, 0.1, 0.055, 0.1]
+    assert lr_at(s, 2.9) == pytest.approx(0.01 + 0.09 * (1 + math.cos(math.pi * 29 / 30)) / 2)
+    # names as a flag or a Python keyword may write them
+    assert lr_at(build_schedule("Inverse_Time", 0.1, SPE, 10), 1) == pytest.approx(0.1 / 1.1)
+    with pytest.raises(CnnkitError) as unknown:
+        build_schedule("linear", 0.1, SPE, 10)
+    assert str(unknown.value) == ("unknown schedule 'linear'; choose from constant, step, exponential, inverse-time, "
+                                  "cosine, sgdr, plateau")
+
+
+def test_cycle_ends_default_to_equal_cycles_and_stop_at_the_last_whole_one():
+    assert cycle_end_epochs(9, 3) == [2, 5, 8]  # t_mul 1: equal cycles, the last ending with the run
+    assert cycle_end_epochs(8, 3) == [2, 5]  # a cycle one epoch past the run is not a cycle
+    assert cycle_end_epochs(9, 3, t_mul=2.0) == [2, 8]  # 3 then 6 epochs
+    assert cycle_end_epochs(10, 3, warmup_epochs=1) == [3, 6, 9]
+
+
+def test_learning_rate_at_reads_the_rate_of_the_last_step():
+    import tensorflow as tf
+
+    from keras_cnns.training.schedules import learning_rate_at
+
+    # Keras' optimizers keep the rate of their last step in a variable: 31 real steps, the last was step 30,
+    # the first of the second stair (step 0.1 -> 0.01 every 3 epochs of 10 steps)
+    optimizer = keras.optimizers.SGD(learning_rate=build_schedule("step", 0.1, SPE, 9))
+    weight = tf.Variable(1.0)
+    for step in range(31):
+        optimizer.apply_gradients([(tf.constant(1.0), weight)])
+        if step == 29:
+            assert learning_rate_at(optimizer) == pytest.approx(0.1)
+    assert learning_rate_at(optimizer) == pytest.approx(0.01) and isinstance(learning_rate_at(optimizer), float)
+    # the legacy optimizers hold the schedule itself: read at the last step (the first, before any)
+    legacy = keras.optimizers.legacy.SGD(learning_rate=build_schedule("step", 0.1, SPE, 9))
+    assert learning_rate_at(legacy) == pytest.approx(0.1)
+    legacy.iterations.assign(31)
+    assert learning_rate_at(legacy) == pytest.approx(0.01)
+    legacy.iterations.assign(30)
+    assert learning_rate_at(legacy) == pytest.approx(0.1)
+    assert learning_rate_at(keras.optimizers.SGD(learning_rate=0.05)) == pytest.approx(0.05)
