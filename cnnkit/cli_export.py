@@ -53,7 +53,11 @@ def _print_report(report):
 @click.argument("source", metavar="SOURCE")
 @click.option("--output", default="exports", show_default=True, type=click.Path(file_okay=False),
               help="Export base: versions go to OUTPUT/NAME/VERSION.")
-@click.option("--saved-model", is_flag=True, help="The SavedModel (always written: the others derive from it).")
+@click.option("--saved-model", is_flag=True,
+              help="The SavedModel alone (always written: the others derive from it). Without any format flag, "
+                   "export writes the SavedModel and what `--runtime auto` may serve on this CPU: TFLite float32, "
+                   "ONNX, OpenVINO float32 (when installed), and the int8 TFLite and OpenVINO files where the CPU "
+                   "has int8 dot products (VNNI, AMX) and the source has images to calibrate on.")
 @click.option("--tflite", "tflite_out", is_flag=True, help="TFLite float32 (+ the --quantize variant).")
 @click.option("--onnx", "onnx_out", is_flag=True, help="ONNX (tf2onnx), run with ONNX Runtime.")
 @click.option("--openvino", "openvino_out", is_flag=True,
@@ -120,8 +124,11 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
                    license_, max_megapixels, allow_failed_variants, as_json):
     """Export SOURCE (a run directory, zoo model name or .keras file) and prove every artifact agrees.
 
+    Without a format flag: the SavedModel and what `--runtime auto` may serve on this CPU.
+
     \b
     Examples:
+      cnnkit export runs/latest                         what auto may serve here (see --saved-model)
       cnnkit export runs/latest --tflite --onnx --quantize int8
       cnnkit export --tflite mobilenet                  MobileNet with its ImageNet weights, float32 TFLite
       cnnkit export --tflite resnet50 --weights none    the untrained graph
@@ -136,10 +143,12 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
     """
     import_tensorflow(export=True)
     from export import ExportOptions, export, plan_formats
-    from export.exporter import ExportFailed
+    from export.exporter import DEFAULT_PLAN, ExportFailed
 
+    named = (saved_model or tflite_out or onnx_out or openvino_out or everything or extra or quantize != "none"
+             or prune or cluster)
     formats = plan_formats(saved_model, tflite_out, onnx_out, quantize, everything, prune, cluster, extra,
-                           openvino_out)
+                           openvino_out) if named else DEFAULT_PLAN
     try:
         with native_logs_silenced():  # the converters' and LiteRT's C++ log lines
             path, report = export(source, output, formats, ExportOptions(

@@ -30,6 +30,13 @@ MIN_AGREEMENT = 0.995
 MIN_SPEEDUP = 1.1
 #: CPU features that decide which low-precision arithmetic runs fast (int8 dot products, bfloat16)
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+#: int8 dot-product instructions: without them (AVX2 alone) int8 convolutions are no faster than float32
+#: (XNNPACK and oneDNN emulate them with 16-bit multiplies; benchmarks/RESULTS.md, Deployment)
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: what --runtime auto may serve, written by `cnnkit export` without a format flag: each runtime's float32 file
+DEFAULT_EXACT = ("tflite-float32", "onnx", "openvino")
+#: ... and, where the CPU has INT8_FLAGS, the int8 files (those that need calibration images)
+DEFAULT_INT8 = ("tflite-int8", "openvino-int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +110,27 @@ def cpu_description():
         pass
     flags = cpu_flags()
     return {"model": model, "flags": [f for f in SPEED_FLAGS if f in flags]}
+
+
+def default_plan(can_calibrate=True, flags=None):
+    """(format names, why) that ``cnnkit export`` writes when no format is named: the SavedModel and what
+    ``--runtime auto`` may serve on this CPU kind (DEFAULT_EXACT where available; DEFAULT_INT8 where the CPU has
+    int8 dot products and there are calibration images; the bfloat16 IR where OpenVINO runs bfloat16 here).
+    ``flags``: the CPU's SPEED_FLAGS (default: this one's)."""
+    from export.formats import FORMATS
+
+    flags = cpu_description()["flags"] if flags is None else flags
+    int8 = [f for f in INT8_FLAGS if f in flags]
+    names = list(DEFAULT_EXACT) + ["openvino-bf16"] + (list(DEFAULT_INT8) if int8 and can_calibrate else [])
+    names = [n for n in names if FORMATS[n].available is None or FORMATS[n].available() is None]
+    if not int8:
+        why = (f"no int8 file: this CPU ({','.join(flags) or 'no SIMD flags read'}) has no int8 dot-product "
+               f"instructions ({', '.join(INT8_FLAGS)}), where int8 runs no faster than float32")
+    elif not can_calibrate:
+        why = "no int8 file: the source has no images to calibrate on (--calibration-data SPEC)"
+    else:
+        why = f"int8 files: this CPU has {', '.join(int8)}"
+    return ["saved_model", *names], why
 
 
 def choose(version_dir, budget=None, report=None, meta=None):

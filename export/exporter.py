@@ -26,7 +26,7 @@ import tempfile
 import numpy as np
 
 from export import child, compress, int8, mediapipe_check, onnx_format, parity, savedmodel
-from export.choice import cpu_description
+from export.choice import cpu_description, default_plan
 from export.formats import FORMATS, QUANTIZE, RUNTIMES, BuildJob, by_kind, quantize_modes, runner_for
 from export.source import load_source
 from keras_cnns.errors import CnnkitError
@@ -179,9 +179,14 @@ def _available(fmt):
     return fmt.available is None or fmt.available() is None
 
 
+#: ``export(formats=DEFAULT_PLAN)``: what ``cnnkit export`` writes without a format flag (export.choice.default_plan)
+DEFAULT_PLAN = "default"
+
+
 def export(source, output="exports", formats=("saved_model",), options=None, **fields):
     """Export SOURCE (run directory, zoo model name, .keras/.h5 file or cnnkit export) into ``output/NAME/VERSION``
-    in ``formats`` (names of FORMATS: see ``plan_formats``); returns (version directory, report dict).
+    in ``formats`` (names of FORMATS: see ``plan_formats``; DEFAULT_PLAN: the SavedModel and what ``--runtime auto``
+    may serve on this CPU, see export.choice.default_plan); returns (version directory, report dict).
 
     ``options``: an ExportOptions, or its fields as keywords (``name="digits", prune=0.5``). ``prune`` (target
     sparsity) and ``cluster`` (clusters per kernel) go with the formats ``tflite-pruned`` / ``tflite-clustered``;
@@ -198,7 +203,10 @@ def export(source, output="exports", formats=("saved_model",), options=None, **f
     options = dataclasses.replace(options or ExportOptions(), **fields)
     if not options.max_megapixels > 0:
         raise CnnkitError(f"--max-megapixels must be > 0, got {options.max_megapixels}")
-    formats = plan_formats(extra=formats)  # names checked, the SavedModel first
+    default = formats == DEFAULT_PLAN  # decided once the source says whether it has images to calibrate on
+    if default:
+        options = dataclasses.replace(options, low_precision_optional=True)
+    formats = ["saved_model"] if default else plan_formats(extra=formats)  # names checked, the SavedModel first
     src = load_source(source, weights=options.weights, input_size=options.input_size, labels=options.labels,
                       preprocessing=options.preprocessing)
     if options.temperature is not None:
@@ -216,6 +224,12 @@ def export(source, output="exports", formats=("saved_model",), options=None, **f
     # never the ones calibrated on) rather than on noise
     calibration = options.calibration_data
     images, labels, data = _evaluation_images(src, options.data_spec or (None if src.data_spec else calibration))
+    if default:
+        formats, why = default_plan(can_calibrate=bool(calibration) or data is not None)
+        if src.untrained:  # its near-uniform answers cannot pass a low-precision file's gates, nor be served by one
+            formats = [f for f in formats if FORMATS[f].exact]
+        log.info("no format named: writing what --runtime auto may serve on this CPU, %s (%s; --all writes every "
+                 "format)", ", ".join(formats), why)
     if src.untrained:
         _estimate_batch_norm(src, images)
     names, carried, left = _carry_over(src, formats, can_calibrate=bool(calibration) or data is not None)
@@ -264,6 +278,8 @@ def export(source, output="exports", formats=("saved_model",), options=None, **f
             for folder in reversed(created):
                 remove_if_empty(folder)
     report["path"] = final
+    if default:
+        report["default_plan"] = {"formats": formats, "why": why}
     if src.earlier_artifacts:
         report["carried_over"], report["not_carried_over"] = carried, left
     return final, report
@@ -484,7 +500,7 @@ def _publish_what_passed(version_dir, report, options=None):
     report["not_published"] = sorted(gone)
     report["ok"] = True
     write_json(os.path.join(version_dir, "report.json"), report)
-    why = "--allow-failed-variants" if options.allow_failed_variants else "low precision, left out by --all"
+    why = "--allow-failed-variants" if options.allow_failed_variants else "low precision: left out, the exact files ship"
     with open(os.path.join(version_dir, "report.md"), "a", encoding="utf-8") as f:
         f.write(f"\n**Not published** (out of tolerance, {why}): {', '.join(sorted(gone))}.\n")
 

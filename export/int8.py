@@ -128,8 +128,10 @@ def layer_name(tensor_name, op=""):
     """The Keras layers a converted op stands for, from its fused tensor name
     (``mobilenet_v2/conv1_relu6/Relu6;mobilenet_v2/conv1_conv/BiasAdd;...`` -> ``conv1_relu6 + conv1_conv``); an op
     outside the Keras model (the SavedModel's input normalisation, its output) is named by what it does."""
-    parts = [re.sub(r"^(StatefulPartitionedCall(_\d+)?/)+", "", p) for p in tensor_name.split(";")]
-    names = list(dict.fromkeys(p.split("/")[1] for p in parts if p.count("/") >= 2))
+    parts = [re.sub(r"^(StatefulPartitionedCall(_\d+)?/)+", "", p).split("/") for p in tensor_name.split(";")]
+    # the mobile graph of a grayscale model wraps it as NAME_rgb (exporter.rgb_input): its layers are one level down
+    parts = [p[1:] if len(p) >= 4 and p[0] == f"{p[1]}_rgb" else p for p in parts]
+    names = list(dict.fromkeys(p[1] for p in parts if len(p) >= 3))
     if names:
         return " + ".join(names)
     what = "input normalisation" if op in ("MUL", "SUB", "DIV", "ADD") else "output"

@@ -263,3 +263,25 @@ def test_the_cpu_is_described_by_its_name_and_its_speed_flags(monkeypatch):
     assert choice.cpu_description() == {"model": "CPU", "flags": []}
     monkeypatch.setattr(platform, "processor", lambda: "x86_64")
     assert choice.cpu_description() == {"model": "x86_64", "flags": []}
+
+
+def test_export_without_a_format_writes_what_auto_may_serve_on_this_cpu_kind(monkeypatch):
+    from export import formats, openvino_format
+
+    bf16 = ["openvino-bf16"] if openvino_format.bf16_unavailable() is None else []
+    names, why = choice.default_plan(flags=["avx2", "fma"])  # AVX2 alone: int8 is no faster than float32
+    assert names == ["saved_model", "tflite-float32", "onnx", "openvino", *bf16]
+    assert why == ("no int8 file: this CPU (avx2,fma) has no int8 dot-product instructions (avx512_vnni, avx_vnni, "
+                   "amx_int8), where int8 runs no faster than float32")
+    names, why = choice.default_plan(flags=["avx2", "avx512f", "avx512_vnni"])
+    assert names == ["saved_model", "tflite-float32", "onnx", "openvino", *bf16, "tflite-int8", "openvino-int8"]
+    assert why == "int8 files: this CPU has avx512_vnni"
+    names, why = choice.default_plan(can_calibrate=False, flags=["amx_int8"])
+    assert "tflite-int8" not in names and why.startswith("no int8 file: the source has no images to calibrate on")
+    # a runtime that is not installed is left out, not an error
+    monkeypatch.setitem(formats.FORMATS, "openvino", formats.dataclasses.replace(
+        formats.FORMATS["openvino"], available=lambda: "OpenVINO is not installed"))
+    monkeypatch.setitem(formats.FORMATS, "openvino-int8", formats.dataclasses.replace(
+        formats.FORMATS["openvino-int8"], available=lambda: "NNCF is not installed"))
+    assert choice.default_plan(flags=["avx512_vnni"])[0] == ["saved_model", "tflite-float32", "onnx", *bf16,
+                                                             "tflite-int8"]

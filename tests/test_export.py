@@ -391,7 +391,7 @@ def test_a_failing_variant_is_reported_with_every_row_or_left_out_on_request(tra
     assert report["not_published"] == ["tflite_dynamic"]
     assert [a["artifact"] for a in json.load(open(os.path.join(path, "export.json")))["artifacts"]] == [
         "saved_model", "tflite_float32"]
-    assert "left out by --all" in open(os.path.join(path, "report.md")).read()
+    assert "low precision: left out, the exact files ship" in open(os.path.join(path, "report.md")).read()
     # ... but never without an exact artifact that failed
     monkeypatch.setattr(parity, "FLOAT_TOLERANCE", 0.0)
     monkeypatch.setattr(parity, "FLOAT16_TOLERANCE", 0.0)
@@ -940,6 +940,23 @@ def test_a_keras_file_from_elsewhere_needs_labels_and_preprocessing(tmp_path):
     with pytest.raises(CnnkitError, match="cannot read --preprocessing"):
         run_export(str(tmp_path / "foreign.keras"), output=str(tmp_path / "e"), labels=str(tmp_path / "labels.txt"),
                    preprocessing="{bad")
+
+
+def test_export_without_a_format_writes_what_auto_may_serve_here_and_saved_model_alone_when_asked(trained, tmp_path):
+    from export.choice import default_plan
+
+    out = cnnkit_here("export", trained["run"], "--output", str(tmp_path / "default"), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    planned, why = default_plan()
+    kinds = [a["kind"] for a in json.load(open(os.path.join(report["path"], "export.json")))["artifacts"]]
+    left_out = report.get("not_published", [])  # a low-precision file out of tolerance (a CPU with int8 files)
+    assert kinds == ["savedmodel", *(k for k in planned[1:] if k.replace("-", "_") not in left_out)]
+    assert {"tflite-float32", "onnx", "openvino"} <= set(kinds) and not set(left_out) & {"tflite_float32", "onnx"}
+    assert report["default_plan"] == {"formats": planned, "why": why}  # the console says the same (log)
+    out = cnnkit_here("export", trained["run"], "--saved-model", "--output", str(tmp_path / "alone"), "--json")
+    path = json.loads(out.stdout)["path"]
+    assert [a["kind"] for a in json.load(open(os.path.join(path, "export.json")))["artifacts"]] == ["savedmodel"]
 
 
 def test_weights_and_input_size_with_a_run_or_file_are_refused(trained):

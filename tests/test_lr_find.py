@@ -43,3 +43,71 @@ def test_a_loss_that_never_falls_gets_no_suggestion():
     lrs = list(lr_find.schedule(1e-6, 1.0, 50))
     assert lr_find.suggest(lrs, list(np.linspace(1.0, 3.0, 50)))["suggested"] is None
     assert lr_find.suggest(lrs, list(np.linspace(3.0, 1.0, 50)))["suggested"] == pytest.approx(lrs[-1] / 10)
+
+
+def test_the_schedule_grows_exponentially_from_the_least_to_the_most():
+    # 1e-4 to 1 in 5 steps: a factor 10 a step
+    np.testing.assert_allclose(lr_find.schedule(1e-4, 1.0, 5), [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    np.testing.assert_allclose(lr_find.schedule(0.5, 2.0, 1), [0.5])  # one step: the least
+
+
+class _ScriptedModel:
+    """A model whose step losses are given: what range_test reads and writes, nothing else."""
+
+    def __init__(self, losses):
+        self.losses, self.rates, self.weights = list(losses), [], []
+        model = self
+
+        class Rate:
+            def assign(self, value):
+                model.rates.append(float(value))
+
+        self.optimizer = type("Optimizer", (), {"learning_rate": Rate()})()
+
+    def train_on_batch(self, x, y, sample_weight=None, reset_metrics=False, return_dict=False):
+        assert reset_metrics and return_dict  # each step's own loss, not a running mean
+        self.weights.append(sample_weight)
+        return {"loss": self.losses[len(self.rates) - 1]}
+
+
+def test_the_range_test_smooths_with_bias_correction_and_stops_past_four_times_the_best():
+    # losses 4, 2, 1, then 100: the average with bias correction (0.9 momentum) is 4, then
+    # (0.9 * 0.4 + 0.1 * 2) / (1 - 0.81) = 0.56 / 0.19 = 2.947, then (0.9 * 0.56 + 0.1) / 0.271 = 2.229, then 100's jump
+    losses = [4.0, 2.0, 1.0, 100.0, 1.0, 1.0]
+    model = _ScriptedModel(losses)
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((2, 1)), np.zeros((2, 1)))).batch(1)
+    found = lr_find.range_test(model, data, min_lr=1e-3, max_lr=1e2, steps=6, skip=1)
+    average, expected = 0.0, []
+    for step, loss in enumerate(losses[:4]):
+        average = 0.9 * average + 0.1 * loss
+        expected.append(average / (1 - 0.9 ** (step + 1)))
+    assert expected[:3] == pytest.approx([4.0, 0.56 / 0.19, 0.604 / 0.271])
+    np.testing.assert_allclose(found["smoothed"], expected)
+    assert expected[3] > 4 * min(expected[:3])  # 100 lifts the average past 4x its best: the test stops there
+    assert found["stopped"] == "the loss passed 4x its best at learning rate 1"
+    assert found["lr"] == pytest.approx([1e-3, 1e-2, 1e-1, 1.0]) and found["loss"] == losses[:4]
+    assert model.rates == pytest.approx([1e-3, 1e-2, 1e-1, 1.0]) and model.weights == [None] * 4
+    # a loss that is not finite stops the test at once, and is not recorded
+    model = _ScriptedModel([3.0, 2.0, float("nan"), 1.0])
+    found = lr_find.range_test(model, data, min_lr=1e-3, max_lr=1.0, steps=4, skip=0)
+    assert found["stopped"] == "the loss stopped being finite at learning rate 0.1" and found["loss"] == [3.0, 2.0]
+    # all the steps, and sample weights passed on
+    weighted = tf.data.Dataset.from_tensor_slices((np.zeros((2, 1)), np.zeros((2, 1)), np.ones(2))).batch(1)
+    model = _ScriptedModel([3.0, 2.5, 2.0])
+    found = lr_find.range_test(model, weighted, min_lr=1e-3, max_lr=1e-1, steps=3)
+    assert found["stopped"] == "ran all 3 steps" and [w.numpy().tolist() for w in model.weights] == [[1.0]] * 3
+
+
+def test_the_suggestion_is_a_tenth_of_the_minimums_rate_and_the_steepest_fall_is_named():
+    lrs = [10.0 ** e for e in range(-6, 4)]  # 1e-6 ... 1e3
+    smoothed = [5.0, 5.0, 4.9, 4.5, 3.0, 1.5, 1.0, 0.9, 2.0, 9.0]  # steepest between 1e-2 and 1e-1, lowest at 10
+    found = lr_find.suggest(lrs, smoothed, skip=2)
+    assert found == {"suggested": pytest.approx(1.0), "min_loss_lr": 10.0, "steepest_lr": pytest.approx(1e-2)}
+    # the minimum within the skipped steps (and one more): the loss only grew, nothing is suggested
+    assert lr_find.suggest(lrs, [1.0, 0.5, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2], skip=2) == {
+        "suggested": None, "min_loss_lr": 1e-4, "steepest_lr": None}
+    found = lr_find.suggest(lrs, [1.0, 0.9, 0.8, 0.3, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2], skip=1)
+    assert found["suggested"] == pytest.approx(1e-4)  # lowest at step 3 = skip + 2: it fell
+    # too few steps to judge: skip + 3 are needed
+    assert lr_find.suggest(lrs[:7], smoothed[:7], skip=5)["min_loss_lr"] is None
+    assert lr_find.suggest(lrs[:8], smoothed[:8], skip=5)["min_loss_lr"] == 10.0
