@@ -130,7 +130,7 @@ class LocalModel:
             raise CnnkitError("--weights goes with a zoo model name as --model; an export has its weights")
         if not os.path.exists(path):
             raise CnnkitError(f"model {path} does not exist; give an export (exports/NAME[/VERSION]), a "
-                              ".tflite/.onnx file or a zoo model name")
+                              f".tflite/.onnx file or a zoo model name{_near_model_names(path)}")
         if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
             self._open_newest_good(path, runtime)
             return
@@ -245,6 +245,18 @@ class LocalModel:
         top = np.argsort(-probabilities, axis=1)[:, :top_k]
         return predictions(self.name, self.version, [[self.labels[i] for i in row] for row in top],
                             np.take_along_axis(probabilities, top, axis=1), top_k, self.kind)
+
+
+def _near_model_names(text):
+    """``; did you mean resnet18?`` when ``text`` (no folder in it) is close to zoo model names, else ""."""
+    import difflib
+
+    from keras_cnns.registry import list_models
+
+    if os.sep in text or "/" in text:
+        return ""
+    close = difflib.get_close_matches(text.lower().replace("-", "_"), list_models(), n=3, cutoff=0.6)
+    return f" (did you mean the zoo's {', '.join(close)}?)" if close else ""
 
 
 def _decode(data, mode):

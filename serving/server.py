@@ -64,16 +64,36 @@ class ModelServer:
     def start(self):
         from keras_cnns.errors import CnnkitError
 
-        self.repository.scan()
-        if not self.repository.names():
-            raise CnnkitError(f"no servable model under {self.repository.base}: expected NAME/VERSION folders with "
-                              "saved_model.pb (what `cnnkit export` writes)")
+        self._listen()  # the ports first: one in use fails at once, not after every model has loaded
+        try:
+            self.repository.scan()
+            if not self.repository.names():
+                raise CnnkitError(f"no servable model under {self.repository.base}: expected NAME/VERSION folders "
+                                  "with saved_model.pb (what `cnnkit export` writes)")
+        except BaseException:
+            self._rest.server_close()
+            if self._grpc is not None:
+                self._grpc.stop(None)
+            raise
+        if self._grpc is not None:
+            self._grpc.start()
+        self._rest.start()
+        self._spawn(self._watch, "watch")
+        log.info("serving %s: REST and the model page http://%s:%d/, gRPC %s", ", ".join(self.repository.names()),
+                 self.host, self.rest_port, f"{self.host}:{self.grpc_port}" if self._grpc else "off")
+        return self
+
+    def _listen(self):
+        """Bind the REST port and the gRPC port (neither answers yet); one in use is a CnnkitError naming it."""
+        from keras_cnns.errors import CnnkitError
+
         try:
             self._rest = RestServer((self.host, self.rest_port), self.repository, self.metrics, self.max_body_bytes,
                                     self.workers, self.queue, self.read_timeout, self.idle_timeout,
                                     self.queue_timeout)
         except OSError as err:
-            raise CnnkitError(f"cannot listen on {self.host}:{self.rest_port}: {err.strerror}") from None
+            raise CnnkitError(f"cannot listen on {self.host}:{self.rest_port}: {err.strerror} (--port picks "
+                              "another)") from None
         self.rest_port = self._rest.server_address[1]
         if self.grpc_port is not None:
             options = [("grpc.max_receive_message_length", self.max_body_bytes),
@@ -81,17 +101,16 @@ class ModelServer:
             self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=self.workers), options=options,
                                      maximum_concurrent_rpcs=self.workers + self.queue)
             add_services(self._grpc, self.repository, self.metrics)
-            port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+            try:
+                port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+            except RuntimeError:  # grpcio 1.60+ raises where older ones returned 0
+                port = 0
             if port == 0:
                 self._rest.server_close()
-                raise CnnkitError(f"cannot listen for gRPC on {self.host}:{self.grpc_port}")
+                self._grpc = None
+                raise CnnkitError(f"cannot listen for gRPC on {self.host}:{self.grpc_port}: in use or not allowed "
+                                  "(--grpc-port picks another, --no-grpc serves REST only)")
             self.grpc_port = port
-            self._grpc.start()
-        self._rest.start()
-        self._spawn(self._watch, "watch")
-        log.info("serving %s: REST and the model page http://%s:%d/, gRPC %s", ", ".join(self.repository.names()),
-                 self.host, self.rest_port, f"{self.host}:{self.grpc_port}" if self._grpc else "off")
-        return self
 
     def _spawn(self, target, name):
         thread = threading.Thread(target=target, name=name, daemon=True)

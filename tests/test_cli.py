@@ -104,3 +104,34 @@ def test_profile_table_reports_totals():
 def test_console_script_is_installed():
     out = subprocess.run(["cnnkit", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "0.1.0" in out.stdout
+
+
+def test_a_near_miss_model_name_for_predict_gets_suggestions(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    out = run("predict", str(tmp_path / "x.png"), "--model", "resnet15")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "model resnet15 does not exist" in out.stderr and "did you mean the zoo's" in out.stderr
+    assert "resnet18" in out.stderr.splitlines()[-1]
+
+
+def test_serve_on_a_port_in_use_fails_at_once_before_loading_any_model(tmp_path):
+    import socket
+    import time
+
+    base = tmp_path / "exports" / "broken" / "1"  # a version that would take long to load, or fail: never reached
+    base.mkdir(parents=True)
+    (base / "saved_model.pb").write_bytes(b"not a graph")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = time.monotonic()
+        out = run("serve", str(tmp_path / "exports"), "--port", str(port), "--no-grpc")
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use (--port picks another)" in out.stderr
+        assert "cannot load" not in out.stderr and "broken" not in out.stderr  # no model was loaded
+        assert time.monotonic() - start < 60
+        out = run("serve", str(tmp_path / "exports"), "--port", "0", "--grpc-port", str(port))
+        assert out.returncode == 2 and f"cannot listen for gRPC on 127.0.0.1:{port}" in out.stderr

@@ -40,7 +40,7 @@ MODULES = {
     "keras_cnns/training/schedules.py": ["tests/test_schedules.py"],
     # the range test on a real model trains for seconds per mutant: its arithmetic is tested on scripted losses
     "keras_cnns/training/lr_find.py": ["tests/test_lr_find.py", "-k", "not lies_between"],
-    "keras_cnns/training/callbacks.py": ["tests/test_ema.py"],
+    "keras_cnns/training/callbacks.py": ["tests/test_ema.py", "tests/test_callbacks.py"],
     "keras_cnns/imaging.py": ["tests/test_imaging.py", "tests/test_image_budget.py"],
     "keras_cnns/mixing.py": ["tests/test_mixing.py"],
     "keras_cnns/randaugment.py": ["tests/test_randaugment.py"],

@@ -53,6 +53,41 @@ class EpochLogs(keras.callbacks.Callback):
                     logs.setdefault(prefix + key[len(head):], logs[key])  # never the total "loss"
 
 
+def duration(seconds):
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``: a time a person reads."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class TimeLeft(keras.callbacks.Callback):
+    """After each epoch, a line with how long it took and about how long the run has left (``log``: a logger). The
+    first epoch also traces and compiles the training graph, so the estimate uses the epochs after it once there
+    are some, and the first line says why it was slow."""
+
+    def __init__(self, epochs, log):
+        super().__init__()
+        self.epochs, self.log, self.done = epochs, log, []
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.done.append(time.perf_counter() - self._start)
+        left = self.epochs - (epoch + 1)
+        typical = self.done[1:] or self.done
+        line = f"epoch {epoch + 1}/{self.epochs}: {duration(self.done[-1])}"
+        if len(self.done) == 1:
+            line += " (the first also builds and compiles the training graph)"
+        if left:
+            line += f"; about {duration(left * sum(typical) / len(typical))} left"
+        self.log.info("%s", line)
+
+
 class TerminateOnNaN(keras.callbacks.Callback):
     """Stops at the first non-finite loss and records where: epoch, step and learning rate."""
 

@@ -27,6 +27,7 @@ from keras_cnns.training.callbacks import (
     RunRecorder,
     SnapshotSaver,
     TerminateOnNaN,
+    TimeLeft,
     read_history,
 )
 from keras_cnns.training.optimizers import DEFAULT_LR, add_weight_penalty, make_optimizer
@@ -239,6 +240,24 @@ def _preprocessing(config, data):
     return pretrained.find_checkpoint(config.model, config.model_options, data.input_shape).preprocessing
 
 
+def _start_line(config, data, model, steps_per_epoch):
+    """What is about to be trained, on what, for how long: the first line of a run (a zoo name given in another
+    spelling says which model it is)."""
+    from keras_cnns.analysis import count_trainable
+    from keras_cnns.registry import get_model_info, is_model_name
+
+    if config.finetune:
+        what = f"{model.name} fine-tuned from {config.finetune}"
+    else:
+        what = get_model_info(config.model).name if is_model_name(config.model) else str(config.model)
+        if what != str(config.model):
+            what += f" (the zoo's name for {config.model!r})"
+    h, w, c = data.input_shape
+    return (f"training {what}, {count_trainable(model) / 1e6:.2f}M trainable parameters, at {h}x{w}x{c} on "
+            f"{data.spec}: {len(data.train):,} training images, {steps_per_epoch} steps an epoch, {config.epochs} "
+            "epochs")
+
+
 def _build(config, data):
     """The training model (GoogLeNet: three outputs) and the inference model it shares weights with."""
     import keras_cnns
@@ -431,6 +450,8 @@ def train(config, resume_dir=None, verbose=0, data=None):
         train_ds = _train_dataset(config, data, model, weight_plan, options)
         val_ds = make_dataset(data, "val", config.batch_size, pre, target_fn=target_fn, options=options)
 
+        if chief:
+            log.info("%s", _start_line(config, data, model, steps_per_epoch))
         nan_guard, recorder = TerminateOnNaN(), RunRecorder(run_dir, inference)
         callbacks = _callbacks(config, data, run_dir, inference, pre, main, bn_plan, nan_guard, recorder)
         started, lbfgs_record = time.time(), None
@@ -558,7 +579,7 @@ def _callbacks(config, data, run_dir, inference, pre, main, bn_plan, nan_guard, 
     the raw weights back (--ema), then BackupAndRestore."""
     import tf_keras as keras
 
-    callbacks = [EpochLogs(main), nan_guard]
+    callbacks = [EpochLogs(main), nan_guard, TimeLeft(config.epochs, log)]
     averaged = AveragedWeights() if config.ema else None
     if averaged:  # before the recalibration: the statistics are re-estimated for the averaged weights
         callbacks.append(averaged)
