@@ -191,3 +191,69 @@ def test_the_report_names_the_worst_layers_with_what_each_loses():
     assert "| conv_a | CONV_2D | 1.23 | 58.77 | 12.346 |" in text and "| fc | FULLY_CONNECTED | n/a | n/a | n/a |" in text
     assert "## onnx" not in text and text.endswith("\n")
     assert int8.markdown([{"artifact": "onnx"}]) == ""
+
+
+def test_channel_sqnr_of_nhwc_tensors_scalars_and_integer_outputs():
+    # NHWC (1, 3, 1, 2): channel 0 holds 1, 1, 1 with noise 0.5 each -> ratio 0.25; channel 1 holds 10, 10, 10 exact
+    # -> ratio 0; mean 0.125 -> 10 log10(8) = 9.0309 dB (the channels are the last axis, not axis 1 or -2)
+    reference = np.array([1.0, 10.0] * 3).reshape(1, 3, 1, 2)
+    quantized = reference + np.array([0.5, 0.0] * 3).reshape(1, 3, 1, 2)
+    assert int8.channel_sqnr_db(reference, quantized) == pytest.approx(10 * math.log10(8))
+    # a scalar is one channel: signal 4, noise 1 -> 10 log10(4) = 6.0206 dB
+    assert int8.channel_sqnr_db(2.0, 1.0) == pytest.approx(10 * math.log10(4))
+    # integer outputs (a quantized file's uint8) are compared as numbers, never wrapped around:
+    # channel 0: 10 vs 12 -> ratio 4 / 100; channel 1: 200 vs 190 -> 100 / 40000; mean 0.02125
+    ratio = (4 / 100 + 100 / 40000) / 2
+    got = int8.channel_sqnr_db(np.array([[10, 200]], np.uint8), np.array([[12, 190]], np.uint8))
+    assert got == pytest.approx(10 * math.log10(1 / ratio))
+
+
+def test_layer_names_of_the_input_normalisation_ops_and_defaults():
+    for op in ("MUL", "SUB", "DIV", "ADD"):
+        assert int8.layer_name("serving_default_images:0", op) == f"input normalisation ({op.lower()})"
+    assert int8.layer_name("probabilities:0") == "output (probabilities)"  # no op given: the tensor's own name
+    assert int8.layer_name("StatefulPartitionedCall/lenet5_rgb/lenet5/c1_conv/BiasAdd") == "c1_conv"
+
+
+def test_sqnr_added_is_rounded_to_four_decimals_and_an_unmeasured_layer_ranks_last():
+    rows = [{"tensor": "a", "ids": ["A"], "sqnr_db": 30.123456, "inputs": []},  # adds 60 - 30.123456 = 29.876544
+            {"tensor": "b", "ids": ["B"], "sqnr_db": 29.623456, "inputs": ["a"]},  # adds 0.5
+            {"tensor": "c", "ids": ["C"], "sqnr_db": None, "inputs": ["b"]}]
+    ranked = int8._ranked(rows)
+    assert [(r["tensor"], r["added_db"]) for r in ranked] == [("a", 29.8765), ("b", 0.5), ("c", None)]
+
+
+def test_the_worst_three_layers_are_named_and_the_search_logs_what_it_kept(caplog):
+    import logging
+
+    layers = [{"layer": f"conv_{i}", "added_db": 10.0 - i} for i in range(4)]
+    assert int8.worst_text({"int8_layers": layers}) == "conv_0 (-10.0 dB), conv_1 (-9.0 dB), conv_2 (-8.0 dB)"
+    ranked = [{"float_ops": [f"t{i}"]} for i in range(20)]
+    with caplog.at_level(logging.INFO, logger="export"):
+        int8.search(ranked, lambda layers: (len(layers) >= 5, {}), 1.5)
+    assert caplog.records[-1].getMessage() == "int8 within 1.5 points with 5 layer(s) in float (of 20 ranked)"
+
+
+def test_report_md_section_word_for_word():
+    row = {"artifact": "tflite_int8", "int8_layers_measured_on": 16,
+           "int8_layers": [{"layer": "conv_a", "op": "CONV_2D", "sqnr_db": 1.234, "added_db": 58.766,
+                            "rmse_per_scale": 12.3456}],
+           "mixed": _mixed(), "calibration": {"warnings": ["only 10 calibration images", "one class"]}}
+    assert int8.markdown([row]) == "\n".join([
+        "", "## tflite_int8: where int8 loses accuracy", "",
+        "Each quantized layer's output against the float model's on 16 held-out images: SQNR over output channels "
+        "(higher is better, at most 60 dB) and what the layer itself loses against its inputs, worst first; "
+        "rmse/scale is the error in quantization steps. All layers: report.json.", "",
+        "| layer | op | SQNR (dB) | lost here (dB) | rmse/scale |", "|---|---|---:|---:|---:|",
+        "| conv_a | CONV_2D | 1.23 | 58.77 | 12.346 |", "", int8.mixed_text(_mixed()), "",
+        "**Calibration warning:** only 10 calibration images.", "", "**Calibration warning:** one class."]) + "\n"
+    two = int8.markdown([row, dict(row, artifact="onnx_int8", mixed=None, calibration=None)])
+    assert two.count("## ") == 2 and two.count("**Automatic mixed") == 1 and two.count("Calibration warning") == 2
+
+
+def test_the_automatic_modes_sizes_and_an_unknown_accuracy():
+    mixed = _mixed()
+    mixed["full_int8"] = dict(mixed["full_int8"], bytes=1024000, accuracy=None)  # 1000.0 KiB
+    mixed["chosen"] = dict(mixed["chosen"], bytes=2048000)
+    text = int8.mixed_text(mixed)
+    assert "Accuracy n/a -> 99.00%, size 1000.0 -> 2000.0 KiB" in text

@@ -111,3 +111,52 @@ def test_the_suggestion_is_a_tenth_of_the_minimums_rate_and_the_steepest_fall_is
     # too few steps to judge: skip + 3 are needed
     assert lr_find.suggest(lrs[:7], smoothed[:7], skip=5)["min_loss_lr"] is None
     assert lr_find.suggest(lrs[:8], smoothed[:8], skip=5)["min_loss_lr"] == 10.0
+
+
+def _data():
+    return tf.data.Dataset.from_tensor_slices((np.full((2, 1), 7.0), np.full((2, 1), 3.0))).batch(1)
+
+
+class _CheckedModel(_ScriptedModel):
+    def train_on_batch(self, x, y, **kwargs):
+        assert float(np.ravel(x)[0]) == 7.0 and float(np.ravel(y)[0]) == 3.0  # the batch itself, inputs and labels
+        return super().train_on_batch(x, y, **kwargs)
+
+
+def test_the_range_tests_defaults_are_fastais():
+    # 200 steps from 1e-7 to 10; the loss falls to 3 at step 7, then rises slowly (never 4x): with the default
+    # skip (5) the smoothed minimum lies past skip + 1, so a tenth of its rate is suggested
+    losses = [10.0 - step for step in range(8)] + [3.0 + 0.05 * k for k in range(192)]
+    model = _CheckedModel(losses)
+    found = lr_find.range_test(model, _data())
+    assert len(found["lr"]) == 200 and found["lr"][0] == pytest.approx(1e-7) and found["lr"][-1] == pytest.approx(10)
+    assert found["stopped"] == "ran all 200 steps"
+    lowest = int(np.argmin(found["smoothed"]))
+    assert found["suggested"] == pytest.approx(found["lr"][lowest] / 10) and 6 < lowest < 40  # the average lags
+    # the test's own skip reaches the suggestion: with skip 150 the minimum is within it
+    assert lr_find.range_test(_CheckedModel(losses), _data(), skip=150)["suggested"] is None
+
+
+def test_divergence_is_judged_after_skip_steps_and_at_more_than_four_times_the_best():
+    # a jump at step 1: with skip 1 it is not judged yet; with skip 0 it is
+    assert lr_find.range_test(_ScriptedModel([1.0, 100.0]), _data(), steps=2, skip=1)["stopped"] == \
+        "ran all 2 steps"
+    assert lr_find.range_test(_ScriptedModel([1.0, 100.0]), _data(), steps=2, skip=0)["stopped"].startswith(
+        "the loss passed 4x its best")
+    # exactly 4x the best is not past it: 1, then 6.7 -> (0.9 x 0.1 + 0.67) / 0.19 = 4.0 = 4 x 1.0
+    found = lr_find.range_test(_ScriptedModel([1.0, 6.7, 1.0]), _data(), steps=3, skip=0)
+    assert found["smoothed"][1] == 4 * found["smoothed"][0] and found["stopped"] == "ran all 3 steps"
+    assert lr_find.range_test(_ScriptedModel([1.0, 6.8, 1.0]), _data(), steps=3, skip=0)["stopped"].startswith(
+        "the loss passed 4x its best")
+
+
+def test_two_steps_go_from_the_least_to_the_most_and_the_suggestions_skip_is_inclusive():
+    np.testing.assert_allclose(lr_find.schedule(1e-4, 1.0, 2), [1e-4, 1.0])
+    lrs = list(lr_find.schedule(1e-6, 1.0, 12))
+    falls_to_7 = [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert lr_find.suggest(lrs, falls_to_7)["suggested"] == pytest.approx(lrs[7] / 10)  # skip 5: 7 > 6
+    assert lr_find.suggest(lrs, falls_to_7, skip=6)["suggested"] is None  # lowest = skip + 1: nothing fell yet
+    # the steepest fall can be at the minimum itself: 1.2, 4.0, 1.0, 1.05 -> slopes ..., -0.1, -1.475
+    bump = [5.0, 5.0, 5.0, 4.0, 3.0, 1.2, 4.0, 1.0, 1.05, 1.1]
+    lrs = [10.0 ** e for e in range(-9, 1)]
+    assert lr_find.suggest(lrs, bump, skip=2)["steepest_lr"] == pytest.approx(lrs[7])

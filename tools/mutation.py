@@ -4,7 +4,8 @@ Each module in MODULES is mutated (mutmut's operators: a changed operator, const
 and every mutant is run against the module's own fast tests, in a copy of the working tree (``mutants/`` and
 mutmut's caches never touch the checkout). A mutant is *killed* when a test fails, *survives* when all pass;
 those known to change nothing (``tools/mutation_equivalent.txt``: one mutant a line, with the reason) do not
-count. The score is killed / (mutants with tests - equivalent ones).
+count. The score is killed / (mutants with tests - equivalent ones); a mutant that makes a test hang (mutmut stops it
+at its timeout) or crash counts as killed.
 
     pip install -e ".[dev]"                          # mutmut is a dev dependency
     python tools/mutation.py                         # every module: tools/mutation_results.md and .json
@@ -114,8 +115,7 @@ def run_module(module, tests):
         listed = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
                                 capture_output=True, text=True).stdout
         mutants = dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+)$", listed, re.M))
-        diffs = {name: _diff(work, env, name) for name, status in mutants.items()
-                 if status in ("survived", "timeout", "suspicious")}
+        diffs = {name: _diff(work, env, name) for name, status in mutants.items() if status in ("survived", "suspicious")}
     return {"module": module, "tests": tests, "mutants": mutants, "diffs": diffs,
             "seconds": round(time.time() - start, 1), "note": note}
 
@@ -130,10 +130,10 @@ def _diff(work, env, name):
 def score(result, equivalent):
     statuses = result["mutants"].values()
     count = {s: sum(1 for x in statuses if x == s) for s in set(statuses)}
-    survivors = [n for n, s in result["mutants"].items() if s in ("survived", "timeout", "suspicious")
-                 and n not in equivalent]
+    survivors = [n for n, s in result["mutants"].items() if s in ("survived", "suspicious") and n not in equivalent]
     equivalent_here = [n for n in result["mutants"] if n in equivalent]
-    killed = count.get("killed", 0) + count.get("segfault", 0)
+    # a mutant that makes the tests hang (an endless loop: mutmut stops it at its timeout) or crash is caught
+    killed = count.get("killed", 0) + count.get("timeout", 0) + count.get("segfault", 0)
     counted = killed + len(survivors)
     return {"mutants": len(result["mutants"]), "killed": killed, "survived": len(survivors),
             "equivalent": len(equivalent_here), "no_tests": count.get("no tests", 0),
