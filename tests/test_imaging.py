@@ -75,3 +75,25 @@ def test_the_training_pipeline_decodes_and_resizes_by_the_contract(tmp_path):
     pixels = decode_file(str(tmp_path / "photo.jpg"), 32, 3).numpy()
     phone = np.asarray(Image.open(tmp_path / "photo.jpg").convert("RGB"))
     np.testing.assert_array_equal(pixels, resize_numpy(phone, (32, 32)).astype(np.uint8))
+
+
+def test_a_non_square_resize_by_hand():
+    """3x5 -> 2x3, worked out from the rule (x_in = x_out * in / out at 1/32 of a pixel, bilinear, half up) on
+    I[r][c] = 64 r + 16 c: rows sample 0 and 1.5 (rows 1 and 2, half way); columns 0, 53/32 (1 + 21/32) and
+    107/32 (3 + 11/32). Row 0: 0, 16 + 16 x 21/32 = 26.5 -> 27, 48 + 16 x 11/32 = 53.5 -> 54; row 1: the mean of
+    rows 1 and 2 there: 96, 122.5 -> 123, 149.5 -> 150."""
+    import tensorflow as tf
+
+    from keras_cnns.imaging import resize, resize_numpy
+
+    image = (64 * np.arange(3)[:, None] + 16 * np.arange(5)[None, :]).astype(np.uint8)[..., None]
+    expected = np.array([[0, 27, 54], [96, 123, 150]], np.float32)[..., None]
+    np.testing.assert_array_equal(resize_numpy(image, (2, 3)), expected)
+    np.testing.assert_array_equal(resize(tf.constant(image), (2, 3)).numpy(), expected)
+    batch = resize(tf.constant(np.stack([image, image])), (2, 3)).numpy()
+    assert batch.shape == (2, 2, 3, 1) and (batch == expected).all()
+    # the other way round: 5x3 -> 3x2, the transpose of the same arithmetic
+    np.testing.assert_array_equal(resize_numpy(image.transpose(1, 0, 2), (3, 2)), expected.transpose(1, 0, 2))
+    # the last row and column are sampled, never read past: 2x2 -> 3x3 samples 0, 2/3 (21/32) and 4/3 (1 + 11/32)
+    small = np.array([[0, 32], [64, 96]], np.uint8)[..., None]
+    np.testing.assert_array_equal(resize_numpy(small, (3, 3))[..., 0], [[0, 21, 32], [42, 63, 74], [64, 85, 96]])
