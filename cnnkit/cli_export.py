@@ -7,6 +7,7 @@ import click
 from cnnkit._common import table
 from cnnkit._quiet import import_tensorflow
 from cnnkit._quiet import stderr_silenced as native_logs_silenced
+from export.formats import FORMATS  # the table only: no TensorFlow imported
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 
@@ -68,7 +69,7 @@ def _print_report(report):
                    "installed, its IR (float32, int8 by NNCF, bfloat16 where the CPU has it). A low-precision file "
                    "out of tolerance is reported and left out; the exact ones still ship (and must pass).")
 @click.option("--format", "extra", multiple=True, metavar="NAME",
-              help="One more format by its name in export/formats.py (repeatable), e.g. --format onnx-float16.")
+              help=f"One more format by its name (repeatable): {', '.join(FORMATS)}.")
 @click.option("--quantize", default="none", show_default=True, metavar="MODE|tflite=MODE,onnx=MODE",
               help="Besides float32, one of none, dynamic, float16, int8, qat: float16 and int8 apply to TFLite and, "
                    "with --onnx, to ONNX as well (int8 = full-integer TFLite with uint8 in/out, ONNX static QDQ; "

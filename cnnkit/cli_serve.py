@@ -128,7 +128,8 @@ def serve(export_base, host, port, grpc_port, no_grpc, batching, max_batch_size,
                          poll_seconds=poll_seconds, max_body_bytes=max_body_mb << 20, workers=workers, queue=queue,
                          read_timeout=read_timeout, idle_timeout=idle_timeout, queue_timeout=queue_timeout,
                          runtime=serve_runtime, budget=_budget(exact, max_accuracy_drop))
-    server.start()
+    with native_logs_silenced():  # the runtimes' own start-up lines (LiteRT: "Created TensorFlow Lite XNNPACK ...")
+        server.start()
     if as_json:
         click.echo(json.dumps({"host": host, "rest_port": server.rest_port, "grpc_port": server.grpc_port,
                                "models": server.repository.names(),
@@ -175,7 +176,7 @@ def _raise_descriptor_limit():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def predict(images, model, weights, server, use_grpc, model_version, runtime, exact, max_accuracy_drop, top_k,
             as_json):
-    """Classify IMAGES (JPEG, PNG, GIF, BMP) on a model server, with a local artifact, or with a zoo model's
+    """Classify IMAGES (JPEG, PNG, GIF, BMP, WebP) on a model server, with a local artifact, or with a zoo model's
     ImageNet weights; print top-k labels.
 
     \b

@@ -16,6 +16,7 @@ import numpy as np
 from export.formats import RUNTIMES, exact_kinds, kind_of_file, open_artifact, runner_for, runtime_of
 from export.savedmodel import BYTES_SIGNATURE, op_error_message
 from keras_cnns.errors import ArtifactError, CnnkitError
+from keras_cnns.imaging import FORMATS
 from keras_cnns.registry import is_model_name
 
 log = logging.getLogger("export.local")
@@ -267,7 +268,8 @@ def _decode(data, mode):
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert(mode))
     except UnidentifiedImageError:
-        raise InvalidInput(f"not a readable image: {len(data)} bytes in no image format Pillow knows") from None
+        raise InvalidInput(f"not a readable image: {len(data)} bytes in none of the image formats "
+                           f"{', '.join(FORMATS)}") from None
     except OSError as err:
         raise InvalidInput(f"not a readable image: {err}") from None
 

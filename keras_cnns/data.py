@@ -23,12 +23,13 @@ import os
 
 import numpy as np
 
+from keras_cnns import imaging
 from keras_cnns.errors import CnnkitError
 from keras_cnns.mixing import mix_batch
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+IMAGE_EXTENSIONS = imaging.EXTENSIONS
 KERAS_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist")
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 #: randaugment[:N[:M]] besides (keras_cnns/randaugment.py)

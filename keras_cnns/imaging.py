@@ -22,13 +22,17 @@ import numpy as np
 
 #: OpenCV's bilinear warp places each sample at a 1/32 of a pixel (INTER_BITS = 5); its weights are then exact
 STEPS = 32
+#: the image formats every path reads (training folders, the SavedModel, the server, predict, the model page), and
+#: their file name endings (a training folder's images are found by them)
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 RULE = ("the whole image stretched to the input size (no crop, aspect not kept), bilinear at pixel corners "
         "without antialiasing, rounded to whole pixel values: what MediaPipe Tasks does on a phone")
 
 
 def decode(data, channels):
-    """tf op: encoded JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, channels] (a GIF's first frame); JPEG with the
+    """tf op: encoded JPEG/PNG/GIF/BMP/WebP bytes -> uint8 [H, W, channels] (a GIF's first frame); JPEG with the
     accurate integer DCT. Raises at run time if it is not an image."""
     import tensorflow as tf
 

@@ -101,6 +101,17 @@ def test_image_folder_decodes_real_files_and_skips_corrupt_ones_by_name(photo_di
     assert red[..., 0].mean() > 150 and red[..., 2].mean() < 80  # RGB order kept
 
 
+def test_every_format_the_contract_names_is_read_from_a_folder(photo_dir):
+    from keras_cnns.imaging import EXTENSIONS, FORMATS
+
+    assert FORMATS == ("JPEG", "PNG", "GIF", "BMP", "WebP")  # one list: predict --help, its errors, the README
+    for fmt, ending in (("GIF", ".gif"), ("BMP", ".bmp"), ("WEBP", ".webp")):
+        assert ending in EXTENSIONS
+        _write_image(photo_dir / "red" / f"more{ending}", (220, 20, 20), fmt=fmt)
+    data = load_data(str(photo_dir), (8, 8, 3))
+    assert len(data.train) + len(data.val) + len(data.test) == 27 and len(data.skipped) == 2
+
+
 def test_strict_mode_stops_on_a_corrupt_image_naming_it_without_claiming_to_skip_it(photo_dir, caplog):
     with pytest.raises(CnnkitError, match=r"fake.jpg \(not a readable image"):
         load_data(str(photo_dir), (8, 8, 3), strict=True)

@@ -681,7 +681,8 @@ def test_predict_cli_reports_bad_input_and_keeps_the_rest(exported, server, tmp_
         result = json.loads(out.stdout)
         assert [p["label"] for p in result["predictions"]] == exported["reference"][:1]
         assert len(result["errors"]) == 1 and "broken.png" in result["errors"][0]
-        assert ("no image format" if not options else "Unknown image file format") in result["errors"][0]
+        assert ("in none of the image formats JPEG, PNG, GIF, BMP, WebP" if not options
+                else "Unknown image file format") in result["errors"][0]
     for args, message in ((["--model", str(tmp_path / "missing")], "does not exist"),
                           (["--model", MODEL, "--server", "http://127.0.0.1:1"], "nothing answers there"),
                           (["--model", MODEL, "--server", f"http://127.0.0.1:{server.grpc_port}"],

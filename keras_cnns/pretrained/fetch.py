@@ -71,8 +71,8 @@ def fetch(checkpoint, progress=True, timeout=60):
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, "reason", None) or err.strerror or err
         raise CnnkitError(
-            f"cannot download {url} ({reason}); download it elsewhere and pass it with --weights FILE "
-            f"(weights=FILE), or use --weights none for the untrained model") from None
+            f"cannot download {url} ({reason}); download it elsewhere and pass it with --weights FILE, or use "
+            "--weights none for the untrained model") from None
     return target
 
 
