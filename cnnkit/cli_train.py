@@ -160,6 +160,8 @@ def _print_metrics(metrics):
     top = next((k for k in metrics if k.startswith("top") and k.endswith("_accuracy")), None)
     click.echo(f"test accuracy {metrics['accuracy']:.2%}" + (f", {top.split('_')[0]} {metrics[top]:.2%}" if top else "")
                + f", loss {metrics['loss']:.4f} on {metrics['samples']} images ({metrics['data']}, {metrics['split']})")
+    if metrics.get("warning"):
+        click.echo(f"warning: {metrics['warning']}")
 
 
 @click.command()

@@ -93,7 +93,8 @@ def _evaluation_images(source, data_spec, count=2000):
 
     spec = data_spec or source.data_spec
     if spec:
-        data = load_data(spec, source.input_shape, val_split=source.val_split, test_split=source.test_split)
+        data = load_data(spec, source.input_shape, val_split=source.val_split, test_split=source.test_split,
+                         recorded_by=None if data_spec else source.origin)
         if data.class_names == source.labels:
             return data.test.x[:count].astype(np.float32), data.test.y[:count], data
         return data.test.x[:count].astype(np.float32), None, data

@@ -345,8 +345,13 @@ def parse_spec(spec):
     raise CnnkitError(f"cannot use --data {text!r}: not an existing folder or .npz file; use one of: {SPEC_HELP}")
 
 
-def load_data(spec, input_shape, val_split=0.15, test_split=0.15, strict=False, split_seed=0):
-    """Load ``spec`` and split it (stratified, deterministic) at ``input_shape`` (H, W, C); H must equal W."""
+def load_data(spec, input_shape, val_split=0.15, test_split=0.15, strict=False, split_seed=0, recorded_by=None):
+    """Load ``spec`` and split it (stratified, deterministic) at ``input_shape`` (H, W, C); H must equal W.
+    ``recorded_by``: the run or export that recorded ``spec`` (named when its folder or file is gone)."""
+    text = str(spec)
+    if recorded_by and not os.path.exists(text) and (os.sep in text or text.lower().endswith(".npz")):
+        raise CnnkitError(f"{recorded_by} was made from {text}, which no longer exists (moved or deleted?): give "
+                          "its new place with --data SPEC")
     size, channels = int(input_shape[0]), int(input_shape[2])
     if input_shape[0] != input_shape[1]:
         raise CnnkitError(f"training needs square inputs, got {input_shape[0]}x{input_shape[1]}")

@@ -109,3 +109,18 @@ def test_a_head_a_temperature_cannot_fold_into_is_refused(head, message):
         calibration.apply_temperature(model, 2.0)
     for kept, w in zip(weights, model.get_weights()):  # nothing changed
         np.testing.assert_array_equal(kept, w)
+
+
+def test_no_temperature_is_fitted_on_too_few_or_all_right_validation_images():
+    from keras_cnns.training.calibration import MIN_TEMPERATURE_IMAGES, temperature_refusal
+
+    right = np.array([[0.9, 0.1], [0.2, 0.8]] * 25)  # 50 images, every answer right
+    labels = np.array([0, 1] * 25)
+    assert MIN_TEMPERATURE_IMAGES == 50
+    assert temperature_refusal(right[:49], labels[:49]) == ("only 49 validation images (a temperature needs at least "
+                                                           "50): its value would be chance")
+    assert temperature_refusal(right, labels) == ("every one of the 50 validation images is answered right: the fit "
+                                                  "would sharpen the probabilities without bound")
+    one_wrong = right.copy()
+    one_wrong[0] = [0.3, 0.7]
+    assert temperature_refusal(one_wrong, labels) is None

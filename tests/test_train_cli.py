@@ -124,6 +124,31 @@ def test_evaluate_and_finetune_from_the_command_line(tmp_path):
     assert os.path.exists(tmp_path / "ens" / "best.keras")
 
 
+def test_a_run_trained_on_a_relative_folder_works_from_anywhere_and_says_when_its_data_moved(tmp_path, monkeypatch):
+    from conftest import write_photos
+
+    write_photos(tmp_path / "work" / "photos", per_class=12, size=16)
+    write_photos(tmp_path / "heldout", per_class=4, size=16, seed=5)
+    monkeypatch.chdir(tmp_path / "work")
+    run = one_json(cnnkit_here("train", "lenet5", "--data", "./photos", "--epochs", "1", "--output", "run",
+                               "--json"))["run_dir"]
+    assert json.load(open(os.path.join(run, "config.json")))["data"]["spec"] == str(tmp_path / "work" / "photos")
+    monkeypatch.chdir(tmp_path)  # another folder: the run still finds its data
+    out = cnnkit_here("evaluate", os.path.join("work", "run"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    # 36 photos: a test split of 6 (one image is 16.7 points), and too few validation images for a temperature
+    assert "warning: only 6 images evaluated: one image moves the accuracy by 16.7 points" in out.stdout
+    assert "only 6 validation images (a temperature needs at least 50)" in out.stdout
+    # another data set by a relative path: its plots are named by the folder, not by "./"
+    out = cnnkit_here("evaluate", os.path.join("work", "run"), "--data", "./heldout")
+    assert out.returncode == 0 and os.path.exists(tmp_path / "work" / "run" / "confusion-heldout-all.png")
+    os.rename(tmp_path / "work" / "photos", tmp_path / "work" / "moved")
+    out = cnnkit_here("evaluate", os.path.join("work", "run"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"was made from {tmp_path / 'work' / 'photos'}, which no longer exists (moved or deleted?): give its " \
+        "new place with --data SPEC" in out.stderr and "cannot use --data" not in out.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["train"], "name a MODEL to train"),
     (["train", "lenet5", "--data", "nowhere"], "cannot use --data 'nowhere'"),

@@ -14,6 +14,21 @@ import numpy as np
 from keras_cnns.errors import CnnkitError
 
 BINS = 15  # the paper's
+#: fewer validation images than this, or none answered wrong, leave a temperature to chance: with every answer right
+#: the likelihood keeps rising as T falls, and the fit runs to its lower bound (18 right images: T = 0.08)
+MIN_TEMPERATURE_IMAGES = 50
+
+
+def temperature_refusal(probabilities, labels):
+    """Why no temperature should be fitted on these validation images (None: fit one)."""
+    labels = np.asarray(labels)
+    if len(labels) < MIN_TEMPERATURE_IMAGES:
+        return (f"only {len(labels)} validation images (a temperature needs at least {MIN_TEMPERATURE_IMAGES}): "
+                "its value would be chance")
+    if (np.asarray(probabilities).argmax(axis=1) == labels).all():
+        return (f"every one of the {len(labels)} validation images is answered right: the fit would sharpen the "
+                "probabilities without bound")
+    return None
 
 
 def temperature_scaled(probabilities, temperature):

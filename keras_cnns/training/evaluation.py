@@ -61,6 +61,10 @@ def _relabel(data, class_names, spec):
     return data
 
 
+#: below this many evaluated images a score comes with a warning (one image is over a point)
+SMALL_SPLIT = 100
+
+
 def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_png=True, batch_size=128, data=None,
                  calibrate=True):
     """Evaluate a run's best model on its own test split, or on all of another data set ``data_spec``.
@@ -77,7 +81,8 @@ def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_pn
     own = data_spec is None or data_spec == config["data"]["spec"]
     spec = config["data"]["spec"] if own else data_spec
     if not (own and data is not None and tuple(data.input_shape) == shape):
-        data = load_data(spec, shape, val_split=config["data"]["val_split"], test_split=config["data"]["test_split"])
+        data = load_data(spec, shape, val_split=config["data"]["val_split"], test_split=config["data"]["test_split"],
+                         recorded_by=f"the run {run_dir}" if own else None)
     preprocessing = config["preprocessing"]
     if own:
         parts = [split]
@@ -91,9 +96,14 @@ def evaluate_run(run_dir, data_spec=None, split="test", model=None, confusion_pn
         labels.append(data.split(part).y)
     probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
     metrics = classification_metrics(probabilities, labels, class_names)
+    if 0 < len(labels) < SMALL_SPLIT:
+        metrics["warning"] = (f"only {len(labels)} images evaluated: one image moves the accuracy by "
+                              f"{100 / len(labels):.1f} points, so compare scores with care (more data, or a larger "
+                              "--test-split)")
     metrics["data"] = spec
     metrics["split"] = split if own else "all"
-    suffix = "" if own and split == "test" else "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec}-{metrics['split']}")
+    shown = os.path.basename(os.path.normpath(spec)) if os.path.exists(spec) else spec  # a folder by its name
+    suffix = "" if own and split == "test" else "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{shown}-{metrics['split']}")
     title = f"{config['model']} on {spec} ({metrics['split']})"
     if calibrate and len(labels):
         held_out = own and split != "val"  # the validation split is then none of the evaluated images
@@ -124,6 +134,10 @@ def _calibration(model, data, preprocessing, batch_size, probabilities, labels):
                                    "no held-out images to fit a temperature on: the evaluated ones include them")
         return out
     val = predict(model, make_dataset(data, "val", batch_size, preprocessing))
+    refused = calibration.temperature_refusal(val, val_labels)
+    if refused:
+        out["temperature_note"] = refused
+        return out
     temperature = calibration.fit_temperature(val, val_labels)
     after = calibration.reliability(calibration.temperature_scaled(probabilities, temperature), labels)
     out.update(temperature=temperature, temperature_images=int(len(val_labels)), ece_after_temperature=after["ece"],

@@ -103,6 +103,9 @@ class TrainConfig:
     def validate(self):
         if isinstance(self.finetune, dict):  # as config.json keeps it
             self.finetune = FinetunePlan(**self.finetune)
+        data = str(self.data)
+        if os.path.isdir(data) or (data.lower().endswith(".npz") and os.path.isfile(data)):
+            self.data = os.path.abspath(data)  # the run works from any folder: evaluate, export, resume
         if self.weights == "none":
             self.weights = None
         elif self.weights and self.weights != "imagenet":
