@@ -84,3 +84,41 @@ def test_the_training_pipeline_mixes_and_the_other_splits_do_not():
     assert (targets.max(1) < 1).mean() > 0.5  # soft
     plain = np.concatenate([t.numpy() for _, t in make_dataset(data, "val", 8, pre)])
     assert set(np.unique(plain)) == {0.0, 1.0}
+
+
+def _reference_box(height, width, lam, cy, cx):
+    """The CutMix paper's box (Yun et al. 2019, its official rand_bbox): sides H sqrt(1 - lam) and W sqrt(1 - lam)
+    as integers, centred at (cy, cx), clipped at the borders."""
+    cut = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    y0, y1 = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h - cut_h // 2, 0, height)
+    x0, x1 = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w - cut_w // 2, 0, width)
+    mask = np.zeros((height, width), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+@pytest.mark.parametrize("lam", [0.75, 0.36, 0.9])
+def test_the_cutmix_box_is_the_papers_at_every_centre_borders_included(lam):
+    import tensorflow as tf
+
+    from keras_cnns.mixing import _cutmix_mask
+
+    height, width = 8, 12  # not square: the rows follow the height, the columns the width
+    clipped = 0
+    for s in range(40):
+        seed = tf.constant([s, 7], tf.int64)
+        centre = tf.random.stateless_uniform([2], seed, minval=0, maxval=tf.int32.max, dtype=tf.int32).numpy()
+        cy, cx = int(centre[0]) % height, int(centre[1]) % width  # the draw: the row from the first number
+        mask, kept = _cutmix_mask(tf.constant([1, height, width, 3]), tf.constant(lam), seed)
+        expected = _reference_box(height, width, lam, cy, cx)
+        np.testing.assert_array_equal(mask.numpy(), expected, err_msg=f"seed {s}, centre {cy, cx}")
+        assert float(kept) == pytest.approx(1 - expected.sum() / (height * width))
+        full = int(height * np.sqrt(1 - lam)) * int(width * np.sqrt(1 - lam))
+        clipped += int(expected.sum() < full)
+    assert 0 < clipped < 40  # some boxes were cut by a border, some were whole
+
+
+def test_a_mix_is_on_when_either_alpha_is_positive():
+    assert not Mix() and not Mix(mixup=0.0, cutmix=0.0)
+    assert Mix(mixup=0.2) and Mix(cutmix=0.5) and Mix(cutmix=1.0)
