@@ -45,7 +45,7 @@ def export_model(name, out):
     if name == "mobilenet_v2":  # trained on the bundled shapes, so the budget judges real answers
         from keras_cnns.training import TrainConfig, train
 
-        run = train(TrainConfig(model=name, data="shapes:250", input_size=SIZE, epochs=4, batch_size=16,
+        run = train(TrainConfig(model=name, data="shapes:150", input_size=SIZE, epochs=3, batch_size=16,
                                 output=os.path.join(out, "runs")), verbose=0).run_dir
         path, report = export(run, output=out, formats=formats, low_precision_optional=True)
     else:  # untrained: speed only. Its near-uniform answers flip in low precision, so the agreement gates are
@@ -56,7 +56,7 @@ def export_model(name, out):
         parity.MIN_AGREEMENT, parity.MAX_ACCURACY_DROP = 0.0, 1.0
         try:
             path, report = export(name, output=out, formats=formats, weights="none", input_size=SIZE,
-                                  calibration_data="shapes:250", allow_failed_variants=True)
+                                  calibration_data="shapes:150", allow_failed_variants=True)
         finally:
             parity.MIN_AGREEMENT, parity.MAX_ACCURACY_DROP = gates
     return path, report, time.time() - start
@@ -215,7 +215,7 @@ def main():
             variants = list(TORCH) + list(artifacts)
             print(f"{name}: exported in {seconds:.0f} s; measuring {', '.join(variants)}", flush=True)
             result = {"export_s": seconds, "artifacts": list(artifacts), "chosen": choose(path).as_dict(),
-                      "trained": "trained 4 epochs on shapes" if name == "mobilenet_v2" else "untrained",
+                      "trained": "trained 3 epochs on shapes:150" if name == "mobilenet_v2" else "untrained",
                       "rows": {r["artifact"]: r for r in report["artifacts"]},
                       "one_process": alternating(name, variants, artifacts, args.rounds)}
             if args.separate:

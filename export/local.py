@@ -198,7 +198,7 @@ class LocalModel:
         if self.kind == "mediapipe":
             from export.tflite import MediaPipeRunner
 
-            self._run = MediaPipeRunner(path)
+            self._run = open_artifact("mediapipe", path, MediaPipeRunner)  # a damaged file: one line naming it
             self.labels = self._run.labels
             return
         self._run = runner_for(self.kind, path)
