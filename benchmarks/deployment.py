@@ -222,7 +222,8 @@ def main():
                 result["separate"] = separate(name, variants, artifacts, max(1, args.rounds // 2))
             results[name] = result
             print(table({name: result}), flush=True)
-    body = f"Measured on {machine()}.\n" + table(results)
+    command = " ".join(["python", "benchmarks/deployment.py", *sys.argv[1:]])
+    body = f"Measured on {machine()}: `{command}`.\n" + table(results)
     with open(os.path.join(HERE, "results", "deployment.json"), "w") as f:
         json.dump({"machine": machine(), "results": results}, f, indent=1, default=str)
     replace_section("deployment", body, record=args.record)
