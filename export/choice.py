@@ -1,8 +1,9 @@
 """Which artifact of an export answers: the fastest whose answers stay within the user's accuracy budget.
 
-A static graph can be quantized and compiled for the CPU's integer and bfloat16 units; on a CPU with AVX512-VNNI
-and BF16 the same MobileNet v2 answers 2.4-3.1x faster in int8 than in float32, with the same answers on the
-held-out images (benchmarks/RESULTS.md). Every artifact's parity row already measures how far its answers are from
+A static graph can be quantized and compiled for the CPU's integer and bfloat16 units; on a 2-core CPU with
+AVX512-VNNI and BF16 the same MobileNet v2 answered 2.4-3.1x faster in int8 than in float32, with the same answers
+on the held-out images (measured for issue 43); on AVX2 alone int8 gains little or loses (benchmarks/RESULTS.md,
+Deployment). Every artifact's parity row already measures how far its answers are from
 the Keras model's, so ``auto`` (``cnnkit predict`` and ``cnnkit serve``) serves the artifact with the lowest
 batch-1 latency in the report among those within the **budget**:
 
@@ -30,8 +31,9 @@ MIN_AGREEMENT = 0.995
 MIN_SPEEDUP = 1.1
 #: CPU features that decide which low-precision arithmetic runs fast (int8 dot products, bfloat16)
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-#: int8 dot-product instructions: without them (AVX2 alone) int8 convolutions are no faster than float32
-#: (XNNPACK and oneDNN emulate them with 16-bit multiplies; benchmarks/RESULTS.md, Deployment)
+#: int8 dot-product instructions. Without them (AVX2 alone) int8 gains little or loses, measured on a 2-core AVX2
+#: EPYC (benchmarks/RESULTS.md, Deployment): MobileNet v2 224 at batch 1, LiteRT int8 6.2 ms against 5.4 float32,
+#: ONNX Runtime 9.0 against 7.0, OpenVINO int8 (NNCF) level with float32; ResNet-50, OpenVINO int8 1.12x its float32
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 #: what --runtime auto may serve, written by `cnnkit export` without a format flag: each runtime's float32 file
 DEFAULT_EXACT = ("tflite-float32", "onnx", "openvino")
@@ -125,7 +127,7 @@ def default_plan(can_calibrate=True, flags=None):
     names = [n for n in names if FORMATS[n].available is None or FORMATS[n].available() is None]
     if not int8:
         why = (f"no int8 file: this CPU ({','.join(flags) or 'no SIMD flags read'}) has no int8 dot-product "
-               f"instructions ({', '.join(INT8_FLAGS)}), where int8 runs no faster than float32")
+               f"instructions ({', '.join(INT8_FLAGS)}), where int8 gains little over float32 or loses")
     elif not can_calibrate:
         why = "no int8 file: the source has no images to calibrate on (--calibration-data SPEC)"
     else:
