@@ -263,6 +263,16 @@ def test_the_cpu_is_described_by_its_name_and_its_speed_flags(monkeypatch):
     assert choice.cpu_description() == {"model": "CPU", "flags": []}
     monkeypatch.setattr(platform, "processor", lambda: "x86_64")
     assert choice.cpu_description() == {"model": "x86_64", "flags": []}
+    # a /proc/cpuinfo without a model name (some Arm kernels): the platform's word, and the flags it does list
+    import io
+
+    def arm_cpuinfo(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            return io.StringIO("processor : 0\nflags : fp asimd avx2\n")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", arm_cpuinfo)
+    assert choice.cpu_description() == {"model": "x86_64", "flags": ["avx2"]}
 
 
 def test_export_without_a_format_writes_what_auto_may_serve_on_this_cpu_kind(monkeypatch):

@@ -10,6 +10,7 @@ at its timeout) or crash counts as killed.
     pip install -e ".[dev]"                          # mutmut is a dev dependency
     python tools/mutation.py                         # every module: tools/mutation_results.md and .json
     python tools/mutation.py keras_cnns/imaging.py   # one module; its rows are replaced in the results
+    python tools/mutation.py --report                # the results again, after editing the equivalents
 
 The results list each surviving mutant with its diff: a test that fails on it is the fix (or, where the change
 makes no difference anyone could observe, a line in mutation_equivalent.txt saying why).
@@ -136,6 +137,7 @@ def score(result, equivalent):
     killed = count.get("killed", 0) + count.get("timeout", 0) + count.get("segfault", 0)
     counted = killed + len(survivors)
     return {"mutants": len(result["mutants"]), "killed": killed, "survived": len(survivors),
+            "timeouts": count.get("timeout", 0),
             "equivalent": len(equivalent_here), "no_tests": count.get("no tests", 0),
             "not_run": count.get("not checked", 0), "score": killed / counted if counted else None,
             "survivors": sorted(survivors, key=_natural), "no_tests_list": sorted(
@@ -153,16 +155,18 @@ def write_results(results):
     lines = ["# Mutation testing: results", "",
              "Written by `python tools/mutation.py` (mutmut; each module against its own tests, listed below).",
              f"Score: killed / (mutants with tests - equivalent); the goal is {GOAL:.0%} per module. Equivalent",
-             "mutants, each with its reason: tools/mutation_equivalent.txt.", "",
-             "| module | tests | mutants | killed | survived | equivalent | no tests | score | time |",
+             "mutants, each with its reason: tools/mutation_equivalent.txt. A mutant that made the tests hang past",
+             "mutmut's timeout counts as killed (an endless loop is caught); on a loaded machine a slow test can hang",
+             "too, so a module with many of them is worth running again on a quiet one.", "",
+             "| module | tests | mutants | killed (of them hung) | survived | equivalent | no tests | score | time |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     details = []
     for module, result in sorted(results.items()):
         s = score(result, equivalent)
         shown = "n/a" if s["score"] is None else f"{s['score']:.1%}"
-        lines.append(f"| {module} | {', '.join(t.replace('tests/', '') for t in result['tests'])} | {s['mutants']} | "
-                     f"{s['killed']} | {s['survived']} | {s['equivalent']} | {s['no_tests']} | {shown} | "
-                     f"{result['seconds']:.0f} s |")
+        lines.append(f"| {module} | {' '.join(t.replace('tests/', '') for t in result['tests'])} | {s['mutants']} | "
+                     f"{s['killed']} ({s['timeouts']}) | {s['survived']} | {s['equivalent']} | {s['no_tests']} | "
+                     f"{shown} | {result['seconds']:.0f} s |")
         if s["survivors"] or s["no_tests_list"] or result["note"]:
             details += ["", f"## {module}", ""]
             if result["note"]:
@@ -180,6 +184,8 @@ def write_results(results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="modules to run (paths as in MODULES); default: all")
+    parser.add_argument("--report", action="store_true",
+                        help="rewrite mutation_results.md from the recorded results (after editing the equivalents)")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -188,6 +194,10 @@ def main():
     if os.path.exists(RESULTS_JSON):
         with open(RESULTS_JSON, encoding="utf-8") as f:
             results = {m: r for m, r in json.load(f).items() if m in MODULES}
+    if args.report:
+        write_results(results)
+        print(f"results: {os.path.relpath(RESULTS_MD, ROOT)}")
+        return
     for module in args.modules or list(MODULES):
         print(f"{module}: mutating, against {' '.join(MODULES[module])} ...", flush=True)
         results[module] = run_module(module, MODULES[module])
