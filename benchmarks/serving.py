@@ -58,7 +58,7 @@ def main():
                 proc, rest_port, grpc_port, _ = spawn_server(base, "--runtime", runtime,
                                                              *(["--batching"] if batching else []),
                                                              env={"TF_ENABLE_ONEDNN_OPTS": str(int(onednn == "on"))})
-                ran = proc.ready["runtimes"][name]["1"]
+                ran = proc.ready["runtimes"][name]["1"]["runtime"]
                 try:
                     for protocol, url in (("rest", f"http://127.0.0.1:{rest_port}"),
                                           ("grpc", f"127.0.0.1:{grpc_port}")):

@@ -62,8 +62,8 @@ def _print_report(report):
 @click.option("--tflite", "tflite_out", is_flag=True, help="TFLite float32 (+ the --quantize variant).")
 @click.option("--onnx", "onnx_out", is_flag=True, help="ONNX (tf2onnx), run with ONNX Runtime.")
 @click.option("--openvino", "openvino_out", is_flag=True,
-              help="OpenVINO IR (from the float32 ONNX file): float32, int8 quantized by NNCF on the calibration "
-                   "images, and bfloat16 where the CPU has it.")
+              help="OpenVINO IR (from the float32 ONNX file): float32, bfloat16 where the CPU has it, and with "
+                   "--quantize int8 int8 quantized by NNCF on the calibration images.")
 @click.option("--all", "everything", is_flag=True,
               help="SavedModel, every TFLite variant, ONNX (float32, float16, int8) and, when OpenVINO is "
                    "installed, its IR (float32, int8 by NNCF, bfloat16 where the CPU has it). A low-precision file "
@@ -134,8 +134,8 @@ def export_command(source, output, saved_model, tflite_out, onnx_out, openvino_o
       cnnkit export --tflite mobilenet                  MobileNet with its ImageNet weights, float32 TFLite
       cnnkit export --tflite resnet50 --weights none    the untrained graph
       cnnkit export runs/latest --all --name digits
-      cnnkit export runs/latest --onnx --openvino        ONNX, and OpenVINO IR: float32, int8 (NNCF), bfloat16
-                                                         where the CPU has it
+      cnnkit export runs/latest --onnx --openvino        ONNX, and OpenVINO IR: float32, bfloat16 where the CPU
+                                                         has it (+ int8 by NNCF with --quantize int8)
       cnnkit export runs/latest/best.keras --tflite      a model file carries its run's labels and preprocessing
       cnnkit export model.keras --labels labels.txt --preprocessing torch   a Keras file from elsewhere
       cnnkit export runs/latest --prune 0.5 --cluster 16 --quantize qat

@@ -159,10 +159,12 @@ def plan_formats(saved_model=True, tflite_out=False, onnx_out=False, quantize="n
             formats.append(f"tflite-{modes['tflite']}")
     if onnx_out:
         formats += ["onnx"] + ([f"onnx-{modes['onnx']}"] if modes["onnx"] != "none" else [])
-    if openvino_out:
+    if openvino_out:  # its float32 and bfloat16 IR; the int8 one (NNCF) with --quantize int8, as ONNX's
         if not _available(FORMATS["openvino"]):
             raise CnnkitError(f"--openvino: {FORMATS['openvino'].available()}")
-        formats += [f.name for f in FORMATS.values() if f.runtime == "openvino" and _available(f)]
+        int8 = "int8" in modes.values()
+        formats += [f.name for f in FORMATS.values() if f.runtime == "openvino" and _available(f)
+                    and (not f.calibrated or int8)]
     if prune:
         formats.append("tflite-pruned")
     if cluster:

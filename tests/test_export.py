@@ -143,13 +143,14 @@ def test_openvino_runs_the_export_exactly_and_auto_takes_it_where_it_is_fastest(
     # the plan leaves out what this machine cannot run, both ways, and says why when one is asked for by name
     bf16 = formats.FORMATS["openvino-bf16"]
     monkeypatch.setitem(formats.FORMATS, "openvino-bf16", dataclasses.replace(bf16, available=lambda: "no bf16"))
-    assert plan_formats(openvino_out=True) == ["saved_model", "openvino", "openvino-int8"]
+    assert plan_formats(openvino_out=True) == ["saved_model", "openvino"]
+    assert plan_formats(openvino_out=True, onnx_out=True, quantize="int8") == [
+        "saved_model", "onnx", "onnx-int8", "openvino", "openvino-int8"]  # NNCF's int8 with --quantize int8
     assert "openvino-bf16" not in plan_formats(everything=True)
     with pytest.raises(CnnkitError, match="cannot write openvino-bf16 here: no bf16"):
         plan_formats(extra=["openvino-bf16"])
     monkeypatch.setitem(formats.FORMATS, "openvino-bf16", dataclasses.replace(bf16, available=lambda: None))
-    assert plan_formats(onnx_out=True, openvino_out=True) == ["saved_model", "onnx", "openvino", "openvino-bf16",
-                                                              "openvino-int8"]
+    assert plan_formats(onnx_out=True, openvino_out=True) == ["saved_model", "onnx", "openvino", "openvino-bf16"]
     monkeypatch.setitem(formats.FORMATS, "openvino", dataclasses.replace(
         formats.FORMATS["openvino"], available=lambda: "OpenVINO is not installed"))
     with pytest.raises(CnnkitError, match="--openvino: OpenVINO is not installed"):

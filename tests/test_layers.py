@@ -212,8 +212,11 @@ def test_grouped_convolutions_run_on_tensorflows_kernel_with_the_same_answers_an
     x = tf.random.stateless_uniform((2, 32, 32, 3), (1, 2))
 
     def answers(m):
+        # inference-mode batch norm: in training mode ResNeXt-50's last stage at 32x32 normalises over 2 numbers
+        # a channel (batch 2, 1x1), which turns summation-order differences into gradients 5% apart at the stem
+        # (seen on an AVX2 CPU: two correct kernels, both checked against per-group convolutions, disagreed)
         with tf.GradientTape() as tape:
-            y = m(x, training=True)
+            y = m(x, training=False)
             loss = tf.reduce_sum(y * y)
         return y.numpy(), [g.numpy() for g in tape.gradient(loss, m.trainable_weights)]
 

@@ -27,7 +27,9 @@ def rgb_export(tmp_path_factory, photos_resnet20_run):
     run = photos_resnet20_run
     # 30% sparsity: at 50% this 0.27M-parameter net lost one of the 42 test photos after its 2 fine-tuning
     # epochs, and the parity gate (98% agreement) rightly refused it
-    formats = plan_formats(everything=True, prune=0.3, cluster=16)
+    # OpenVINO's int8 IR is no phone format: with 42 test photos its one flip on a borderline photo is past the
+    # parity gate (98%), which `cnnkit export --all` reports and leaves out; this all-or-nothing export leaves it out
+    formats = [f for f in plan_formats(everything=True, prune=0.3, cluster=16) if f != "openvino-int8"]
     path, report = run_export(run.run_dir, output=str(root / "exports"), formats=formats, prune=0.3, cluster=16,
                               finetune_epochs=2, author="Test Author", license="Apache-2.0")
     return path, report
@@ -180,11 +182,16 @@ def test_full_size_photos_get_one_answer_on_the_phone_the_server_and_the_laptop(
     runner.close()
     for runtime in ("savedmodel", "tflite", "onnx"):
         answers[runtime] = [p.label for _, p in predict_files(files, os.path.dirname(path), runtime=runtime)]
-    with ModelServer(os.path.dirname(os.path.dirname(path)), rest_port=0, grpc_port=None) as server:
+    from export.choice import Budget
+
+    # exact artifacts everywhere: the contract is the same pixels, so the same answers (auto's default budget may
+    # serve a low-precision file, whose answers are only held to 99.5% agreement on the held-out photos)
+    with ModelServer(os.path.dirname(os.path.dirname(path)), rest_port=0, grpc_port=None,
+                     budget=Budget(exact=True)) as server:
         client = connect(f"http://127.0.0.1:{server.rest_port}")
         answers["rest"] = [client.classify("resnet20_cifar", [open(f, "rb").read()])[0].label for f in files]
     out = subprocess.run([sys.executable, "-m", "cnnkit", "predict", *files, "--model", os.path.dirname(path),
-                          "--json"], capture_output=True, text=True, timeout=300)
+                          "--exact", "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
 

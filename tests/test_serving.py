@@ -259,7 +259,7 @@ def test_no_request_reaches_outside_the_export_base(exported, tmp_path):
                b"/v1/models/secret%00", b"/v1/models/lenet5%00/../../secret", b"/v1/models/lenet5/..%2Fsecret",
                b"/v1/models/lenet5%2Fsecret", b"/v1/models/lenet5/versions/../1", b"/v1/models/lenet5/versions/..%2F7",
                b"/v1/models/lenet5/versions/%2e%2e%2fsecret%2f7"]
-    with ModelServer(str(base), rest_port=0, grpc_port=0, poll_seconds=5) as s:
+    with ModelServer(str(base), rest_port=0, grpc_port=0, poll_seconds=5, budget=EXACT) as s:
         for target in targets:
             for suffix in (b"", b"/metadata"):
                 status, body = _raw_get(s.rest_port, target + suffix)
@@ -298,7 +298,7 @@ def _publish(base, source, version):
 def test_versions_by_request_broken_versions_and_retirement(exported, tmp_path):
     base = tmp_path / MODEL
     _publish(str(base), exported["path"], 1)
-    with ModelServer(str(base), rest_port=0, grpc_port=0, poll_seconds=0.1) as s:  # one model's folder
+    with ModelServer(str(base), rest_port=0, grpc_port=0, poll_seconds=0.1, budget=EXACT) as s:  # one model's folder
         rest = client.RestClient(f"http://127.0.0.1:{s.rest_port}")
         os.makedirs(base / "3")
         (base / "3" / "saved_model.pb").write_bytes(b"garbage")
@@ -340,7 +340,7 @@ def test_every_model_under_the_base_is_served(exported, tmp_path):
     for name in ("digits", "lenet5"):
         _publish(str(tmp_path / name), exported["path"], 1)
     (tmp_path / "notes").mkdir()  # not a model: ignored
-    with ModelServer(str(tmp_path), rest_port=0, grpc_port=None) as s:
+    with ModelServer(str(tmp_path), rest_port=0, grpc_port=None, budget=EXACT) as s:
         assert s.repository.names() == ["digits", "lenet5"]
         rest = client.RestClient(f"http://127.0.0.1:{s.rest_port}")
         for name in ("digits", "lenet5"):
@@ -472,7 +472,7 @@ def test_32_concurrent_clients_and_a_hot_swap_lose_no_request(exported, tmp_path
     base = tmp_path / "exports"
     _publish(str(base / MODEL), exported["path"], 1)
     batching = {"max_batch_size": 16, "timeout_s": 0.005, "threads": 2}
-    with ModelServer(str(base), rest_port=0, grpc_port=0, batching=batching, poll_seconds=0.05) as s:
+    with ModelServer(str(base), rest_port=0, grpc_port=0, batching=batching, poll_seconds=0.05, budget=EXACT) as s:
         url, target = f"http://127.0.0.1:{s.rest_port}", f"127.0.0.1:{s.grpc_port}"
         images, reference = exported["images"], exported["reference"]
         versions, failures, counts = set(), [], []
@@ -719,7 +719,7 @@ def _listening_addresses(port):
 def test_serve_cli_binds_loopback_limits_bodies_and_bench_serve_measures_it(exported):
     proc, port, grpc_port, _ = spawn_server(exported["base"], "--max-body-mb", "1", "--runtime", "onnx")
     try:
-        assert proc.ready["runtimes"] == {MODEL: {"1": "onnx"}}
+        assert proc.ready["runtimes"] == {MODEL: {"1": {"runtime": "onnx", "reason": "--runtime onnx"}}}
         assert _listening_addresses(port) == ["127.0.0.1"]  # not reachable from other machines by default
         assert _listening_addresses(grpc_port) == ["127.0.0.1"]
         url = f"http://127.0.0.1:{port}"
@@ -843,7 +843,7 @@ def test_the_model_page_classifies_png_and_jpeg_as_cnnkit_predict_does_follows_n
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     expected = {os.path.basename(path): p.label for path, p in client.predict_files([png, jpeg], exported["path"])}
-    with ModelServer(str(tmp_path / "exports"), rest_port=0, grpc_port=None, poll_seconds=0.2) as s:
+    with ModelServer(str(tmp_path / "exports"), rest_port=0, grpc_port=None, poll_seconds=0.2, budget=EXACT) as s:
         page = browser.new_page()
         console_errors = []
         page.on("pageerror", lambda err: console_errors.append(str(err)))
